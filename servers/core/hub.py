@@ -1,0 +1,390 @@
+"""The hub: registry of connections, users and rooms, and the command handler.
+
+Every delivery takes one path: publish to the broker, receive on the topic
+subscription, push to local members' outboxes. The originating replica gets its
+own publish back only if it has local members, so each recipient sees a message
+exactly once (the seed delivered it twice on the origin: local send plus its
+own Redis echo) and all recipients see one order per room.
+
+Each replica subscribes to `room:<r>` only while it has a local member of r,
+and to `user:<u>` only while u has a local connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from servers.core.codec import parse_command
+from servers.core.errors import BrokerUnavailable, ErrorCode, ProtocolError
+from servers.core.outbox import Outbox
+from servers.core.types import (
+    Broker,
+    CloseReason,
+    Command,
+    Direct,
+    Event,
+    Join,
+    Leave,
+    Limits,
+    Ping,
+    PresenceQuery,
+    Publish,
+    now_us,
+    room_topic,
+    user_topic,
+)
+
+log = logging.getLogger("rtbench.hub")
+
+ONLINE_KEY = "online"
+
+
+def presence_topic(room: str) -> str:
+    """Join/leave events of a room travel apart from its messages (opt-in per join)."""
+    return "presence:" + room
+
+
+def _members_key(room: str) -> str:
+    return "members:" + room
+
+
+class Connection:
+    """One client connection as the core sees it (one per socket/stream/session)."""
+
+    __slots__ = ("fmt", "id", "outbox", "rooms", "user", "watching")
+
+    def __init__(self, conn_id: str, user: str, fmt: str, outbox: Outbox) -> None:
+        self.id = conn_id
+        self.user = user
+        self.fmt = fmt  # wire format of the adapter: "json" or "proto"
+        self.outbox = outbox
+        self.rooms: set[str] = set()
+        self.watching: set[str] = set()  # rooms whose join/leave events it asked for
+
+    def __repr__(self) -> str:
+        return f"Connection({self.id}, user={self.user})"
+
+
+@dataclass(slots=True)
+class HubStats:
+    """Plain counters read by the metrics exporter at scrape time (no locks on the hot path)."""
+
+    connections_opened: int = 0
+    connections_closed: int = 0
+    commands: int = 0
+    errors: int = 0
+    published: int = 0
+    broker_messages: int = 0
+    deliveries: int = 0
+    slow_consumers: int = 0
+
+
+class _Sub:
+    __slots__ = ("count", "ready")
+
+    def __init__(self, ready: asyncio.Future[None]) -> None:
+        self.count = 0
+        self.ready = ready
+
+
+class Hub:
+    """Transport-agnostic core; adapters call `open`, `handle`/`execute` and `close`."""
+
+    def __init__(self, broker: Broker, limits: Limits | None = None, server_id: str = "") -> None:
+        self.broker = broker
+        self.limits = limits or Limits()
+        self.server_id = server_id or f"{os.uname().nodename}-{os.getpid()}"
+        self.stats = HubStats()
+        self._conns: dict[str, Connection] = {}
+        self._users: dict[str, set[Connection]] = {}
+        self._rooms: dict[str, set[Connection]] = {}
+        self._watchers: dict[str, set[Connection]] = {}
+        self._subs: dict[str, _Sub] = {}
+        self._ids = itertools.count(1)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.broker.start(self._on_message)
+
+    async def shutdown(self, reason: CloseReason = CloseReason.GOING_AWAY) -> None:
+        """Tell every connection to go away (adapters close them), then stop the broker."""
+        for conn in list(self._conns.values()):
+            conn.outbox.close(reason)
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+        await self.broker.close()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+    @property
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    def queued_events(self) -> int:
+        return sum(len(c.outbox) for c in self._conns.values())
+
+    # ---------------------------------------------------------- connections
+
+    async def open(self, user: str, fmt: str = "json") -> Connection:
+        """Register a connection for an authenticated `user`; its outbox starts with `welcome`.
+
+        Raises BrokerUnavailable if the user's topic cannot be subscribed.
+        """
+        conn_id = f"{self.server_id}-{next(self._ids)}"
+        lim = self.limits
+        conn = Connection(conn_id, user, fmt, Outbox(lim.outbox_max_events, lim.outbox_max_bytes))
+        await self._acquire(user_topic(user))
+        self._conns[conn_id] = conn
+        self._users.setdefault(user, set()).add(conn)
+        self.stats.connections_opened += 1
+        self._spawn(self.broker.count_add(ONLINE_KEY, user, 1))
+        conn.outbox.push(
+            Event(
+                {
+                    "type": "welcome",
+                    "conn": conn_id,
+                    "user": user,
+                    "server": self.server_id,
+                    "limits": {
+                        "max_frame_bytes": lim.max_frame_bytes,
+                        "max_rooms": lim.max_rooms,
+                        "outbox_max_events": lim.outbox_max_events,
+                        "outbox_max_bytes": lim.outbox_max_bytes,
+                    },
+                }
+            )
+        )
+        return conn
+
+    async def close(self, conn: Connection) -> None:
+        """Unregister `conn`: leave its rooms, drop subscriptions nobody local needs."""
+        if self._conns.pop(conn.id, None) is None:
+            return
+        self.stats.connections_closed += 1
+        if conn.outbox.close_reason is None:
+            conn.outbox.close(CloseReason.NORMAL)
+        for room in list(conn.rooms):
+            self._leave_local(conn, room)
+        users = self._users.get(conn.user)
+        if users is not None:
+            users.discard(conn)
+            if not users:
+                del self._users[conn.user]
+        self._release(user_topic(conn.user))
+        self._spawn(self.broker.count_add(ONLINE_KEY, conn.user, -1))
+
+    def get(self, conn_id: str) -> Connection | None:
+        return self._conns.get(conn_id)
+
+    # ------------------------------------------------------------- commands
+
+    async def handle_raw(self, conn: Connection, raw: bytes | str) -> None:
+        """Stream transports: decode a JSON frame and handle it; errors become events."""
+        try:
+            cmd = parse_command(raw, self.limits)
+        except ProtocolError as exc:
+            self._reply_error(conn, exc)
+            return
+        await self.handle(conn, cmd)
+
+    async def handle(self, conn: Connection, cmd: Command) -> None:
+        """Stream transports: run `cmd`; replies go to the outbox.
+
+        `ack` is sent only for commands that carry an `id`; `pong` and
+        `presence_state` always; failures always as `error`.
+        """
+        try:
+            reply = await self.execute(conn, cmd)
+        except ProtocolError as exc:
+            self._reply_error(conn, exc)
+            return
+        if cmd.ref is not None or reply.body["type"] != "ack":
+            conn.outbox.push(reply)
+
+    def _reply_error(self, conn: Connection, exc: ProtocolError) -> None:
+        self.stats.errors += 1
+        conn.outbox.push(Event(exc.body()))
+
+    async def execute(self, conn: Connection, cmd: Command) -> Event:
+        """Run `cmd` for `conn` and return the reply event; raises ProtocolError."""
+        self.stats.commands += 1
+        try:
+            if isinstance(cmd, Publish):
+                if cmd.room not in conn.rooms:
+                    raise ProtocolError(
+                        ErrorCode.NOT_MEMBER, f"join room {cmd.room!r} before publishing", cmd.ref
+                    )
+                body = {
+                    "type": "message",
+                    "room": cmd.room,
+                    "from": conn.user,
+                    "data": cmd.data,
+                    "ts": now_us(),
+                }
+                await self.broker.publish(room_topic(cmd.room), Event(body).json())
+                self.stats.published += 1
+            elif isinstance(cmd, Direct):
+                body = {
+                    "type": "direct",
+                    "from": conn.user,
+                    "to": cmd.to,
+                    "data": cmd.data,
+                    "ts": now_us(),
+                }
+                await self.broker.publish(user_topic(cmd.to), Event(body).json())
+                self.stats.published += 1
+            elif isinstance(cmd, Join):
+                await self._join(conn, cmd)
+            elif isinstance(cmd, Leave):
+                if cmd.room not in conn.rooms:
+                    raise ProtocolError(
+                        ErrorCode.NOT_MEMBER, f"not a member of room {cmd.room!r}", cmd.ref
+                    )
+                self._leave_local(conn, cmd.room)
+            elif isinstance(cmd, Ping):
+                return _reply("pong", cmd.ref, ts=now_us())
+            elif isinstance(cmd, PresenceQuery):
+                counts = await self.broker.count_get(ONLINE_KEY, cmd.users)
+                online = {u: n > 0 for u, n in zip(cmd.users, counts, strict=True)}
+                return _reply("presence_state", cmd.ref, users=online)
+        except BrokerUnavailable as exc:
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, f"fanout layer unavailable, command not done: {exc}", cmd.ref
+            ) from None
+        return _reply("ack", cmd.ref)
+
+    async def _join(self, conn: Connection, cmd: Join) -> None:
+        room = cmd.room
+        if room in conn.rooms:
+            return  # idempotent
+        if len(conn.rooms) >= self.limits.max_rooms:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_ROOMS,
+                f"a connection may join at most {self.limits.max_rooms} rooms",
+                cmd.ref,
+            )
+        conn.rooms.add(room)  # reserve the slot while subscribing
+        try:
+            await self._acquire(room_topic(room))
+        except BaseException:
+            conn.rooms.discard(room)
+            raise
+        if conn.id not in self._conns:  # closed while subscribing
+            conn.rooms.discard(room)
+            self._release(room_topic(room))
+            return
+        self._rooms.setdefault(room, set()).add(conn)
+        if cmd.presence:
+            await self._watch(conn, room)
+        self._spawn(self._member_delta(room, conn.user, 1))
+
+    async def _watch(self, conn: Connection, room: str) -> None:
+        await self._acquire(presence_topic(room))
+        conn.watching.add(room)
+        self._watchers.setdefault(room, set()).add(conn)
+
+    def _leave_local(self, conn: Connection, room: str) -> None:
+        conn.rooms.discard(room)
+        members = self._rooms.get(room)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del self._rooms[room]
+        self._release(room_topic(room))
+        if room in conn.watching:
+            conn.watching.discard(room)
+            watchers = self._watchers.get(room)
+            if watchers is not None:
+                watchers.discard(conn)
+                if not watchers:
+                    del self._watchers[room]
+            self._release(presence_topic(room))
+        self._spawn(self._member_delta(room, conn.user, -1))
+
+    async def _member_delta(self, room: str, user: str, delta: int) -> None:
+        """Count the user's connections in the room across replicas; announce 0<->1 edges."""
+        n = await self.broker.count_add(_members_key(room), user, delta)
+        if (delta > 0 and n == 1) or (delta < 0 and n == 0):
+            status = "joined" if delta > 0 else "left"
+            body = {"type": "presence", "room": room, "user": user, "status": status}
+            await self.broker.publish(presence_topic(room), Event(body).json())
+
+    # -------------------------------------------------------- subscriptions
+
+    async def _acquire(self, topic: str) -> None:
+        sub = self._subs.get(topic)
+        if sub is None:
+            sub = self._subs[topic] = _Sub(asyncio.ensure_future(self.broker.subscribe(topic)))
+        sub.count += 1
+        try:
+            await asyncio.shield(sub.ready)
+        except BaseException:
+            sub.count -= 1
+            if sub.count == 0 and self._subs.get(topic) is sub:
+                del self._subs[topic]
+            raise
+
+    def _release(self, topic: str) -> None:
+        sub = self._subs.get(topic)
+        if sub is None:
+            return
+        sub.count -= 1
+        if sub.count <= 0:
+            del self._subs[topic]
+            self._spawn(self.broker.unsubscribe(topic))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        """Run broker bookkeeping in the background; failures are logged, never raised."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("broker bookkeeping failed: %r", exc)
+
+    # ------------------------------------------------------------- delivery
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        """Broker callback: push one shared Event to every local recipient."""
+        kind, _, name = topic.partition(":")
+        if kind == "room":
+            targets = self._rooms.get(name)
+        elif kind == "user":
+            targets = self._users.get(name)
+        elif kind == "presence":
+            targets = self._watchers.get(name)
+        else:
+            return
+        self.stats.broker_messages += 1
+        if not targets:
+            return
+        event = Event.from_json(payload)
+        delivered = 0
+        for conn in targets:
+            outbox = conn.outbox
+            if outbox.close_reason is None:
+                if outbox.push(event):
+                    delivered += 1
+                else:
+                    self.stats.slow_consumers += 1
+        self.stats.deliveries += delivered
+
+
+def _reply(kind: str, ref: Any, **fields: Any) -> Event:
+    body: dict[str, Any] = {"type": kind}
+    if ref is not None:
+        body["ref"] = ref
+    body.update(fields)
+    return Event(body)

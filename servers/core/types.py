@@ -1,0 +1,198 @@
+"""The contract: commands in, events out, limits, and the broker interface.
+
+Every adapter and every fanout implementation speaks only these types.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol
+
+import orjson
+
+# ---------------------------------------------------------------- commands
+
+Ref = str | int | None  # client-chosen command id, echoed as `ref` in ack/error
+
+
+@dataclass(slots=True, frozen=True)
+class Join:
+    """Join `room`; with `presence` the connection also gets the room's join/leave events."""
+
+    room: str
+    ref: Ref = None
+    presence: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Leave:
+    room: str
+    ref: Ref = None
+
+
+@dataclass(slots=True, frozen=True)
+class Publish:
+    """Publish `data` (any JSON value) to every member of `room`."""
+
+    room: str
+    data: Any
+    ref: Ref = None
+
+
+@dataclass(slots=True, frozen=True)
+class Direct:
+    """Send `data` to every connection of user `to`, on every replica."""
+
+    to: str
+    data: Any
+    ref: Ref = None
+
+
+@dataclass(slots=True, frozen=True)
+class Ping:
+    ref: Ref = None
+
+
+@dataclass(slots=True, frozen=True)
+class PresenceQuery:
+    """Ask which of `users` are online (any connection on any replica)."""
+
+    users: tuple[str, ...]
+    ref: Ref = None
+
+
+Command = Join | Leave | Publish | Direct | Ping | PresenceQuery
+
+
+# ------------------------------------------------------------------ events
+
+
+class Event:
+    """One server-to-client event, encoded at most once per wire format.
+
+    The canonical form is the JSON body (`json()`); it is also what travels over
+    the broker, so an event received from Redis reaches JSON clients without a
+    decode or re-encode. Other formats (protobuf, SSE framing) are computed on
+    first use and cached on the event, so a message fanned out to N clients is
+    encoded once per format, never once per recipient.
+    """
+
+    __slots__ = ("_body", "_cache", "_json")
+
+    def __init__(self, body: dict[str, Any] | None = None, raw: bytes | None = None) -> None:
+        if body is None and raw is None:
+            raise ValueError("Event needs a body or its JSON encoding")
+        self._body = body
+        self._json = raw
+        self._cache: dict[str, bytes] | None = None
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Event:
+        return cls(raw=raw)
+
+    def json(self) -> bytes:
+        """The JSON encoding (computed once)."""
+        if self._json is None:
+            self._json = orjson.dumps(self._body)
+        return self._json
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The decoded body (parsed once, lazily, for non-JSON formats)."""
+        if self._body is None:
+            assert self._json is not None
+            self._body = orjson.loads(self._json)
+        return self._body
+
+    @property
+    def type(self) -> str:
+        return str(self.body["type"])
+
+    def encoded(self, fmt: str, encode: Callable[[Event], bytes]) -> bytes:
+        """The encoding in format `fmt`, computed by `encode` on first use only."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        data = cache.get(fmt)
+        if data is None:
+            data = cache[fmt] = encode(self)
+        return data
+
+    def __repr__(self) -> str:
+        return f"Event({self.json().decode(errors='replace')[:120]})"
+
+
+def now_us() -> int:
+    """Wall-clock microseconds since the epoch, the unit of every `ts` field."""
+    return time.time_ns() // 1000
+
+
+class CloseReason(IntEnum):
+    """Why the server ends a connection; WebSocket close codes, mirrored elsewhere."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down
+    POLICY = 1008
+    TOO_LARGE = 1009
+    INTERNAL = 1011
+    UNAUTHORIZED = 4401  # missing, forged or expired token
+    SLOW_CONSUMER = 4408  # outbound queue overflowed; resume from the last cursor
+
+
+# ------------------------------------------------------------------ limits
+
+
+@dataclass(slots=True, frozen=True)
+class Limits:
+    """Per-connection limits; every field is a setting (`RTBENCH_*`)."""
+
+    max_frame_bytes: int = 64 * 1024
+    max_rooms: int = 100
+    outbox_max_events: int = 10_000
+    outbox_max_bytes: int = 8 * 1024 * 1024
+    max_presence_query: int = 100
+
+
+# ------------------------------------------------------------------ broker
+
+# Topics are `room:<name>` and `user:<name>`; the broker maps them to its own
+# channel names. A topic's payload is always an event's JSON encoding.
+OnMessage = Callable[[str, bytes], None]
+
+
+def room_topic(room: str) -> str:
+    return "room:" + room
+
+
+def user_topic(user: str) -> str:
+    return "user:" + user
+
+
+class Broker(Protocol):
+    """Fanout between replicas plus the small shared state presence needs.
+
+    Contract: after `subscribe(t)` returns, every later `publish(t, ...)` from
+    any replica reaches `on_message` exactly once, in publish order per
+    publisher; `publish` raises BrokerUnavailable instead of dropping silently.
+    """
+
+    name: str
+
+    async def start(self, on_message: OnMessage) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def subscribe(self, topic: str) -> None: ...
+
+    async def unsubscribe(self, topic: str) -> None: ...
+
+    async def publish(self, topic: str, payload: bytes) -> None: ...
+
+    async def count_add(self, key: str, member: str, delta: int) -> int:
+        """Add `delta` to `member`'s counter in set `key`; return the new value."""
+        ...
+
+    async def count_get(self, key: str, members: Iterable[str]) -> list[int]: ...
