@@ -80,13 +80,14 @@ class Event:
     encoded once per format, never once per recipient.
     """
 
-    __slots__ = ("_body", "_cache", "_json")
+    __slots__ = ("_body", "_cache", "_json", "_text")
 
     def __init__(self, body: dict[str, Any] | None = None, raw: bytes | None = None) -> None:
         if body is None and raw is None:
             raise ValueError("Event needs a body or its JSON encoding")
         self._body = body
         self._json = raw
+        self._text: str | None = None
         self._cache: dict[str, bytes] | None = None
 
     @classmethod
@@ -98,6 +99,12 @@ class Event:
         if self._json is None:
             self._json = orjson.dumps(self._body)
         return self._json
+
+    def text(self) -> str:
+        """The JSON encoding as str, for frameworks whose text frames take str (cached)."""
+        if self._text is None:
+            self._text = self.json().decode()
+        return self._text
 
     @property
     def body(self) -> dict[str, Any]:

@@ -1,0 +1,67 @@
+"""`rtbench serve`: run one server replica for one transport."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from servers import settings as settings_mod
+from servers.core.hub import Hub
+from servers.fanout import make_broker
+from servers.settings import Settings
+
+
+def build_hub(s: Settings) -> Hub:
+    broker = make_broker(s.broker, s.redis_url, s.namespace)
+    return Hub(broker, s.limits(), s.server_id)
+
+
+def run(s: Settings) -> int:
+    """Serve until SIGINT/SIGTERM; returns the process exit code."""
+    logging.basicConfig(
+        level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    hub = build_hub(s)
+    if s.transport == "grpc":
+        from servers.transports import grpc_server
+
+        return grpc_server.run(s, hub)
+    import uvicorn
+
+    from servers.transports.http import build_app
+
+    config = uvicorn.Config(
+        build_app(s, hub),
+        host=s.host,
+        port=s.port,
+        loop="auto",  # uvloop when installed
+        http="auto",  # httptools when installed
+        ws=s.ws_impl,
+        ws_max_size=max(4 * s.max_frame_bytes, 1 << 20),  # bigger frames: error event, not close
+        ws_ping_interval=s.heartbeat or None,
+        ws_ping_timeout=s.heartbeat or None,
+        lifespan="on",
+        log_level=s.log_level,
+        access_log=False,
+        backlog=4096,
+        timeout_keep_alive=max(int(s.poll_timeout) + 10, 5),
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        s = settings_mod.parse(argv)
+    except settings_mod.SettingsError as exc:
+        print(f"rtbench serve: {exc}", file=sys.stderr)
+        return 2
+    return run(s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,133 @@
+"""Server settings: flags override `RTBENCH_*` environment variables override defaults.
+
+Typed casts with errors that name the variable and the value (Starlette's config.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from servers.core.auth import DEV_SECRET
+from servers.core.types import Limits
+
+TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
+
+
+class SettingsError(ValueError):
+    """A setting has a value of the wrong type or out of range."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    transport: str = "ws"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    metrics_port: int = 0  # gRPC only: Prometheus /metrics port (0: port + 1000)
+    broker: str = "redis"  # "redis" or "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    namespace: str = "rtb"  # Redis key/channel prefix; replicas that talk share it
+    secret: str = DEV_SECRET
+    server_id: str = ""  # default: host-pid
+    max_frame_bytes: int = 64 * 1024
+    max_rooms: int = 100
+    outbox_max_events: int = 10_000
+    outbox_max_bytes: int = 8 * 1024 * 1024
+    heartbeat: float = 15.0  # seconds between keepalives (WS ping, SSE comment)
+    poll_timeout: float = 25.0  # long-poll: longest a poll is held open
+    session_ttl: float = 30.0  # long-poll/SSE: session kept this long without a client
+    log_level: str = "warning"
+    ws_impl: str = "auto"  # uvicorn --ws implementation
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_frame_bytes=self.max_frame_bytes,
+            max_rooms=self.max_rooms,
+            outbox_max_events=self.outbox_max_events,
+            outbox_max_bytes=self.outbox_max_bytes,
+        )
+
+
+def _cast(name: str, raw: str, default: Any) -> Any:
+    kind = type(default)
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind in (int, float):
+            value = kind(raw)
+            if value < 0:
+                raise ValueError(raw)
+            return value
+        return raw
+    except ValueError:
+        raise SettingsError(
+            f"{name}={raw!r}: expected a non-negative {kind.__name__}"
+            if kind is not bool
+            else f"{name}={raw!r}: expected true/false"
+        ) from None
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `RTBENCH_<FIELD>` variables (e.g. RTBENCH_REDIS_URL)."""
+    env = os.environ if env is None else env
+    base = Settings()
+    changes: dict[str, Any] = {}
+    for f in fields(Settings):
+        var = "RTBENCH_" + f.name.upper()
+        if var in env:
+            changes[f.name] = _cast(var, env[var], getattr(base, f.name))
+    return validate(replace(base, **changes))
+
+
+def validate(s: Settings) -> Settings:
+    if s.transport not in TRANSPORTS:
+        raise SettingsError(f"transport {s.transport!r}: expected one of {', '.join(TRANSPORTS)}")
+    if s.broker not in ("redis", "memory"):
+        raise SettingsError(f"broker {s.broker!r}: expected 'redis' or 'memory'")
+    if s.max_frame_bytes < 256:
+        raise SettingsError("max_frame_bytes must be at least 256")
+    return s
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags for `rtbench serve`; each defaults to its environment variable."""
+    d = from_env()
+    parser.add_argument("--transport", choices=TRANSPORTS, default=d.transport)
+    parser.add_argument("--host", default=d.host)
+    parser.add_argument("--port", type=int, default=d.port)
+    parser.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                        help="gRPC only: port of the Prometheus /metrics endpoint (0: port+1000)")
+    parser.add_argument("--broker", choices=("redis", "memory"), default=d.broker)
+    parser.add_argument("--redis-url", default=d.redis_url)
+    parser.add_argument("--namespace", default=d.namespace)
+    parser.add_argument("--server-id", default=d.server_id)
+    parser.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
+    parser.add_argument("--max-rooms", type=int, default=d.max_rooms)
+    parser.add_argument("--outbox-max-events", type=int, default=d.outbox_max_events)
+    parser.add_argument("--outbox-max-bytes", type=int, default=d.outbox_max_bytes)
+    parser.add_argument("--heartbeat", type=float, default=d.heartbeat)
+    parser.add_argument("--poll-timeout", type=float, default=d.poll_timeout)
+    parser.add_argument("--session-ttl", type=float, default=d.session_ttl)
+    parser.add_argument("--log-level", default=d.log_level)
+    parser.add_argument("--ws-impl", default=d.ws_impl,
+                        help="uvicorn WebSocket implementation (auto, websockets, wsproto, ...)")
+
+
+def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    base = from_env(env)
+    names = {f.name for f in fields(Settings)}
+    changes = {k: v for k, v in vars(args).items() if k in names}
+    return validate(replace(base, **changes))
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="rtbench serve")
+    add_arguments(parser)
+    return from_args(parser.parse_args(argv))

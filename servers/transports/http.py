@@ -1,0 +1,116 @@
+"""The Starlette app shared by the ws, sse and longpoll transports."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from servers import metrics
+from servers.core.auth import TokenVerifier
+from servers.core.errors import AuthError, ErrorCode, ProtocolError
+from servers.core.hub import Hub
+from servers.settings import Settings
+
+SUBPROTOCOL = "rtbench.v1"
+TOKEN_SUBPROTOCOL_PREFIX = "bearer."
+
+
+@dataclass(slots=True)
+class Context:
+    """What an adapter needs: the hub, the settings and the token verifier."""
+
+    hub: Hub
+    settings: Settings
+    verifier: TokenVerifier
+
+    def authenticate(self, conn: HTTPConnection) -> str:
+        """The user id from the request's token, or AuthError."""
+        return self.verifier.verify(token_from(conn))
+
+
+def token_from(conn: HTTPConnection) -> str | None:
+    """Token from `Authorization: Bearer`, a `bearer.<token>` WS subprotocol, or `?token=`."""
+    header = conn.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value:
+            return value.strip()
+    for proto in conn.headers.get("sec-websocket-protocol", "").split(","):
+        proto = proto.strip()
+        if proto.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            return proto[len(TOKEN_SUBPROTOCOL_PREFIX) :]
+    return conn.query_params.get("token")
+
+
+def auth_failed(exc: AuthError) -> JSONResponse:
+    return JSONResponse(
+        {"type": "error", "code": "unauthorized", "message": exc.message},
+        status_code=401,
+        headers={"WWW-Authenticate": 'Bearer realm="rtbench"'},
+    )
+
+
+def protocol_failed(exc: ProtocolError) -> JSONResponse:
+    from servers.core.errors import HTTP_STATUS
+
+    return JSONResponse(exc.body(), status_code=HTTP_STATUS[exc.code])
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (TOO_LARGE) more than `limit` bytes without buffering it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE, f"body of {declared} bytes exceeds the {limit} limit"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"body exceeds the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_ADAPTERS = {"ws": "servers.transports.ws", "sse": "servers.transports.sse",
+             "longpoll": "servers.transports.longpoll"}
+
+
+def build_app(settings: Settings, hub: Hub) -> Starlette:
+    """Starlette app for one HTTP transport plus /healthz and /metrics."""
+    ctx = Context(hub, settings, TokenVerifier(settings.secret))
+    registry = metrics.make_registry(hub, settings.transport)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse(
+            {"status": "ok", "transport": settings.transport, "server": hub.server_id,
+             "broker": hub.broker.name, "connections": hub.connection_count}
+        )
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return PlainTextResponse(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
+
+    module = importlib.import_module(_ADAPTERS[settings.transport])
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/metrics", metrics_endpoint),
+        *module.routes(ctx),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.shutdown()
+
+    return Starlette(routes=routes, lifespan=lifespan)
