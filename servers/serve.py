@@ -39,6 +39,9 @@ def run(s: Settings) -> int:
         http="auto",  # httptools when installed
         ws=s.ws_impl,
         ws_max_size=max(4 * s.max_frame_bytes, 1 << 20),  # bigger frames: error event, not close
+        # per-connection deflate would compress each broadcast once per recipient; off,
+        # like the reference fanout, so both sides do the same work
+        ws_per_message_deflate=False,
         ws_ping_interval=s.heartbeat or None,
         ws_ping_timeout=s.heartbeat or None,
         lifespan="on",
