@@ -162,7 +162,8 @@ class RedisBroker:
             conn = self._sub
             try:
                 assert conn is not None
-                resp = await conn.read_response()
+                # push_request: redis-py >= 5 routes pub/sub replies to a push handler otherwise
+                resp = await conn.read_response(push_request=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
