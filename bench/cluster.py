@@ -1,0 +1,153 @@
+"""Server replicas as pinned child processes, and what the benchmarks read off them.
+
+Shared by the benchmarks and the `rtbench run` harness: start a private Redis,
+start N replicas of one transport (or the reference fanout), wait until each is
+healthy, read process CPU/RSS and the servers' own /metrics, stop everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+import psutil
+
+from servers.testing import RedisServer, ServerProcess, free_port, stop_process, wait_port
+
+SERVER_CPU = 0  # servers on core 0, load generator on the others (2-core machine: core 1)
+
+
+def load_cpus() -> list[int]:
+    """Cores for the load side: every core but the server's (all of them on a 1-core box)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    rest = [c for c in cpus if c != SERVER_CPU]
+    return rest or cpus
+
+
+def pin_self(cpus: Sequence[int]) -> None:
+    """Pin this (load generator) process to `cpus`."""
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, set(cpus))
+
+
+@dataclass
+class Replica:
+    name: str
+    url: str  # http://host:port (grpc://host:port for gRPC)
+    proc: subprocess.Popen[bytes]
+    metrics_url: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the replica has used so far."""
+        t = psutil.Process(self.pid).cpu_times()
+        return float(t.user + t.system)
+
+    def rss(self) -> int:
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    def metrics(self) -> dict[str, float]:
+        """The replica's Prometheus samples as {name{labels}: value} (empty if none)."""
+        if not self.metrics_url:
+            return {}
+        text = httpx.get(self.metrics_url, timeout=5).text
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[name] = float(value)
+        return out
+
+
+@dataclass
+class Cluster:
+    """N replicas of one transport ('reference' = bench.reference_fanout, one process)."""
+
+    transport: str
+    replicas: int = 1
+    broker: str = "redis"
+    redis_url: str | None = None
+    server_args: Sequence[str] = ()
+    cpu: int | None = SERVER_CPU
+    nodes: list[Replica] = field(default_factory=list)
+    _redis: RedisServer | None = None
+
+    def start(self) -> Cluster:
+        if self.broker == "redis" and self.redis_url is None and self.transport != "reference":
+            self._redis = RedisServer().start()
+            self.redis_url = self._redis.url
+        try:
+            for _ in range(self.replicas):
+                self.nodes.append(self._start_one())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_one(self) -> Replica:
+        port = free_port()
+        if self.transport == "reference":
+            cmd = [sys.executable, "-m", "bench.reference_fanout", "--port", str(port)]
+            if self.cpu is not None:
+                cmd = ["taskset", "-c", str(self.cpu), *cmd]
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port("127.0.0.1", port, 20, proc)
+            return Replica("reference", f"http://127.0.0.1:{port}", proc)
+        args = ["--broker", self.broker, *self.server_args]
+        if self.broker == "redis":
+            assert self.redis_url is not None
+            args += ["--redis-url", self.redis_url, "--namespace", f"bench{os.getpid()}"]
+        metrics_port = free_port() if self.transport == "grpc" else None
+        if metrics_port is not None:
+            args += ["--metrics-port", str(metrics_port)]
+        server = ServerProcess(self.transport, port, args=args).start(cpu=self.cpu)
+        assert server.proc is not None
+        base = f"127.0.0.1:{port}"
+        if metrics_port is not None:
+            wait_port("127.0.0.1", metrics_port, 10, server.proc)
+            return Replica("grpc", f"grpc://{base}", server.proc,
+                           f"http://127.0.0.1:{metrics_port}/metrics")
+        _wait_healthy(f"http://{base}/healthz", server.proc)
+        return Replica(self.transport, f"http://{base}", server.proc, f"http://{base}/metrics")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            stop_process(node.proc)
+        self.nodes.clear()
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not healthy after {timeout}s")
+
+
+@contextlib.contextmanager
+def cluster(transport: str, **kwargs: object) -> Iterator[Cluster]:
+    with Cluster(transport, **kwargs) as c:  # type: ignore[arg-type]
+        yield c
