@@ -1,0 +1,205 @@
+"""The client API every transport implements, for gevent (Locust) processes.
+
+    client = WsClient(url, token, on_event)
+    welcome = client.connect()          # blocks until `welcome`
+    client.join("lobby")                # blocks until the join is acked (effective everywhere)
+    client.publish("lobby", payload)    # payload: pre-encoded JSON bytes of `data`
+    client.direct("bob", payload)
+    client.leave("lobby"); client.close()
+
+Pushed events (`message`, `direct`, `presence`, `error` without a waiting
+command...) go to `on_event(event, wire_bytes, recv_us)`, called from the
+client's reader greenlet; `recv_us` is the wall time when the read that carried
+the event returned, taken before decoding so parsing cost is not latency.
+
+`publish`/`direct` on stream transports (WebSocket, gRPC) are fire-and-forget
+frames without `id` (the server sends no ack, errors still come back as events);
+on HTTP transports (SSE, long-poll) they are a POST each and block until the
+reply, so `publish_blocks` is True and open-loop publishers run them in a pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import gevent
+import orjson
+from gevent.event import AsyncResult, Event
+
+OnEvent = Callable[[dict[str, Any], int, int], None]
+
+# Replies routed to the command that asked, never to on_event.
+REPLY_TYPES = frozenset({"ack", "pong", "presence_state", "error"})
+
+
+class ClientError(Exception):
+    """A command failed (`error` event or HTTP error status) or the connection is unusable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ConnectionClosed(ClientError):
+    """The connection ended; `code` is the close code of protocol section 6 as text."""
+
+
+def _ignore(event: dict[str, Any], wire_bytes: int, recv_us: int) -> None:
+    return None
+
+
+def split_url(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+class Client(ABC):
+    """Common state and the command API; subclasses supply the transport."""
+
+    transport: ClassVar[str]
+    publish_blocks: ClassVar[bool] = False
+
+    def __init__(self, url: str, token: str, on_event: OnEvent | None = None,
+                 timeout: float = 10.0) -> None:
+        self.url = url
+        self.token = token
+        self.on_event: OnEvent = on_event or _ignore
+        self.timeout = timeout
+        self.welcome: dict[str, Any] = {}
+        self.connect_us = 0  # time from connect() to the welcome event
+        self.closed = Event()
+        self.close_code = 0
+        self.close_reason = ""
+        self._ids = itertools.count(1)
+        self._reader: gevent.Greenlet | None = None
+
+    @property
+    def conn_id(self) -> str:
+        return str(self.welcome.get("conn", ""))
+
+    @property
+    def server(self) -> str:
+        return str(self.welcome.get("server", ""))
+
+    def connect(self) -> dict[str, Any]:
+        """Open the connection and wait for `welcome` (at most `timeout` seconds)."""
+        t0 = time.perf_counter_ns()
+        with gevent.Timeout(self.timeout, ClientError("timeout", f"no welcome from {self.url}")):
+            self.welcome = self._open()
+        self.connect_us = (time.perf_counter_ns() - t0) // 1000
+        if self.welcome.get("type") != "welcome":
+            self.close()
+            raise ClientError("bad_welcome", f"expected 'welcome', got {self.welcome!r:.200}")
+        self._reader = gevent.spawn(self._read_loop)
+        return self.welcome
+
+    # -------------------------------------------------------------- commands
+
+    def join(self, room: str, presence: bool = False) -> None:
+        cmd: dict[str, Any] = {"type": "join", "room": room}
+        if presence:
+            cmd["presence"] = True
+        self.call(cmd)
+
+    def leave(self, room: str) -> None:
+        self.call({"type": "leave", "room": room})
+
+    def publish(self, room: str, data: bytes) -> None:
+        self.send(b'{"type":"publish","room":%s,"data":%s}' % (orjson.dumps(room), data))
+
+    def direct(self, to: str, data: bytes) -> None:
+        self.send(b'{"type":"direct","to":%s,"data":%s}' % (orjson.dumps(to), data))
+
+    def ping(self) -> dict[str, Any]:
+        return self.call({"type": "ping"})
+
+    def presence(self, users: list[str]) -> dict[str, bool]:
+        reply = self.call({"type": "presence", "users": users})
+        return dict(reply.get("users", {}))
+
+    def resume(self) -> Client:
+        """Close and return a new connected client for the same user and server.
+
+        Until the protocol has resume cursors this is a plain reconnect: events
+        published in between are lost, and the caller joins its rooms again.
+        """
+        self.close()
+        fresh = type(self)(self.url, self.token, self.on_event, self.timeout)
+        fresh.connect()
+        return fresh
+
+    @abstractmethod
+    def call(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Run a command and return its reply; raises ClientError for an `error` reply."""
+
+    @abstractmethod
+    def send(self, frame: bytes) -> None:
+        """Send one encoded command without waiting for an ack (stream) / ignoring it (HTTP)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+
+    # ------------------------------------------------------------- subclass
+
+    @abstractmethod
+    def _open(self) -> dict[str, Any]:
+        """Connect and return the first event (the welcome)."""
+
+    @abstractmethod
+    def _read_loop(self) -> None:
+        """Deliver events until the connection ends; then call `_ended`."""
+
+    def _ended(self, code: int, reason: str) -> None:
+        if not self.closed.is_set():
+            self.close_code, self.close_reason = code, reason
+            self.closed.set()
+
+
+class StreamClient(Client):
+    """WebSocket and gRPC: commands and replies share one stream, matched by `id`/`ref`."""
+
+    def __init__(self, url: str, token: str, on_event: OnEvent | None = None,
+                 timeout: float = 10.0) -> None:
+        super().__init__(url, token, on_event, timeout)
+        self._pending: dict[str, AsyncResult] = {}
+
+    def call(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if self.closed.is_set():
+            raise ConnectionClosed(str(self.close_code), self.close_reason or "closed")
+        ref = str(next(self._ids))
+        waiter = self._pending[ref] = AsyncResult()
+        try:
+            self._send_command({**cmd, "id": ref})
+            reply: dict[str, Any] = waiter.get(timeout=self.timeout)
+        except gevent.Timeout:
+            raise ClientError("timeout", f"no reply to {cmd['type']} in {self.timeout}s") from None
+        finally:
+            self._pending.pop(ref, None)
+        if reply.get("type") == "error":
+            raise ClientError(str(reply.get("code")), str(reply.get("message")))
+        return reply
+
+    def _dispatch(self, ev: dict[str, Any], wire_bytes: int, recv_us: int) -> None:
+        if ev.get("type") in REPLY_TYPES:
+            waiter = self._pending.get(str(ev.get("ref")))
+            if waiter is not None:
+                waiter.set(ev)
+                return
+        self.on_event(ev, wire_bytes, recv_us)
+
+    def _ended(self, code: int, reason: str) -> None:
+        super()._ended(code, reason)
+        err = ConnectionClosed(str(code), reason or "connection closed")
+        for waiter in list(self._pending.values()):
+            waiter.set_exception(err)
+
+    @abstractmethod
+    def _send_command(self, cmd: dict[str, Any]) -> None:
+        """Encode and send a command dict."""

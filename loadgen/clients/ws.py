@@ -1,0 +1,108 @@
+"""WebSocket client over websocket-client (gevent-patched sockets).
+
+`skip_utf8_validation=True`: websocket-client otherwise validates every text
+frame in pure Python, which costs about 4x in ingest rate (bench/ingest.py
+measures it with `--ws-validate-utf8`); orjson rejects invalid UTF-8 anyway.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, ClassVar
+
+import orjson
+import websocket
+
+from loadgen.clients.base import ClientError, StreamClient
+from loadgen.clients.base import split_url as _split
+from loadgen.measure import now_us
+
+VALIDATE_UTF8 = False  # flipped by bench/ingest.py to measure the trap
+
+
+def frame_overhead(n: int) -> int:
+    """Bytes of an unmasked server frame header for an `n`-byte payload (RFC 6455 5.2)."""
+    return 2 if n < 126 else 4 if n < 65536 else 10
+
+
+class WsClient(StreamClient):
+    transport: ClassVar[str] = "ws"
+
+    _ws: Any = None  # websocket.WebSocket (partly untyped)
+
+    def _open(self) -> dict[str, Any]:
+        host, port = _split(self.url, 80)
+        try:
+            self._ws = websocket.create_connection(
+                f"ws://{host}:{port}/ws",
+                header=[f"Authorization: Bearer {self.token}"],
+                subprotocols=["rtbench.v1"],
+                skip_utf8_validation=not VALIDATE_UTF8,
+                enable_multithread=True,  # a lock around send: several greenlets send
+                timeout=self.timeout,
+            )
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ClientError("connect_failed", f"{self.url}: {exc}") from None
+        self._ws.settimeout(None)
+        opcode, data = self._ws.recv_data()
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            code, reason = _close_info(data)
+            self._ws.close()
+            raise ClientError(str(code), reason or "closed during handshake")
+        event: dict[str, Any] = orjson.loads(data)
+        return event
+
+    def _send_command(self, cmd: dict[str, Any]) -> None:
+        self.send(orjson.dumps(cmd))
+
+    def send(self, frame: bytes) -> None:
+        ws = self._ws
+        if ws is None or self.closed.is_set():
+            raise ClientError("closed", "connection is closed")
+        try:
+            ws.send(frame, websocket.ABNF.OPCODE_TEXT)
+        except (OSError, websocket.WebSocketException) as exc:
+            self._ended(1006, f"send failed: {exc}")
+            raise ClientError("closed", str(exc)) from None
+
+    def _read_loop(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        recv = ws.recv_data
+        dispatch = self._dispatch
+        loads = orjson.loads
+        close_op = websocket.ABNF.OPCODE_CLOSE
+        try:
+            while True:
+                opcode, data = recv()
+                t = now_us()
+                if opcode == close_op:
+                    self._ended(*_close_info(data))
+                    return
+                n = len(data)
+                dispatch(loads(data), n + frame_overhead(n), t)
+        except (OSError, websocket.WebSocketException) as exc:
+            self._ended(1006, f"connection lost: {exc}")
+        except orjson.JSONDecodeError as exc:
+            self._ended(1007, f"server sent invalid JSON: {exc}")
+            ws.abort()
+
+    def close(self) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        self._ws = None
+        try:
+            ws.close(timeout=1)
+        except (OSError, websocket.WebSocketException):
+            ws.abort()
+        ws.shutdown()
+        if self._reader is not None:
+            self._reader.kill(block=True, timeout=1)
+        self._ended(1000, "closed by client")
+
+
+def _close_info(data: bytes) -> tuple[int, str]:
+    if len(data) >= 2:
+        return struct.unpack("!H", data[:2])[0], data[2:].decode(errors="replace")
+    return 1005, ""

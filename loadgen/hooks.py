@@ -1,0 +1,253 @@
+"""Locust glue: one `Run` per process, wired to Locust's events.
+
+Data flow (the same code for local, `--processes N` and master/worker runs):
+- every process records into its `Recorder`;
+- workers attach `Recorder.take_delta()` to each `report_to_master`; the master
+  merges them (`worker_report`) into its `Collector` as they come, which is what
+  live decisions (broadcast steps) read;
+- when a worker's users have stopped (its `test_stop`) it sends one
+  `rtbench_final` message: the last delta plus its ledger (publisher logs and
+  receiver windows). A headless master stops before its workers do, so at its
+  own `test_stop` it asks every worker that has not reported yet
+  (`rtbench_flush`) and waits for them, at most FINAL_TIMEOUT seconds;
+- the master (or the local runner) judges deliveries, writes the result file
+  and, on `quitting`, sets the exit code of an invalid run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import gevent
+from gevent.event import Event
+from locust import events as _locust_events
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+from loadgen import result as result_mod
+from loadgen import saturation
+from loadgen.measure import now_us
+from loadgen.options import Params, add_options
+from loadgen.recorder import Collector, Recorder
+
+log = logging.getLogger("rtbench.loadgen")
+
+FINAL_TIMEOUT = 30.0
+events: Any = _locust_events  # Locust's EventHook methods are untyped
+Extra = Callable[["Run"], dict[str, Any]]
+
+
+class Run:
+    """This process's view of the current test."""
+
+    def __init__(self, scenario: str) -> None:
+        self.scenario = scenario
+        self.env: Environment | None = None
+        self.params: Params | None = None
+        self.recorder = Recorder()
+        self.collector = Collector()
+        self.stop = Event()
+        self.started_us = 0
+        self.publish_until_us = 0
+        self.steps: list[dict[str, Any]] = []
+        self.extras: list[Extra] = []
+        self.on_start: list[Callable[[Run], None]] = []
+        self.result: dict[str, Any] | None = None
+        self.result_path: Path | None = None
+        self.hosts: dict[str, dict[str, Any]] = {}
+        self._finals: set[str] = set()
+        self._reporters: set[str] = set()
+        self._final_sent = False
+        self._index = itertools.count()
+        self._monitors: list[gevent.Greenlet] = []
+        short = re.sub(r"[^A-Za-z0-9_.-]", "", socket.gethostname().split(".")[0])[:20]
+        self.tag = f"{short or 'host'}-{os.getpid()}"
+
+    # ---------------------------------------------------------------- users
+
+    @property
+    def p(self) -> Params:
+        if self.params is None:
+            raise RuntimeError("rtbench options not parsed yet (no test running)")
+        return self.params
+
+    def next_index(self) -> int:
+        """Index of a user in this process: spreads users over replicas and rooms."""
+        return next(self._index)
+
+    def user_name(self, role: str, index: int) -> str:
+        return f"{role}-{self.tag}-{index}"
+
+    def fire(self, request_type: str, name: str, response_time_ms: float, length: int,
+             exception: Exception | None = None) -> None:
+        if self.env is not None and (exception is not None or self.p.request_events):
+            request: Any = self.env.events.request
+            request.fire(request_type=request_type, name=name,
+                                         response_time=response_time_ms, response_length=length,
+                                         exception=exception, context={})
+
+    # ----------------------------------------------------------- lifecycle
+
+    def _test_start(self, environment: Environment, **_: Any) -> None:
+        self.env = environment
+        self.params = Params.from_options(cast(argparse.Namespace, environment.parsed_options))
+        self.recorder = Recorder()
+        self.collector = Collector()
+        self.stop = Event()
+        self.steps, self.result, self.result_path = [], None, None
+        self._finals, self._reporters, self._final_sent = set(), set(), False
+        self.started_us = now_us()
+        run_time = self.params.run_time
+        self.publish_until_us = (self.started_us + int((run_time - self.params.drain) * 1e6)
+                                 if run_time else 1 << 62)
+        self.recorder.warmup_until_us = self.started_us + int(self.params.warmup * 1e6)
+        self.hosts = {}
+        if not isinstance(environment.runner, MasterRunner):
+            self.hosts[self.recorder.host] = result_mod.host_metadata()
+            self._monitors = saturation.start_monitor(self.recorder, self.stop)
+        for hook in self.on_start:
+            hook(self)
+
+    def _test_stop(self, environment: Environment, **_: Any) -> None:
+        if self.params is None:
+            return
+        self.stop.set()
+        runner = environment.runner
+        if isinstance(runner, WorkerRunner):
+            if not self._final_sent:
+                self._final_sent = True
+                runner.send_message("rtbench_final", self._final_payload())
+            return
+        if isinstance(runner, MasterRunner):
+            self._await_finals(runner)
+        else:
+            self.collector.add_delta(self.recorder.take_delta())
+            self.collector.add_ledger(self.recorder.take_ledger())
+        self._write_result()
+
+    def _final_payload(self) -> dict[str, Any]:
+        return {"delta": self.recorder.take_delta(), "ledger": self.recorder.take_ledger(),
+                "host": result_mod.host_metadata()}
+
+    def _await_finals(self, runner: MasterRunner) -> None:
+        expected = self._reporters | {c.id for c in runner.clients.all}
+        for client_id in expected - self._finals:
+            runner.send_message("rtbench_flush", None, client_id)
+        deadline = time.monotonic() + FINAL_TIMEOUT
+        while expected - self._finals and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        missing = expected - self._finals
+        if missing:
+            log.error("no final report from workers %s: the result lacks their data",
+                      sorted(missing))
+
+    def _write_result(self) -> None:
+        p = self.p
+        c = self.collector
+        verdict = c.verdict(int(p.drain * 1e6))
+        summary, reasons = saturation.check(
+            c.cpu, c.hist("canary_lag"), c.hist("schedule_lag"),
+            saturation.Thresholds(max_cpu_percent=p.max_cpu, max_lag_ms=p.max_lag_ms))
+        extra: dict[str, Any] = {}
+        for fn in self.extras:
+            extra.update(fn(self))
+        self.result = result_mod.build(
+            scenario=self.scenario, params=p.to_dict(), collector=c, verdict=verdict,
+            saturation=summary, saturation_reasons=reasons, started_us=self.started_us,
+            ended_us=now_us(), hosts=list(self.hosts.values()), steps=self.steps, extra=extra)
+        path = p.result_file or result_mod.default_path(self.scenario, p.transport)
+        self.result_path = result_mod.write(path, self.result)
+        v = self.result["validity"]
+        d = self.result["delivery"]
+        lat = self.result["latency_us"]["all"]["percentiles"]
+        log.info("rtbench result %s: expected %d delivered %d missing %d dup %d; p50 %d us "
+                 "p99 %d us; valid=%s", self.result_path, d["expected"], d["delivered"],
+                 d["missing"], d["duplicates"], lat["p50"], lat["p99"], v["valid"])
+        for reason in v["reasons"]:
+            log.warning("rtbench: run INVALID: %s", reason)
+
+    def pull_local(self) -> None:
+        """Local runner: move this process's samples into the collector (live decisions)."""
+        env = self.env
+        if env is not None and not isinstance(env.runner, MasterRunner | WorkerRunner):
+            self.collector.add_delta(self.recorder.take_delta())
+
+    # ------------------------------------------------------- distribution
+
+    def _report_to_master(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        if self.params is not None and not self._final_sent:
+            data["rtbench"] = self.recorder.take_delta()
+
+    def _worker_report(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        delta = data.get("rtbench")
+        if delta is not None:
+            self._reporters.add(client_id)
+            self.collector.add_delta(delta)
+
+    def _on_final(self, environment: Environment, msg: Any, **_: Any) -> None:
+        if msg.node_id in self._finals:
+            return
+        self._finals.add(msg.node_id)
+        self._reporters.add(msg.node_id)
+        self.collector.add_delta(msg.data["delta"])
+        self.collector.add_ledger(msg.data["ledger"])
+        host = msg.data["host"]
+        self.hosts[host["hostname"]] = host
+
+    def _on_flush(self, environment: Environment, msg: Any, **_: Any) -> None:
+        runner = environment.runner
+        if not self._final_sent and runner is not None:
+            runner.stop()  # stops users, fires test_stop, which sends rtbench_final
+
+    def _init(self, environment: Environment, **_: Any) -> None:
+        self.env = environment
+        runner = environment.runner
+        if isinstance(runner, MasterRunner):
+            runner.register_message("rtbench_final", self._on_final)
+        elif isinstance(runner, WorkerRunner):
+            runner.register_message("rtbench_flush", self._on_flush)
+
+    def add_init(self, fn: Callable[..., None]) -> None:
+        """Run `fn(environment=...)` at Locust's `init` (options parsed, runner created)."""
+        events.init.add_listener(fn)
+
+    def _quitting(self, environment: Environment, **_: Any) -> None:
+        if self.result is None or self.params is None:
+            return
+        if not self.result["validity"]["valid"] and self.params.invalid_exit_code:
+            environment.process_exit_code = self.params.invalid_exit_code
+
+
+_current: Run | None = None
+
+
+def install(scenario: str) -> Run:
+    """Register rtbench's options and listeners once per process; returns the Run."""
+    global _current
+    if _current is not None:
+        _current.scenario = scenario
+        return _current
+    run = _current = Run(scenario)
+    events.init_command_line_parser.add_listener(add_options)
+    events.init.add_listener(run._init)
+    events.test_start.add_listener(run._test_start)
+    events.test_stop.add_listener(run._test_stop)
+    events.report_to_master.add_listener(run._report_to_master)
+    events.worker_report.add_listener(run._worker_report)
+    events.quitting.add_listener(run._quitting)
+    return run
+
+
+def current() -> Run:
+    if _current is None:
+        raise RuntimeError("loadgen.hooks.install() has not run (import a scenario locustfile)")
+    return _current

@@ -1,0 +1,145 @@
+"""Lossless latency histograms and the payload stamp every published message carries.
+
+Sans-I/O: no gevent, no locust; the pytest process and the asyncio benchmarks
+import this module directly.
+
+Payload stamp (shared contract with bench/): the `data` of every published
+message is the JSON object
+``{"p": "<publisher id>", "s": <seq>, "t": <intended send time, µs>, "x": "<padding>"}``
+where `s` counts from 0 per publisher and `t` is wall-clock microseconds since
+the epoch. Latency = receive wall time (µs) - `t`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from hdrh.histogram import HdrHistogram
+
+# 1 µs .. 1 hour at 3 significant digits: every latency we can meet, 0.1 % resolution.
+LOWEST_US = 1
+HIGHEST_US = 3_600_000_000
+SIG_FIGS = 3
+PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99, 100.0)
+
+
+def now_us() -> int:
+    """Wall-clock microseconds since the epoch (the unit of stamps and `ts`)."""
+    return time.time_ns() // 1000
+
+
+class Histogram:
+    """An HdrHistogram in microseconds whose merge and (de)serialization are exact.
+
+    Values below 1 µs are recorded as 1 and values above one hour as one hour
+    (counted in `clamped`), so a sample is never dropped.
+    """
+
+    __slots__ = ("_h", "clamped")
+
+    def __init__(self) -> None:
+        self._h = HdrHistogram(LOWEST_US, HIGHEST_US, SIG_FIGS)
+        self.clamped = 0
+
+    def record(self, value_us: int, count: int = 1) -> None:
+        if value_us < LOWEST_US:
+            value_us = LOWEST_US
+            self.clamped += count
+        elif value_us > HIGHEST_US:
+            value_us = HIGHEST_US
+            self.clamped += count
+        self._h.record_value(value_us, count)
+
+    @property
+    def count(self) -> int:
+        return int(self._h.get_total_count())
+
+    def merge(self, other: Histogram) -> None:
+        """Add every sample of `other` (bucket by bucket: exact)."""
+        if other.count:
+            self._h.add(other._h)
+        self.clamped += other.clamped
+
+    def reset(self) -> None:
+        self._h.reset()
+        self.clamped = 0
+
+    def percentile(self, p: float) -> int:
+        return int(self._h.get_value_at_percentile(p)) if self.count else 0
+
+    def encode(self) -> str:
+        """Compressed, base64 HdrHistogram V2 encoding (what HdrHistogram tools read)."""
+        return str(self._h.encode().decode("ascii"))
+
+    @classmethod
+    def decode(cls, text: str | bytes, clamped: int = 0) -> Histogram:
+        hist = cls()
+        if text:
+            raw = text.encode("ascii") if isinstance(text, str) else text
+            hist._h.decode_and_add(raw)
+        hist.clamped = clamped
+        return hist
+
+    def to_dict(self) -> dict[str, Any]:
+        """Summary plus the exact encoding; `from_dict` restores it."""
+        h = self._h
+        n = self.count
+        return {
+            "unit": "us",
+            "count": n,
+            "min": int(h.get_min_value()) if n else 0,
+            "max": int(h.get_max_value()) if n else 0,
+            "mean": round(float(h.get_mean_value()), 1) if n else 0.0,
+            "percentiles": {f"p{p:g}": self.percentile(p) for p in PERCENTILES},
+            "clamped": self.clamped,
+            "hdr": self.encode() if n else "",
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Histogram:
+        return cls.decode(d.get("hdr", ""), int(d.get("clamped", 0)))
+
+    def equals(self, other: Histogram) -> bool:
+        """Same count in every bucket."""
+        return bool(self._h.equals(other._h)) and self.clamped == other.clamped
+
+    def __repr__(self) -> str:
+        return f"Histogram(count={self.count}, p50={self.percentile(50)}us)"
+
+
+# ------------------------------------------------------------------ stamp
+
+
+@dataclass(slots=True, frozen=True)
+class Stamp:
+    publisher: str
+    seq: int
+    intended_us: int
+
+
+_PAD_OVERHEAD = len(b'{"p":"","s":,"t":,"x":""}')
+
+
+def build_payload(publisher: str, seq: int, intended_us: int, size: int = 0) -> bytes:
+    """The JSON encoding of a stamped `data` object, padded to `size` bytes when possible.
+
+    The result is at least the unpadded stamp (about 60 bytes): a smaller `size`
+    cannot be honoured and is ignored rather than truncating the stamp.
+    """
+    pub = orjson.dumps(publisher)  # quoted and escaped
+    core = len(pub) - 2 + len(str(seq)) + len(str(intended_us)) + _PAD_OVERHEAD
+    pad = size - core if size > core else 0
+    return b'{"p":%s,"s":%d,"t":%d,"x":"%s"}' % (pub, seq, intended_us, b"x" * pad)
+
+
+def parse_stamp(data: Any) -> Stamp | None:
+    """The stamp of a decoded `data` value, or None if it carries no valid stamp."""
+    if not isinstance(data, dict):
+        return None
+    p, s, t = data.get("p"), data.get("s"), data.get("t")
+    if not isinstance(p, str) or type(s) is not int or type(t) is not int or s < 0:
+        return None
+    return Stamp(p, s, t)

@@ -1,0 +1,169 @@
+"""Per-process measurements (`Recorder`) and their exact merge across processes (`Collector`).
+
+Sans-I/O: no gevent, no locust. A worker ships `Recorder.take_delta()` with
+every `report_to_master` (histograms of the samples since the last report, as
+HdrHistogram encodings, and counter increments) and `Recorder.take_ledger()`
+once, when it stops; the master feeds both to its `Collector`. A local run
+feeds its own recorder to the collector the same way, so one code path merges.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import Counter
+from typing import Any
+
+from loadgen.delivery import PublisherLog, Verdict, Window, judge
+from loadgen.measure import Histogram, Stamp, now_us
+
+# Histogram names: delivery latency per event kind, plus the timings every run records.
+LATENCY_KINDS = ("message", "direct")
+TIMINGS = ("connect", "rejoin", "schedule_lag", "canary_lag", "publish_blocked")
+
+
+class Recorder:
+    """Everything one load-generator process measures."""
+
+    def __init__(self, host: str | None = None) -> None:
+        self.host = host or socket.gethostname()
+        self.pid = os.getpid()
+        self.hists: dict[str, Histogram] = {k: Histogram() for k in (*LATENCY_KINDS, *TIMINGS)}
+        self.counters: Counter[str] = Counter()
+        self.publishers: list[PublisherLog] = []
+        self.windows: list[Window] = []
+        self.cpu_samples: list[float] = []
+        self._live: set[Window] = set()
+        self.warmup_until_us = 0  # latencies of messages intended before this are not timed
+
+    # -------------------------------------------------------------- recording
+
+    def publisher(self, pub_id: str, channel: str) -> PublisherLog:
+        log = PublisherLog(pub_id, channel, self.host)
+        self.publishers.append(log)
+        return log
+
+    def open_window(self, receiver: str, channel: str, start_us: int | None = None) -> Window:
+        w = Window(receiver, channel, self.host, now_us() if start_us is None else start_us)
+        self.windows.append(w)
+        self._live.add(w)
+        return w
+
+    def close_window(self, w: Window, end_us: int | None = None) -> None:
+        if w.end_us is None:
+            w.end_us = now_us() if end_us is None else end_us
+        self._live.discard(w)
+
+    def delivered(self, w: Window | None, kind: str, stamp: Stamp | None, recv_us: int,
+                  wire_bytes: int) -> bool:
+        """One stamped delivery; returns False for a duplicate (not timed twice)."""
+        c = self.counters
+        c["received"] += 1
+        c["wire_bytes"] += wire_bytes
+        if stamp is None:
+            c["unstamped"] += 1
+            if w is not None:
+                w.unstamped += 1
+            return True
+        if w is not None and not w.receive(stamp.publisher, stamp.seq):
+            c["duplicates"] += 1
+            return False
+        if stamp.intended_us >= self.warmup_until_us:
+            self.hists[kind].record(recv_us - stamp.intended_us)
+        else:
+            c["warmup_deliveries"] += 1
+        return True
+
+    def timing(self, name: str, value_us: int) -> None:
+        self.hists[name].record(value_us)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def holes(self) -> int:
+        """Live loss signal: seqs skipped in still-open windows that have not arrived (yet)."""
+        return sum(t.holes for w in self._live for t in w.streams.values())
+
+    # -------------------------------------------------------------- shipping
+
+    def take_delta(self) -> dict[str, Any]:
+        """Samples and counts since the previous call; resets them here."""
+        hists = {}
+        for name, h in self.hists.items():
+            if h.count:
+                hists[name] = {"hdr": h.encode(), "clamped": h.clamped}
+                h.reset()
+        counters = dict(self.counters)
+        self.counters.clear()
+        cpu, self.cpu_samples = self.cpu_samples, []
+        return {"host": self.host, "pid": self.pid, "hists": hists, "counters": counters,
+                "cpu": cpu, "holes": self.holes()}
+
+    def take_ledger(self) -> dict[str, Any]:
+        """Publisher logs and windows (closing open windows now); call once per run."""
+        end = now_us()
+        for w in list(self._live):
+            self.close_window(w, end)
+        ledger = {"host": self.host, "pid": self.pid,
+                  "publishers": [p.to_dict() for p in self.publishers],
+                  "windows": [w.to_dict() for w in self.windows]}
+        self.publishers, self.windows = [], []
+        return ledger
+
+
+class Collector:
+    """Exact merge of every process's deltas and ledgers; computes the delivery verdict."""
+
+    def __init__(self) -> None:
+        self.hists: dict[str, Histogram] = {}
+        self.by_host: dict[str, dict[str, Histogram]] = {}
+        self.counters: Counter[str] = Counter()
+        self.publishers: list[PublisherLog] = []
+        self.windows: list[Window] = []
+        self.cpu: dict[str, list[float]] = {}  # "host/pid" -> samples (percent of one core)
+        self.holes: dict[str, int] = {}
+        self.step: dict[str, Histogram] = {}  # since `start_step()`: the capacity-curve point
+        self.step_counters: Counter[str] = Counter()
+        self.processes: set[str] = set()
+
+    def add_delta(self, d: dict[str, Any]) -> None:
+        proc = f"{d['host']}/{d['pid']}"
+        self.processes.add(proc)
+        host_hists = self.by_host.setdefault(d["host"], {})
+        for name, enc in d["hists"].items():
+            h = Histogram.decode(enc["hdr"], int(enc.get("clamped", 0)))
+            for target in (self.hists, host_hists, self.step):
+                target.setdefault(name, Histogram()).merge(h)
+        self.counters.update(d["counters"])
+        self.step_counters.update(d["counters"])
+        self.cpu.setdefault(proc, []).extend(d["cpu"])
+        self.holes[proc] = int(d["holes"])
+
+    def add_ledger(self, d: dict[str, Any]) -> None:
+        self.processes.add(f"{d['host']}/{d['pid']}")
+        self.publishers.extend(PublisherLog.from_dict(p) for p in d["publishers"])
+        self.windows.extend(Window.from_dict(w) for w in d["windows"])
+
+    def start_step(self) -> None:
+        self.step = {}
+        self.step_counters = Counter()
+
+    def hist(self, name: str) -> Histogram:
+        return self.hists.get(name) or Histogram()
+
+    def latency(self) -> Histogram:
+        """All delivery latencies, every kind."""
+        total = Histogram()
+        for kind in LATENCY_KINDS:
+            total.merge(self.hist(kind))
+        return total
+
+    def step_latency(self) -> Histogram:
+        total = Histogram()
+        for kind in LATENCY_KINDS:
+            if kind in self.step:
+                total.merge(self.step[kind])
+        return total
+
+    def verdict(self, grace_us: int) -> Verdict:
+        return judge(self.publishers, self.windows, grace_us, now_us())
