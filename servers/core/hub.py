@@ -90,7 +90,7 @@ class _Sub:
 
     def __init__(self, ready: asyncio.Future[None]) -> None:
         self.count = 0
-        self.ready = ready
+        self.ready: asyncio.Future[None] | None = ready  # None once confirmed
 
 
 class Hub:
@@ -326,6 +326,8 @@ class Hub:
         if sub is None:
             sub = self._subs[topic] = _Sub(asyncio.ensure_future(self.broker.subscribe(topic)))
         sub.count += 1
+        if sub.ready is None:
+            return  # already confirmed
         try:
             await asyncio.shield(sub.ready)
         except BaseException:
@@ -333,6 +335,7 @@ class Hub:
             if sub.count == 0 and self._subs.get(topic) is sub:
                 del self._subs[topic]
             raise
+        sub.ready = None  # drop the finished task: one per user topic adds up
 
     def _release(self, topic: str) -> None:
         sub = self._subs.get(topic)

@@ -7,11 +7,12 @@ import contextlib
 import logging
 
 from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from servers.core.errors import AuthError, BrokerUnavailable
 from servers.core.hub import Connection, Hub
-from servers.core.types import CloseReason
+from servers.core.types import CloseReason, Event
 from servers.transports.http import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, Context
 
 log = logging.getLogger("rtbench.ws")
@@ -35,23 +36,34 @@ async def _pump(ws: WebSocket, conn: Connection) -> None:
     """Outbox -> socket. Ends when the outbox closes; then closes the socket with its reason."""
     outbox = conn.outbox
     send = ws.send
-    while True:
-        events = await outbox.get()
-        if not events:
-            break
-        for ev in events:
-            await send({"type": "websocket.send", "text": ev.text()})
+    while await _send_batch(send, await outbox.get()):
+        pass
     reason = outbox.close_reason or CloseReason.NORMAL
     with contextlib.suppress(Exception):
         await ws.close(int(reason), CLOSE_TEXT.get(reason, reason.name.lower()))
 
 
-def routes(ctx: Context) -> list[BaseRoute]:
-    hub: Hub = ctx.hub
+async def _send_batch(send: Send, events: list[Event]) -> bool:
+    """Write one batch; a function of its own so that no sent event stays referenced
+    while the pump waits for the next batch (an idle connection holds nothing)."""
+    for ev in events:
+        await send({"type": "websocket.send", "text": ev.text()})
+    return bool(events)
 
-    async def endpoint(ws: WebSocket) -> None:
+
+class _Endpoint:
+    """The /ws endpoint as a plain ASGI app: a class instance, so Starlette routes to it
+    without its per-session exception wrapper (about 1 KB per held connection)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.hub: Hub = ctx.hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send)
+        hub = self.hub
         try:
-            user = ctx.authenticate(ws)
+            user = self.ctx.authenticate(ws)
         except AuthError as exc:
             # close after accept so that browsers can read the code and reason
             await ws.accept(_subprotocol(ws))
@@ -66,7 +78,7 @@ def routes(ctx: Context) -> list[BaseRoute]:
         pump = asyncio.create_task(_pump(ws, conn))
         try:
             while True:
-                msg = await ws.receive()
+                msg = await receive()
                 if msg["type"] == "websocket.disconnect":
                     break
                 data = msg.get("text")
@@ -82,4 +94,6 @@ def routes(ctx: Context) -> list[BaseRoute]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pump
 
-    return [WebSocketRoute("/ws", endpoint)]
+
+def routes(ctx: Context) -> list[BaseRoute]:
+    return [WebSocketRoute("/ws", _Endpoint(ctx))]
