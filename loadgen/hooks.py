@@ -111,6 +111,7 @@ class Run:
                                  if run_time else 1 << 62)
         self.recorder.warmup_until_us = self.started_us + int(self.params.warmup * 1e6)
         self.hosts = {}
+        self.extras = []
         if not isinstance(environment.runner, MasterRunner):
             self.hosts[self.recorder.host] = result_mod.host_metadata()
             self._monitors = saturation.start_monitor(self.recorder, self.stop)
