@@ -57,7 +57,7 @@ def _members_key(room: str) -> str:
 class Connection:
     """One client connection as the core sees it (one per socket/stream/session)."""
 
-    __slots__ = ("fmt", "id", "outbox", "rooms", "user", "watching")
+    __slots__ = ("fmt", "id", "joining", "outbox", "rooms", "user", "watching")
 
     def __init__(self, conn_id: str, user: str, fmt: str, outbox: Outbox) -> None:
         self.id = conn_id
@@ -66,6 +66,8 @@ class Connection:
         self.outbox = outbox
         self.rooms: set[str] = set()
         self.watching: set[str] = set()  # rooms whose join/leave events it asked for
+        # rooms being subscribed for it (set when needed: most connections never have one)
+        self.joining: dict[str, asyncio.Future[None]] | None = None
 
     def __repr__(self) -> str:
         return f"Connection({self.id}, user={self.user})"
@@ -265,33 +267,63 @@ class Hub:
 
     async def _join(self, conn: Connection, cmd: Join) -> None:
         room = cmd.room
-        if room in conn.rooms:
-            return  # idempotent
-        if len(conn.rooms) >= self.limits.max_rooms:
+        while room not in conn.rooms:  # already a member: a no-op
+            pending = conn.joining.get(room) if conn.joining else None
+            if pending is None:
+                await self._join_new(conn, cmd)
+                return
+            # the same room is being joined by a concurrent command of this connection
+            # (HTTP transports run them concurrently): ack only once that join took
+            # effect; if it failed, try again (and fail) on our own
+            await asyncio.shield(pending)
+
+    async def _join_new(self, conn: Connection, cmd: Join) -> None:
+        room = cmd.room
+        joining = conn.joining
+        if len(conn.rooms) + (len(joining) if joining else 0) >= self.limits.max_rooms:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_ROOMS,
                 f"a connection may join at most {self.limits.max_rooms} rooms",
                 cmd.ref,
             )
-        conn.rooms.add(room)  # reserve the slot while subscribing
+        # pending joins stay out of conn.rooms: a close or leave meanwhile must not undo
+        # (uncount, announce, release) a membership that never took effect
+        if joining is None:
+            joining = conn.joining = {}
+        done = joining[room] = asyncio.get_running_loop().create_future()
         try:
-            await self._acquire(room_topic(room))
+            await self._subscribe_room(conn, cmd)
+        finally:
+            del joining[room]
+            if not joining:
+                conn.joining = None
+            done.set_result(None)
+
+    async def _subscribe_room(self, conn: Connection, cmd: Join) -> None:
+        """Subscribe what a member needs, then register it: all or nothing."""
+        room = cmd.room
+        topics = [room_topic(room)]
+        if cmd.presence:
+            topics.append(presence_topic(room))
+        acquired: list[str] = []
+        try:
+            for topic in topics:
+                await self._acquire(topic)
+                acquired.append(topic)
         except BaseException:
-            conn.rooms.discard(room)
+            for topic in acquired:
+                self._release(topic)
             raise
         if conn.id not in self._conns:  # closed while subscribing
-            conn.rooms.discard(room)
-            self._release(room_topic(room))
+            for topic in acquired:
+                self._release(topic)
             return
+        conn.rooms.add(room)
         self._rooms.setdefault(room, set()).add(conn)
         if cmd.presence:
-            await self._watch(conn, room)
+            conn.watching.add(room)
+            self._watchers.setdefault(room, set()).add(conn)
         self._spawn(self._member_delta(room, conn.user, 1))
-
-    async def _watch(self, conn: Connection, room: str) -> None:
-        await self._acquire(presence_topic(room))
-        conn.watching.add(room)
-        self._watchers.setdefault(room, set()).add(conn)
 
     def _leave_local(self, conn: Connection, room: str) -> None:
         conn.rooms.discard(room)
