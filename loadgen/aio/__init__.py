@@ -5,6 +5,13 @@
     await client.publish("lobby", {"text": "hi"})
     ev = await client.next_event("message")
 
+Events that are not replies to the client's own commands go to `client.on_event`
+when set (nothing is buffered then; set it right after `connect`), otherwise to a
+buffer read with `next_event(types, timeout)` / `take_events(types)`. Each is a
+`Received` (`type`, decoded `body`, local `recv_us`). A failed command raises
+CommandError; a connection the server refused or ended raises ServerClosed, and
+`closed_reason` then says why (section 6 code and reason).
+
 `url` is the server's base URL (`http://host:port`; `grpc://host:port` for gRPC).
 Options common to all transports: `timeout` (handshake and command replies) and
 `first` (commands sent as soon as the transport allows, before `welcome` is
