@@ -330,15 +330,16 @@ class HttpCommandClient(Client):
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
-        owns_http: bool,
+        url: str,
         token: str | None,
         token_in: TokenPlacement,
         timeout: float,
+        http: httpx.AsyncClient | None,
     ) -> None:
         super().__init__(timeout)
-        self._http = http
-        self._owns_http = owns_http
+        self.base = base_url(url)
+        self._owns_http = http is None
+        self._http = http or new_http_client(self.base, timeout)
         self._headers: Mapping[str, str] = auth_headers(token, token_in)
         self._params: Mapping[str, str] = auth_params(token, token_in)
         self._post_headers = {**self._headers, "content-type": "application/json"}

@@ -17,9 +17,7 @@ from loadgen.aio.base import (
     CloseInfo,
     HttpCommandClient,
     TokenPlacement,
-    base_url,
     decode_body,
-    new_http_client,
     refused,
 )
 
@@ -27,19 +25,9 @@ from loadgen.aio.base import (
 class LongPollClient(HttpCommandClient):
     transport = "longpoll"
 
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        owns_http: bool,
-        token: str | None,
-        token_in: TokenPlacement,
-        timeout: float,
-        poll_timeout: float,
-    ) -> None:
-        super().__init__(http, owns_http, token, token_in, timeout)
-        self.poll_timeout = poll_timeout
-        self._conn_url = ""
-        self._poller: asyncio.Task[None] | None = None
+    poll_timeout = 25.0
+    _conn_url = ""
+    _poller: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -54,12 +42,11 @@ class LongPollClient(HttpCommandClient):
         poll_timeout: float = 25.0,
     ) -> LongPollClient:
         """Create the session (its response carries `welcome`), send `first`, start polling."""
-        base = base_url(url)
-        self = cls(http or new_http_client(base, timeout), http is None, token, token_in,
-                   timeout, poll_timeout)
+        self = cls(url, token, token_in, timeout, http)
+        self.poll_timeout = poll_timeout
         try:
             resp = await self._http.post(
-                base + "/lp/connect", headers=self._headers, params=self._params
+                self.base + "/lp/connect", headers=self._headers, params=self._params
             )
         except BaseException:
             await self._close_http()
@@ -68,7 +55,7 @@ class LongPollClient(HttpCommandClient):
             await self._close_http()
             raise refused(resp)
         body = decode_body(resp)
-        self._conn_url = f"{base}/lp/{body['conn']}"
+        self._conn_url = f"{self.base}/lp/{body['conn']}"
         self.command_url = self._conn_url
         events = body.get("events") or [{}]
         self._set_welcome(events[0])

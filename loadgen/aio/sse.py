@@ -17,10 +17,6 @@ from loadgen.aio.base import (
     CloseInfo,
     HttpCommandClient,
     TokenPlacement,
-    auth_headers,
-    auth_params,
-    base_url,
-    new_http_client,
     refused,
 )
 
@@ -58,20 +54,8 @@ class SseParser:
 
 class SseClient(HttpCommandClient):
     transport = "sse"
-
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        owns_http: bool,
-        token: str | None,
-        token_in: TokenPlacement,
-        timeout: float,
-        base: str,
-    ) -> None:
-        super().__init__(http, owns_http, token, token_in, timeout)
-        self._base = base
-        self._response: httpx.Response | None = None
-        self._reader: asyncio.Task[None] | None = None
+    _response: httpx.Response | None = None
+    _reader: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -85,14 +69,12 @@ class SseClient(HttpCommandClient):
         http: httpx.AsyncClient | None = None,
     ) -> SseClient:
         """Open the event stream, wait for `welcome`, then send `first`."""
-        base = base_url(url)
-        self = cls(http or new_http_client(base, timeout), http is None, token, token_in,
-                   timeout, base)
+        self = cls(url, token, token_in, timeout, http)
         request = self._http.build_request(
             "GET",
-            base + "/sse",
-            headers={**auth_headers(token, token_in), "accept": "text/event-stream"},
-            params=auth_params(token, token_in),
+            self.base + "/sse",
+            headers={**self._headers, "accept": "text/event-stream"},
+            params=self._params,
             timeout=httpx.Timeout(timeout, read=None),  # the stream is idle between events
         )
         try:
@@ -107,7 +89,7 @@ class SseClient(HttpCommandClient):
             raise refused(response)
         self._reader = asyncio.create_task(self._read(response))
         await self._await_welcome()
-        self.command_url = f"{base}/sse/{self.welcome['conn']}"
+        self.command_url = f"{self.base}/sse/{self.welcome['conn']}"
         for cmd in first:
             await self.send_raw(orjson.dumps(cmd))
         return self
