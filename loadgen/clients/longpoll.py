@@ -70,7 +70,9 @@ class LongPollClient(HttpClient):
             self.close_http()
             return
         reader, self._reader = self._reader, None
-        if self.conn_id and not self.closed.is_set():
+        open_session = bool(self.conn_id) and not self.closed.is_set()
+        self._ended(1000, "closed by client")
+        if open_session:
             try:
                 with gevent.Timeout(self.timeout):
                     self.request("DELETE", f"/lp/{self.conn_id}")
@@ -81,4 +83,3 @@ class LongPollClient(HttpClient):
         if hasattr(self, "_poll_http"):
             self._poll_http.close()
         self.close_http()
-        self._ended(1000, "closed by client")

@@ -101,7 +101,7 @@ class SseClient(HttpClient):
             while True:
                 raw = readline(b"\n")
                 if not raw:
-                    self._ended(1000, "stream ended by the server")
+                    self._ended(1006, "stream ended by the server")
                     return
                 data = line(raw)
                 if data is not None:
@@ -113,6 +113,7 @@ class SseClient(HttpClient):
             self._ended(1006, f"stream lost: {exc!r}")
 
     def close(self) -> None:
+        self._ended(1000, "closed by client")
         if self._stream is not None:
             stream, self._stream = self._stream, None
             if self._reader is not None:
@@ -120,4 +121,3 @@ class SseClient(HttpClient):
             stream.release()
             self._stream_http.close()
         self.close_http()
-        self._ended(1000, "closed by client")

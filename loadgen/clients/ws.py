@@ -92,6 +92,7 @@ class WsClient(StreamClient):
         if ws is None:
             return
         self._ws = None
+        self._ended(1000, "closed by client")
         try:
             ws.close(timeout=1)
         except (OSError, websocket.WebSocketException):
@@ -99,7 +100,6 @@ class WsClient(StreamClient):
         ws.shutdown()
         if self._reader is not None:
             self._reader.kill(block=True, timeout=1)
-        self._ended(1000, "closed by client")
 
 
 def _close_info(data: bytes) -> tuple[int, str]:

@@ -1,0 +1,136 @@
+"""gRPC client (`Chat.Connect` bidirectional stream) for gevent processes.
+
+grpcio runs its own threads; `grpc.experimental.gevent.init_gevent()` (called at
+import, before any channel exists) makes its completion queue cooperate with the
+gevent hub. The known hang under gevent is a request iterator that blocks the
+hub; here the iterator blocks on a gevent queue, which yields, and `close()`
+always ends it with a sentinel, cancels the call and closes the channel, so no
+greenlet or grpc thread is left waiting (tests/test_loadgen_e2e.py bounds it).
+
+Frame <-> dict conversions are shared with the asyncio client (`loadgen.aio.grpc`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import grpc
+import orjson
+from gevent.queue import Queue
+from grpc.experimental import gevent as grpc_gevent
+
+from loadgen.aio.grpc import CONNECT, close_info, event_of, frame_of, target_of
+from loadgen.clients.base import ClientError, StreamClient
+from loadgen.measure import now_us
+from servers.proto import rtbench_pb2 as pb
+
+grpc_gevent.init_gevent()
+
+# gRPC message prefix (5) + one HTTP/2 DATA frame header (9) per event
+FRAME_OVERHEAD = 14
+_END = b""  # request-iterator sentinel (a real frame is never empty: it has a oneof)
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class GrpcClient(StreamClient):
+    transport: ClassVar[str] = "grpc"
+
+    _call: Any = None
+    _channel: grpc.Channel | None = None
+
+    def _open(self) -> dict[str, Any]:
+        self._queue: Queue[bytes] = Queue()
+        self._channel = grpc.insecure_channel(target_of(self.url))
+        method = self._channel.stream_stream(CONNECT, request_serializer=_identity,
+                                             response_deserializer=_identity)
+        self._call = method(self._requests(),
+                            metadata=(("authorization", f"Bearer {self.token}"),))
+        self._responses: Iterator[bytes] = iter(self._call)
+        try:
+            first = next(self._responses)
+        except grpc.RpcError as exc:
+            code, reason = self._status(exc)
+            self._teardown()
+            raise ClientError(str(code), reason or "stream refused") from None
+        except StopIteration:
+            self._teardown()
+            raise ClientError("closed", "stream ended before welcome") from None
+        return event_of(pb.ServerFrame.FromString(first))
+
+    def _requests(self) -> Iterator[bytes]:
+        get = self._queue.get
+        while True:
+            frame = get()
+            if frame is _END:
+                return
+            yield frame
+
+    def _send_command(self, cmd: dict[str, Any]) -> None:
+        self._put(frame_of(cmd).SerializeToString())
+
+    def send(self, frame: bytes) -> None:
+        self._send_command(orjson.loads(frame))
+
+    def publish(self, room: str, data: bytes) -> None:
+        f = pb.ClientFrame()
+        f.publish.room = room
+        f.publish.data = data  # already the JSON encoding: no decode/re-encode
+        self._put(f.SerializeToString())
+
+    def direct(self, to: str, data: bytes) -> None:
+        f = pb.ClientFrame()
+        f.direct.to = to
+        f.direct.data = data
+        self._put(f.SerializeToString())
+
+    def _put(self, raw: bytes) -> None:
+        if self.closed.is_set() or self._call is None:
+            raise ClientError("closed", self.close_reason or "connection is closed")
+        self._queue.put(raw)
+
+    def _read_loop(self) -> None:
+        dispatch = self._dispatch
+        parse = pb.ServerFrame.FromString
+        try:
+            for raw in self._responses:
+                t = now_us()
+                dispatch(event_of(parse(raw)), len(raw) + FRAME_OVERHEAD, t)
+            self._ended(*self._final_status())
+        except grpc.RpcError as exc:
+            self._ended(*self._status(exc))
+        except ValueError as exc:  # undecodable frame, bad JSON in `data`
+            self._ended(1007, f"bad frame from server: {exc}")
+            self._teardown()
+
+    def _final_status(self) -> tuple[int, str]:
+        info = close_info(self._call.code(), self._call.details())
+        return info.code, info.reason
+
+    def _status(self, exc: grpc.RpcError) -> tuple[int, str]:
+        call: Any = exc
+        try:
+            info = close_info(call.code(), call.details())
+        except AttributeError:
+            return 1006, repr(exc)
+        return info.code, info.reason
+
+    def _teardown(self) -> None:
+        if self._call is not None:
+            self._queue.put(_END)
+            self._call.cancel()
+            self._call = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def close(self) -> None:
+        if self._channel is None:
+            return
+        self._ended(1000, "closed by client")  # first: the cancel below ends the reader too
+        self._teardown()
+        if self._reader is not None:
+            self._reader.kill(block=True, timeout=2)

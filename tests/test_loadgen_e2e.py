@@ -1,0 +1,294 @@
+"""The Locust scenarios, headless, against real server processes (and a private Redis).
+
+Locust monkey-patches the process with gevent, which would break the asyncio
+tests, so every Locust run here is a subprocess; the assertions read the
+result file it writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from servers.testing import RedisServer, ServerProcess, free_port
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
+INVALID = 3  # --invalid-exit-code default
+
+
+def _server(transport: str, *args: str) -> ServerProcess:
+    extra = ["--metrics-port", str(free_port())] if transport == "grpc" else []
+    return ServerProcess(transport, free_port(), args=[*args, *extra])
+
+
+@contextlib.contextmanager
+def servers(transport: str, n: int = 1, redis: RedisServer | None = None,
+            ) -> Iterator[list[ServerProcess]]:
+    if redis is None:
+        args = ["--broker", "memory"]
+    else:
+        args = ["--broker", "redis", "--redis-url", redis.url,
+                "--namespace", f"lg-{uuid.uuid4().hex[:8]}"]
+    procs = [_server(transport, *args) for _ in range(n)]
+    try:
+        for p in procs:
+            p.start()
+        yield procs
+    finally:
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.stop()
+
+
+@dataclass
+class Outcome:
+    rc: int
+    result: dict[str, Any]
+    output: str
+
+    @property
+    def delivery(self) -> dict[str, Any]:
+        return dict(self.result["delivery"])
+
+    def counter(self, name: str) -> int:
+        return int(self.result["counters"].get(name, 0))
+
+
+def locust(scenario: str, procs: Sequence[ServerProcess], tmp_path: Path, *args: str,
+           transport: str = "ws", users: int = 4, seconds: float = 4, rate: float = 20,
+           locustfile: Path | None = None, popen_hook: Any = None) -> Outcome:
+    out = tmp_path / f"{scenario}-{transport}-{uuid.uuid4().hex[:6]}.json"
+    cmd = [sys.executable, "-m", "locust", "-f",
+           str(locustfile or ROOT / "loadgen" / f"{scenario}.py"),
+           "--headless", "-u", str(users), "-r", "50", "-t", f"{seconds}s",
+           "--servers", ",".join(p.url for p in procs), "--transport", transport,
+           "--publish-rate", str(rate), "--drain", "1", "--result-file", str(out),
+           "--only-summary", "--exit-code-on-error", "0", *args]
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+        if popen_hook is not None:
+            popen_hook(proc)
+        try:
+            stdout, _ = proc.communicate(timeout=seconds + 40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, _ = proc.communicate()
+            pytest.fail(f"locust {scenario} did not finish:\n{stdout.decode()[-3000:]}")
+    text = stdout.decode(errors="replace")
+    assert out.exists(), f"no result file; locust said:\n{text[-3000:]}"
+    return Outcome(proc.returncode, orjson.loads(out.read_bytes()), text)
+
+
+def assert_all_delivered(o: Outcome, min_expected: int) -> None:
+    d = o.delivery
+    assert d["missing"] == 0, (d, o.output[-2000:])
+    assert d["duplicates"] == 0
+    assert d["expected"] >= min_expected, d
+    assert d["delivered"] == d["expected"]
+    assert o.result["latency_us"]["all"]["count"] >= d["delivered"]
+    assert not o.result["validity"]["lost_messages"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_broadcast_delivers_everything(transport: str, tmp_path: Path) -> None:
+    with servers(transport) as procs:
+        o = locust("broadcast", procs, tmp_path, transport=transport, users=4)
+    # 1 publisher + 3 subscribers, all members; ~20 msg/s for ~3 s each
+    assert_all_delivered(o, min_expected=4 * 40)
+    assert o.delivery["windows"] == 4
+    assert o.counter("connects") == 4 and o.counter("connect_failures") == 0
+    assert o.result["timings_us"]["connect"]["count"] == 4
+    assert o.result["wire_bytes_per_delivery"] > 100  # payload (100 B) plus framing
+    assert o.result["transport"] == transport and o.result["version"] == 1
+    assert "message" in o.output  # Locust's own request stats saw the deliveries
+
+
+def test_direct_across_replicas_with_several_connections(redis_server: RedisServer,
+                                                         tmp_path: Path) -> None:
+    with servers("ws", 2, redis_server) as procs:
+        o = locust("direct", procs, tmp_path, "--conns-per-user", "2", users=4)
+    # 4 users x 2 connections, each connection gets every message to its user
+    assert o.delivery["windows"] == 8
+    assert_all_delivered(o, min_expected=8 * 40)
+    assert o.rc == 0 or o.result["validity"]["saturated"], o.result["validity"]
+
+
+def test_chat_rooms_span_replicas_over_sse(redis_server: RedisServer, tmp_path: Path) -> None:
+    with servers("sse", 2, redis_server) as procs:
+        o = locust("chat", procs, tmp_path, "--room-size", "3", transport="sse", users=6,
+                   rate=10)
+    assert o.delivery["windows"] == 6
+    assert_all_delivered(o, min_expected=6 * 3 * 15)
+
+
+def test_churn_counts_reconnects_and_reports_loss(tmp_path: Path) -> None:
+    with servers("ws") as procs:
+        o = locust("churn", procs, tmp_path, "--churn-interval", "0.4", users=4, rate=100)
+    d = o.delivery
+    assert o.counter("reconnects") >= 6
+    assert o.result["timings_us"]["rejoin"]["count"] == o.counter("reconnects")
+    assert d["delivered"] + d["missing"] == d["expected"] > 0
+    # protocol v1 has no resume: a message published while away is lost, and says so
+    assert o.result["validity"]["lost_messages"] == (d["missing"] > 0)
+    if d["missing"]:
+        assert o.rc == INVALID
+
+
+def test_connections_reports_server_memory(tmp_path: Path) -> None:
+    with servers("ws") as procs:
+        o = locust("connections", procs, tmp_path, users=20, seconds=4)
+    assert o.counter("connects") == 20
+    (stats,) = o.result["extra"]["servers"].values()
+    assert stats["connections_peak"] == 20
+    assert stats["rss_per_connection_bytes"] is not None
+    assert stats["idle_cpu_percent"] is not None
+
+
+STARVED = """
+import time
+
+import gevent
+
+from loadgen import hooks
+from loadgen.broadcast import Publisher, Steps, Subscriber  # noqa: F401
+
+
+def _hog(run):
+    def burn():  # holds the gevent hub 150 ms at a time: a starved load generator
+        while not run.stop.is_set():
+            t = time.perf_counter()
+            while time.perf_counter() - t < 0.15:
+                pass
+            gevent.sleep(0.005)
+    gevent.spawn(burn)
+
+
+hooks.current().on_start.append(_hog)
+"""
+
+
+def test_saturation_marks_a_starved_generator_invalid(tmp_path: Path) -> None:
+    starved = tmp_path / "starved.py"
+    starved.write_text(STARVED)
+    with servers("ws") as procs:
+        o = locust("broadcast", procs, tmp_path, users=3, locustfile=starved)
+    v = o.result["validity"]
+    assert v["saturated"] and not v["valid"], v
+    assert any("lag" in r for r in v["reasons"])
+    assert o.rc == INVALID
+    assert o.delivery["missing"] == 0  # slow is not lost: the verdict keeps them apart
+
+
+def _wait_connections(url: str, n: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url + "/healthz", timeout=2) as resp:
+            if orjson.loads(resp.read())["connections"] >= n:
+                return
+        time.sleep(0.05)
+    pytest.fail(f"{url} never held {n} connections")
+
+
+@pytest.mark.parametrize("transport", ["ws", "longpoll"])
+def test_open_loop_schedule_survives_a_paused_server(transport: str, tmp_path: Path) -> None:
+    rate, seconds, pause = 50, 5, 1.0
+    with servers(transport) as procs:
+        server = procs[0]
+        assert server.proc is not None
+        pid = server.proc.pid
+
+        def stall(proc: subprocess.Popen[bytes]) -> None:
+            _wait_connections(server.url, 2)
+            time.sleep(0.5)  # let deliveries flow first: the stall must hit a running schedule
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                time.sleep(pause)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+
+        o = locust("broadcast", procs, tmp_path, transport=transport, users=2, rate=rate,
+                   seconds=seconds, popen_hook=stall)
+    d = o.delivery
+    # the schedule ran through the stall: ~rate x (seconds - drain) sends, not rate x 3 s
+    assert d["published"] >= rate * (seconds - 1) * 0.85, d
+    assert d["missing"] == 0, d
+    lat = o.result["latency_us"]["all"]
+    # counted from the intended send time, the stall shows up in full
+    assert lat["max"] >= pause * 0.8e6, lat
+
+
+def test_distributed_workers_merge_into_one_result(tmp_path: Path) -> None:
+    with servers("ws") as procs:
+        o = locust("broadcast", procs, tmp_path, "--processes", "2", users=5, seconds=5)
+    assert len(o.result["processes"]) == 2, o.result["processes"]
+    assert o.delivery["windows"] == 5
+    assert_all_delivered(o, min_expected=5 * 40)
+    hosts = o.result["latency_by_host_us"]
+    assert sum(h["message"]["count"] for h in hosts.values()) == o.result["latency_us"][
+        "message"]["count"]
+
+
+GRPC_NO_HANG = """
+import sys
+from gevent import monkey; monkey.patch_all()
+import gevent
+from loadgen.clients import client_class
+from loadgen.measure import build_payload, now_us
+from servers.core.auth import DEV_SECRET, make_token
+
+url = sys.argv[1]
+C = client_class("grpc")
+got = []
+for i in range(15):  # open, use and close many streams: none may hang
+    c = C(url, make_token(f"u{i}", DEV_SECRET), lambda e, n, t: got.append(e), 5.0)
+    c.connect()
+    c.join("r")
+    c.publish("r", build_payload("u", i, now_us(), 80))
+    c.ping()
+    c.close()
+    assert c.closed.is_set()
+watcher = C(url, make_token("w", DEV_SECRET), lambda e, n, t: None, 5.0)
+watcher.connect()
+print("READY", len(got), flush=True)
+sys.stdin.readline()  # the test stops the server now
+ok = watcher.closed.wait(timeout=10)
+print("ENDED", ok, watcher.close_code, flush=True)
+"""
+
+
+def test_grpc_client_never_hangs_under_gevent(tmp_path: Path) -> None:
+    script = tmp_path / "grpc_no_hang.py"
+    script.write_text(GRPC_NO_HANG)
+    with servers("grpc") as procs, subprocess.Popen(
+        [sys.executable, str(script), procs[0].url], cwd=ROOT, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            line = proc.stdout.readline().decode()
+            assert line.startswith("READY 15"), line + proc.stdout.read().decode()
+            procs[0].stop()  # server goes away under an open stream
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            out, _ = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "ENDED True" in out.decode(), out.decode()
+    assert proc.returncode == 0
