@@ -12,20 +12,20 @@ Frame <-> dict conversions are shared with the asyncio client (`loadgen.aio.grpc
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import grpc
 import orjson
 from gevent.queue import Queue
-from grpc.experimental import gevent as grpc_gevent
 
 from loadgen.aio.grpc import CONNECT, close_info, event_of, frame_of, target_of
 from loadgen.clients.base import ClientError, StreamClient
 from loadgen.measure import now_us
 from servers.proto import rtbench_pb2 as pb
 
-grpc_gevent.init_gevent()
+importlib.import_module("grpc.experimental.gevent").init_gevent()  # untyped in grpc-stubs
 
 # gRPC message prefix (5) + one HTTP/2 DATA frame header (9) per event
 FRAME_OVERHEAD = 14
