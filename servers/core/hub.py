@@ -360,14 +360,29 @@ class Hub:
         sub.count += 1
         if sub.ready is None:
             return  # already confirmed
+        ready = sub.ready
         try:
-            await asyncio.shield(sub.ready)
+            await asyncio.shield(ready)
         except BaseException:
             sub.count -= 1
-            if sub.count == 0 and self._subs.get(topic) is sub:
-                del self._subs[topic]
+            if sub.count == 0:
+                if ready.done():
+                    self._drop_unused(topic, sub)
+                else:
+                    # our caller was cancelled but the subscribe goes on: keep the entry
+                    # (a new acquire reuses it) and undo it once done if still unused
+                    ready.add_done_callback(lambda _: self._drop_unused(topic, sub))
             raise
         sub.ready = None  # drop the finished task: one per user topic adds up
+
+    def _drop_unused(self, topic: str, sub: _Sub) -> None:
+        """Forget a subscription nobody waits for; unsubscribe if it took effect."""
+        if sub.count > 0 or self._subs.get(topic) is not sub:
+            return
+        del self._subs[topic]
+        ready = sub.ready
+        if ready is None or (not ready.cancelled() and ready.exception() is None):
+            self._spawn(self.broker.unsubscribe(topic))
 
     def _release(self, topic: str) -> None:
         sub = self._subs.get(topic)
