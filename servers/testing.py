@@ -117,7 +117,11 @@ class ServerProcess:
             cmd = ["taskset", "-c", str(cpu), *cmd]
         env = {**os.environ, **self.env}
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            if not isinstance(log, int):
+                log.close()  # the child has its own copy of the descriptor
         wait_port("127.0.0.1", self.port, timeout, self.proc)
         return self
 

@@ -177,6 +177,7 @@ class Hub:
             conn.outbox.close(CloseReason.NORMAL)
         for room in list(conn.rooms):
             self._leave_local(conn, room)
+            self._spawn(self._member_delta(room, conn.user, -1))
         users = self._users.get(conn.user)
         if users is not None:
             users.discard(conn)
@@ -253,6 +254,9 @@ class Hub:
                         ErrorCode.NOT_MEMBER, f"not a member of room {cmd.room!r}", cmd.ref
                     )
                 self._leave_local(conn, cmd.room)
+                # awaited (not spawned) so that a user's join/leave edges reach the
+                # counters in command order, even across replicas
+                await self._member_delta(cmd.room, conn.user, -1)
             elif isinstance(cmd, Ping):
                 return _reply("pong", cmd.ref, ts=now_us())
             elif isinstance(cmd, PresenceQuery):
@@ -323,7 +327,11 @@ class Hub:
         if cmd.presence:
             conn.watching.add(room)
             self._watchers.setdefault(room, set()).add(conn)
-        self._spawn(self._member_delta(room, conn.user, 1))
+        try:
+            await self._member_delta(room, conn.user, 1)
+        except BrokerUnavailable:
+            self._leave_local(conn, room)  # all or nothing: the client gets `unavailable`
+            raise
 
     def _leave_local(self, conn: Connection, room: str) -> None:
         conn.rooms.discard(room)
@@ -341,7 +349,6 @@ class Hub:
                 if not watchers:
                     del self._watchers[room]
             self._release(presence_topic(room))
-        self._spawn(self._member_delta(room, conn.user, -1))
 
     async def _member_delta(self, room: str, user: str, delta: int) -> None:
         """Count the user's connections in the room across replicas; announce 0<->1 edges."""
