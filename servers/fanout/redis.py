@@ -118,6 +118,14 @@ class RedisBroker:
         try:
             await asyncio.wait_for(asyncio.shield(fut), self._timeout)
         except TimeoutError:
+            # the caller takes the failure as "not subscribed" and will never unsubscribe:
+            # drop the channel, or the next reconnect would subscribe it for good
+            waiters = self._waiting.get(ch, [])
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters:
+                self._waiting.pop(ch, None)
+                await self.unsubscribe(topic)
             raise BrokerUnavailable(f"Redis did not confirm SUBSCRIBE {topic!r}") from None
 
     async def unsubscribe(self, topic: str) -> None:
