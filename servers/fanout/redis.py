@@ -99,10 +99,18 @@ class RedisBroker:
         kwargs = dict(self._client.connection_pool.connection_kwargs)
         kwargs["socket_timeout"] = None  # the reader blocks until a message comes
         conn = RedisConnection(**kwargs)
-        await conn.connect()  # type: ignore[no-untyped-call]
-        await conn.send_command("SUBSCRIBE", self._control, *self._wanted)
-        self._sub = conn
-        self._connected.set()
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+            # no await between reading _wanted and going live: a subscribe queued in
+            # between would be dropped (not connected yet) and missing from this SUBSCRIBE
+            packed = conn.pack_command("SUBSCRIBE", self._control, *self._wanted)
+            self._sub = conn
+            self._connected.set()
+            await conn.send_packed_command(packed, check_health=False)
+        except BaseException:
+            self._connected.clear()
+            await conn.disconnect()
+            raise
 
     # -------------------------------------------------------- subscriptions
 
