@@ -330,7 +330,11 @@ class Hub:
         try:
             await self._member_delta(room, conn.user, 1)
         except BrokerUnavailable:
-            self._leave_local(conn, room)  # all or nothing: the client gets `unavailable`
+            # all or nothing: the client gets `unavailable`; unless a close or leave
+            # meanwhile already undid the membership (undoing it twice would release
+            # a subscription other members hold)
+            if room in conn.rooms:
+                self._leave_local(conn, room)
             raise
 
     def _leave_local(self, conn: Connection, room: str) -> None:
