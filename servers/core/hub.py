@@ -284,7 +284,9 @@ class Hub:
     async def _join_new(self, conn: Connection, cmd: Join) -> None:
         room = cmd.room
         joining = conn.joining
-        if len(conn.rooms) + (len(joining) if joining else 0) >= self.limits.max_rooms:
+        # a join still counting its member is in both rooms and joining: count it once
+        taken = len(conn.rooms.union(joining)) if joining else len(conn.rooms)
+        if taken >= self.limits.max_rooms:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_ROOMS,
                 f"a connection may join at most {self.limits.max_rooms} rooms",
