@@ -6,6 +6,7 @@ Typed casts with errors that name the variable and the value (Starlette's config
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -51,6 +52,11 @@ class Settings:
         )
 
 
+def _in_range(value: float) -> bool:
+    """Every number setting is a finite count, size, port or duration."""
+    return 0 <= value < math.inf  # False for NaN too
+
+
 def _cast(name: str, raw: str, default: Any) -> Any:
     kind = type(default)
     try:
@@ -62,7 +68,7 @@ def _cast(name: str, raw: str, default: Any) -> Any:
             raise ValueError(raw)
         if kind in (int, float):
             value = kind(raw)
-            if value < 0:
+            if not _in_range(value):
                 raise ValueError(raw)
             return value
         return raw
@@ -91,6 +97,16 @@ def validate(s: Settings) -> Settings:
         raise SettingsError(f"transport {s.transport!r}: expected one of {', '.join(TRANSPORTS)}")
     if s.broker not in ("redis", "memory"):
         raise SettingsError(f"broker {s.broker!r}: expected 'redis' or 'memory'")
+    # flags arrive here without passing _cast: same range rule for them
+    for f in fields(Settings):
+        value = getattr(s, f.name)
+        if isinstance(value, int | float) and not _in_range(value):
+            raise SettingsError(
+                f"{f.name}={value!r}: expected a non-negative {type(value).__name__}"
+            )
+    for name in ("port", "metrics_port"):
+        if getattr(s, name) > 65535:
+            raise SettingsError(f"{name}={getattr(s, name)}: expected a TCP port (0-65535)")
     if s.max_frame_bytes < 256:
         raise SettingsError("max_frame_bytes must be at least 256")
     return s
