@@ -109,6 +109,9 @@ def validate(s: Settings) -> Settings:
             raise SettingsError(f"{name}={getattr(s, name)}: expected a TCP port (0-65535)")
     if s.max_frame_bytes < 256:
         raise SettingsError("max_frame_bytes must be at least 256")
+    if s.outbox_max_events < 2 or s.outbox_max_bytes < s.max_frame_bytes:
+        raise SettingsError("outbox_max_events must be at least 2 and outbox_max_bytes at "
+                            "least max_frame_bytes (or every client is dropped at once)")
     return s
 
 

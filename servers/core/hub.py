@@ -329,15 +329,7 @@ class Hub:
         if cmd.presence:
             conn.watching.add(room)
             self._watchers.setdefault(room, set()).add(conn)
-        try:
-            await self._member_delta(room, conn.user, 1)
-        except BrokerUnavailable:
-            # all or nothing: the client gets `unavailable`; unless a close or leave
-            # meanwhile already undid the membership (undoing it twice would release
-            # a subscription other members hold)
-            if room in conn.rooms:
-                self._leave_local(conn, room)
-            raise
+        await self._member_delta(room, conn.user, 1)
 
     def _leave_local(self, conn: Connection, room: str) -> None:
         conn.rooms.discard(room)
@@ -357,12 +349,19 @@ class Hub:
             self._release(presence_topic(room))
 
     async def _member_delta(self, room: str, user: str, delta: int) -> None:
-        """Count the user's connections in the room across replicas; announce 0<->1 edges."""
-        n = await self.broker.count_add(_members_key(room), user, delta)
-        if (delta > 0 and n == 1) or (delta < 0 and n == 0):
-            status = "joined" if delta > 0 else "left"
-            body = {"type": "presence", "room": room, "user": user, "status": status}
-            await self.broker.publish(presence_topic(room), Event(body).json())
+        """Count the user's connections in the room across replicas; announce 0<->1 edges.
+
+        Never raises: membership itself is local and already done; a fanout failure
+        here only costs a presence event (logged), it must not undo a join or a leave.
+        """
+        try:
+            n = await self.broker.count_add(_members_key(room), user, delta)
+            if (delta > 0 and n == 1) or (delta < 0 and n == 0):
+                status = "joined" if delta > 0 else "left"
+                body = {"type": "presence", "room": room, "user": user, "status": status}
+                await self.broker.publish(presence_topic(room), Event(body).json())
+        except BrokerUnavailable as exc:
+            log.warning("presence update for %s in %s lost: %s", user, room, exc)
 
     # -------------------------------------------------------- subscriptions
 
