@@ -1,0 +1,1 @@
+"""rtbench.v1 protobuf and gRPC modules, generated from rtbench.proto (`make proto`)."""
