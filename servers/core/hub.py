@@ -196,7 +196,7 @@ class Hub:
         try:
             cmd = parse_command(raw, self.limits)
         except ProtocolError as exc:
-            self._reply_error(conn, exc)
+            self.reply_error(conn, exc)
             return
         await self.handle(conn, cmd)
 
@@ -209,12 +209,13 @@ class Hub:
         try:
             reply = await self.execute(conn, cmd)
         except ProtocolError as exc:
-            self._reply_error(conn, exc)
+            self.reply_error(conn, exc)
             return
         if cmd.ref is not None or reply.body["type"] != "ack":
             conn.outbox.push(reply)
 
-    def _reply_error(self, conn: Connection, exc: ProtocolError) -> None:
+    def reply_error(self, conn: Connection, exc: ProtocolError) -> None:
+        """Stream transports: report a frame the adapter itself could not decode."""
         self.stats.errors += 1
         conn.outbox.push(Event(exc.body()))
 

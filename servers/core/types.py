@@ -97,7 +97,9 @@ class Event:
     def json(self) -> bytes:
         """The JSON encoding (computed once)."""
         if self._json is None:
-            self._json = orjson.dumps(self._body)
+            # orjson's result keeps a 4 KiB allocation whatever its length; a copy is
+            # exact-size, which matters for events held in outboxes (and their byte count)
+            self._json = bytes(memoryview(orjson.dumps(self._body)))
         return self._json
 
     def text(self) -> str:

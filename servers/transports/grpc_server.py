@@ -207,7 +207,7 @@ class ChatService:
                     cmd = parse_frame(raw, limits)
                 except ProtocolError as exc:
                     # what hub.handle_raw does for a JSON frame that does not parse
-                    hub._reply_error(conn, exc)
+                    hub.reply_error(conn, exc)
                     continue
                 await hub.handle(conn, cmd)
         except asyncio.CancelledError:
