@@ -6,18 +6,26 @@ each send in turn). When a client falls more than `max_events` events or
 `max_bytes` bytes behind, the outbox closes with SLOW_CONSUMER and the adapter
 disconnects it. Kept small (slots, lazily created waiter): it is held once per
 idle connection.
+
+Two ways to consume it: `await get()` (a pump task per connection), or
+`listen(callback)`, called when an event lands in an empty outbox or the outbox
+closes, so an adapter can start a sender only while there is something to send
+(an idle connection then holds no task at all).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 from servers.core.types import CloseReason, Event
 
 
 class Outbox:
-    __slots__ = ("_bytes", "_items", "_waiter", "close_reason", "max_bytes", "max_events")
+    __slots__ = (
+        "_bytes", "_items", "_listener", "_waiter", "close_reason", "max_bytes", "max_events",
+    )
 
     def __init__(self, max_events: int, max_bytes: int) -> None:
         # allocated on demand and dropped when drained: an empty deque costs ~600 bytes,
@@ -25,9 +33,16 @@ class Outbox:
         self._items: deque[Event] | None = None
         self._bytes = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._listener: Callable[[], None] | None = None
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.close_reason: CloseReason | None = None
+
+    def listen(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` whenever events become available or the outbox closes (None: stop)."""
+        self._listener = callback
+        if callback is not None and (self._items or self.close_reason is not None):
+            callback()
 
     def __len__(self) -> int:
         return len(self._items) if self._items is not None else 0
@@ -53,7 +68,8 @@ class Outbox:
             return False
         items.append(event)
         self._bytes += size
-        self._wake()
+        if len(items) == 1:  # consumers only ever wait on an empty outbox
+            self._wake()
         return True
 
     def close(self, reason: CloseReason) -> None:
@@ -66,6 +82,8 @@ class Outbox:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._listener is not None:
+            self._listener()
 
     def take(self, limit: int = 1 << 30) -> list[Event]:
         """Remove and return up to `limit` queued events without waiting."""

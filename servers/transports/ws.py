@@ -12,7 +12,7 @@ from starlette.websockets import WebSocket
 
 from servers.core.errors import AuthError, BrokerUnavailable
 from servers.core.hub import Connection, Hub
-from servers.core.types import CloseReason, Event
+from servers.core.types import CloseReason
 from servers.transports.http import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, Context
 
 log = logging.getLogger("rtbench.ws")
@@ -32,23 +32,51 @@ def _subprotocol(ws: WebSocket) -> str | None:
     return next((p for p in offered if p.startswith(TOKEN_SUBPROTOCOL_PREFIX)), None)
 
 
-async def _pump(ws: WebSocket, conn: Connection) -> None:
-    """Outbox -> socket. Ends when the outbox closes; then closes the socket with its reason."""
-    outbox = conn.outbox
-    send = ws.send
-    while await _send_batch(send, await outbox.get()):
-        pass
-    reason = outbox.close_reason or CloseReason.NORMAL
-    with contextlib.suppress(Exception):
-        await ws.close(int(reason), CLOSE_TEXT.get(reason, reason.name.lower()))
+class _Sender:
+    """Outbox -> socket, as a task that exists only while there is something to send.
 
+    An idle connection holds this small object and no task (about 1 KB less per held
+    connection than a permanent pump). When the outbox closes, the socket is closed
+    with the outbox's reason once what was queued has been written.
+    """
 
-async def _send_batch(send: Send, events: list[Event]) -> bool:
-    """Write one batch; a function of its own so that no sent event stays referenced
-    while the pump waits for the next batch (an idle connection holds nothing)."""
-    for ev in events:
-        await send({"type": "websocket.send", "text": ev.text()})
-    return bool(events)
+    __slots__ = ("conn", "task", "ws")
+
+    def __init__(self, ws: WebSocket, conn: Connection) -> None:
+        self.ws = ws
+        self.conn = conn
+        self.task: asyncio.Task[None] | None = None
+
+    def ready(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        outbox, send = self.conn.outbox, self.ws.send
+        try:
+            while events := outbox.take():
+                for ev in events:
+                    if outbox.close_reason is CloseReason.SLOW_CONSUMER:
+                        outbox.take()  # it fell behind: drop the backlog, say why, go
+                        break
+                    await send({"type": "websocket.send", "text": ev.text()})
+                del events
+            if outbox.close_reason is not None:
+                reason = outbox.close_reason
+                with contextlib.suppress(Exception):
+                    await self.ws.close(int(reason), CLOSE_TEXT.get(reason, reason.name.lower()))
+        except Exception:
+            outbox.listen(None)  # the socket is gone; the reader sees the disconnect
+        finally:
+            self.task = None
+
+    async def stop(self) -> None:
+        self.conn.outbox.listen(None)
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class _Endpoint:
@@ -75,7 +103,8 @@ class _Endpoint:
         except BrokerUnavailable as exc:
             await ws.close(int(CloseReason.INTERNAL), f"unavailable: {exc}"[:120])
             return
-        pump = asyncio.create_task(_pump(ws, conn))
+        sender = _Sender(ws, conn)
+        conn.outbox.listen(sender.ready)
         try:
             while True:
                 msg = await receive()
@@ -88,11 +117,8 @@ class _Endpoint:
         except Exception:
             log.exception("ws connection %s failed", conn.id)
         finally:
+            await sender.stop()
             await hub.close(conn)
-            if not pump.done():
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
 
 
 def routes(ctx: Context) -> list[BaseRoute]:
