@@ -17,6 +17,10 @@ POLL_TIMEOUT = 20.0  # seconds the server may hold a poll (protocol maximum: pol
 # Rough size of the response head (status line, date, server, content-type/length);
 # spread over the events of the response when counting bytes on the wire.
 RESPONSE_HEAD_BYTES = 150
+# A poll that fails on the network (timeout, reset) is retried at once: events stay
+# queued on the server until a poll takes them. Only this many failures in a row,
+# or an HTTP error (404 unknown_session...), end the connection.
+POLL_RETRIES = 3
 
 
 class LongPollClient(HttpClient):
@@ -44,9 +48,17 @@ class LongPollClient(HttpClient):
         t = now_us()
         for ev in early:
             on_event(ev, 0, t)
+        failures = 0
         try:
             while True:
-                status, body = self.request("GET", path, http=self._poll_http)
+                try:
+                    status, body = self.request("GET", path, http=self._poll_http)
+                except ClientError:
+                    failures += 1
+                    if failures > POLL_RETRIES or self.closed.is_set():
+                        raise
+                    continue
+                failures = 0
                 t = now_us()
                 if status != 200:
                     err = error_from(status, body)

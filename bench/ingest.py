@@ -1,0 +1,308 @@
+"""Ingest efficiency: messages/s one Locust-side (gevent) client takes in, vs a plain asyncio
+client (`loadgen.aio`: websockets / httpx / grpc.aio) on the same server in the same run.
+
+Method, per transport and round: a subscriber process connects and joins a fresh
+room, then is frozen (SIGSTOP). An asyncio publisher publishes N messages; the
+server queues them in the frozen subscriber's outbox (raised limits) and socket
+buffers. The subscriber is thawed (SIGCONT) and drains the backlog as fast as it
+can: rate = N / (last receive - thaw time); the orchestrator sends the thaw time
+on stdin (per-event receive times cannot be used alone: a long-poll response
+carries thousands of events at once). The server only has to write queued events
+then, so the number measures the client, not the fanout.
+
+The gevent subscriber runs the exact delivery path of `loadgen.users.RtbenchUser`
+(stamp parse, HDR record, delivery ledger, Locust `request` event into Locust's
+stats); the asyncio baseline only counts messages, so the ratio is conservative.
+`--ws-validate-utf8` adds a row with websocket-client's pure-Python UTF-8 check on.
+
+Server pinned to core 0, subscribers and publisher to the other core(s):
+
+    python -m bench.ingest --messages 30000 --rounds 3 --json results/ingest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
+# the frozen subscriber must not be dropped: huge outbox, long-poll session kept 10 min
+SERVER_ARGS = ("--outbox-max-events", "1000000", "--outbox-max-bytes", str(1 << 30),
+               "--session-ttl", "600")
+PAYLOAD_BYTES = 100
+
+
+def _report(count: int, last: int) -> None:
+    thawed = int(sys.stdin.readline())  # wall µs just before SIGCONT, from the orchestrator
+    seconds = (last - thawed) / 1e6
+    rate = count / seconds if seconds > 0 else 0.0
+    print(json.dumps({"received": count, "seconds": seconds, "rate": rate}), flush=True)
+
+
+# ------------------------------------------------------------ gevent subscriber
+
+
+def _gevent_subscriber(args: argparse.Namespace) -> int:
+    from gevent import monkey
+
+    monkey.patch_all()
+    import types
+
+    from gevent.event import Event
+    from locust import events
+    from locust.env import Environment
+
+    import loadgen.clients.ws as ws_client
+    from loadgen import hooks
+    from loadgen.clients import client_class
+    from loadgen.delivery import room_channel
+    from loadgen.measure import now_us
+    from loadgen.options import Params
+    from loadgen.users import RtbenchUser
+    from servers.core.auth import DEV_SECRET, make_token
+
+    ws_client.VALIDATE_UTF8 = args.ws_validate_utf8
+    run = hooks.install("ingest")
+    env = Environment(events=events)
+    env.create_local_runner()  # wires request events into Locust's stats, as in a real run
+    run.env = env
+    run.params = Params(
+        transport=args.transport, servers=(args.url,), secret=DEV_SECRET, room_size=1,
+        publishers=1, publish_rate=1.0, payload_bytes=PAYLOAD_BYTES, max_messages=1,
+        warmup=0.0, drain=0.0, step_users=0, step_seconds=1.0, p99_limit_ms=1.0,
+        conns_per_user=1, churn_interval=1.0, connect_timeout=30.0, request_events=True,
+        result_file="", metrics_urls="", max_cpu=90.0, max_lag_ms=20.0, invalid_exit_code=0,
+        run_time=None)
+    windows: dict[str, Any] = {}
+    user = types.SimpleNamespace(rt=run)
+    deliver = RtbenchUser._on_event(user, windows, args.transport)  # type: ignore[arg-type]
+    done = Event()
+    seen = {"n": 0, "last": 0}
+
+    def on_event(ev: dict[str, Any], nbytes: int, recv_us: int) -> None:
+        deliver(ev, nbytes, recv_us)
+        if ev.get("type") == "message":
+            seen["n"] += 1
+            if seen["n"] == args.count:
+                seen["last"] = recv_us
+                done.set()
+
+    client = client_class(args.transport)(args.url, make_token("ingest-sub", DEV_SECRET),
+                                          on_event, 30.0)
+    client.connect()
+    window = run.recorder.open_window("sub", room_channel(args.room), 0)
+    windows[room_channel(args.room)] = window
+    client.join(args.room)
+    window.start_us = now_us()
+    print("READY", flush=True)
+    ok = done.wait(timeout=args.timeout)
+    client.close()
+    if not ok:
+        print(json.dumps({"error": f"received {seen['n']} of {args.count}"}), flush=True)
+        return 1
+    stats = env.stats.get("message", args.transport)
+    assert stats.num_requests == args.count, "Locust's stats missed deliveries"
+    _report(args.count, seen["last"])
+    return 0
+
+
+# ----------------------------------------------------------- asyncio subscriber
+
+
+def _aio_subscriber(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from loadgen.aio import Received, connect
+    from servers.core.auth import DEV_SECRET, make_token
+
+    async def go() -> int:
+        client = await connect(args.transport, args.url, make_token("ingest-sub", DEV_SECRET),
+                               timeout=30.0)
+        done = asyncio.get_running_loop().create_future()
+        seen = {"n": 0, "last": 0}
+
+        def on_event(ev: Received) -> None:
+            if ev.type == "message":
+                seen["n"] += 1
+                if seen["n"] == args.count and not done.done():
+                    seen["last"] = ev.recv_us
+                    done.set_result(None)
+
+        client.on_event = on_event
+        await client.join(args.room)
+        print("READY", flush=True)
+        try:
+            await asyncio.wait_for(done, args.timeout)
+        except TimeoutError:
+            print(json.dumps({"error": f"received {seen['n']} of {args.count}"}), flush=True)
+            return 1
+        finally:
+            await client.close()
+        _report(args.count, seen["last"])
+        return 0
+
+    return asyncio.run(go())
+
+
+# ------------------------------------------------------------------ orchestra
+
+
+async def _publish(transport: str, url: str, room: str, count: int) -> None:
+    """Publish `count` stamped messages (acked, 200 in flight) and wait until the
+    publisher's own copies came back: by then every member's outbox has them too."""
+    import asyncio
+
+    import orjson
+
+    from loadgen.aio import Received, connect
+    from loadgen.measure import build_payload, now_us
+    from servers.core.auth import DEV_SECRET, make_token
+
+    pub = await connect(transport, url, make_token("ingest-pub", DEV_SECRET), timeout=30.0)
+    back = 0
+    done = asyncio.get_running_loop().create_future()
+
+    def on_event(ev: Received) -> None:
+        nonlocal back
+        if ev.type == "message":
+            back += 1
+            if back == count and not done.done():
+                done.set_result(None)
+
+    pub.on_event = on_event
+    try:
+        await pub.join(room)
+        stream = transport in ("ws", "grpc")
+        for start in range(0, count, 200):
+            batch = [orjson.loads(build_payload("ingest-pub", k, now_us(), PAYLOAD_BYTES))
+                     for k in range(start, min(start + 200, count))]
+            if stream:  # one frame after the other (loadgen.aio's gRPC writes must not overlap)
+                for d in batch:
+                    await pub.publish(room, d, ack=False)
+            else:  # one POST each: keep 200 in flight
+                await asyncio.gather(*(pub.publish(room, d) for d in batch))
+        await asyncio.wait_for(done, 120)
+    finally:
+        await pub.close()
+
+
+def _round(kind: str, transport: str, url: str, count: int, timeout: float) -> dict[str, Any]:
+    import asyncio
+
+    room = f"ingest-{uuid.uuid4().hex[:8]}"
+    role, validate = ("gevent", True) if kind == "gevent-utf8" else (kind, False)
+    cmd = [sys.executable, "-m", "bench.ingest", "--role", role, "--transport", transport,
+           "--url", url, "--count", str(count), "--room", room, "--timeout", str(timeout)]
+    if validate:
+        cmd.append("--ws-validate-utf8")
+    from loadgen.measure import now_us
+
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            line = proc.stdout.readline().decode().strip()
+            if line != "READY":
+                stderr = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"{kind} subscriber: {line} {stderr[-2000:]}")
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                asyncio.run(_publish(transport, url, room, count))
+            finally:
+                thawed = now_us()
+                os.kill(proc.pid, signal.SIGCONT)
+            out, err = proc.communicate(f"{thawed}\n".encode(), timeout=timeout + 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    lines = (line + "\n" + out.decode()).strip().splitlines()
+    try:
+        res: dict[str, Any] = json.loads(lines[-1])
+    except ValueError:
+        raise RuntimeError(f"{kind} subscriber on {transport} failed:\n"
+                           f"{err.decode()[-2000:]}") from None
+    if "error" in res:
+        raise RuntimeError(f"{kind} subscriber on {transport}: {res['error']}")
+    return res
+
+
+def measure(transport: str, count: int, rounds: int, utf8: bool, timeout: float,
+            ) -> dict[str, Any]:
+    from bench.cluster import Cluster, load_cpus, pin_self
+
+    kinds = ["aio", "gevent"] + (["gevent-utf8"] if utf8 and transport == "ws" else [])
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    with Cluster(transport, replicas=1, broker="memory", server_args=SERVER_ARGS) as cluster:
+        pin_self(load_cpus())
+        url = cluster.nodes[0].url
+        for _ in range(rounds):
+            for kind in kinds:  # interleaved: drift on the box hits both alike
+                rates[kind].append(_round(kind, transport, url, count, timeout)["rate"])
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    out: dict[str, Any] = {"transport": transport, "messages": count, "rounds": rounds,
+                           "rates": rates, "aio_rate": med["aio"], "gevent_rate": med["gevent"],
+                           "ratio": med["gevent"] / med["aio"] if med["aio"] else 0.0}
+    if "gevent-utf8" in med:
+        out["gevent_utf8_rate"] = med["gevent-utf8"]
+        out["utf8_slowdown"] = med["gevent"] / med["gevent-utf8"] if med["gevent-utf8"] else 0
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.ingest",
+                                description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--transports", default=",".join(TRANSPORTS))
+    p.add_argument("--messages", type=int, default=30000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--ws-validate-utf8", action="store_true",
+                   help="(orchestrator) also measure websocket-client with UTF-8 validation; "
+                        "(subscriber) turn it on")
+    p.add_argument("--target", type=float, default=0.6, help="ratio the issue asks for")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--json", help="write the results to this file")
+    # internal: one subscriber process
+    p.add_argument("--role", choices=("gevent", "aio"), help=argparse.SUPPRESS)
+    p.add_argument("--transport", help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--room", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.role == "gevent":
+        return _gevent_subscriber(args)
+    if args.role == "aio":
+        return _aio_subscriber(args)
+    results = []
+    for t in args.transports.split(","):
+        t0 = time.monotonic()
+        r = measure(t, args.messages, args.rounds, args.ws_validate_utf8, args.timeout)
+        r["seconds"] = round(time.monotonic() - t0, 1)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    print(f"\n{'transport':<10} {'asyncio msg/s':>14} {'locust msg/s':>13} {'ratio':>6}  target")
+    worst_ok = True
+    for r in results:
+        ok = r["ratio"] >= args.target
+        worst_ok &= ok
+        print(f"{r['transport']:<10} {r['aio_rate']:>14,.0f} {r['gevent_rate']:>13,.0f} "
+              f"{r['ratio']:>6.2f}  {'ok' if ok else 'BELOW'} {args.target}")
+        if "gevent_utf8_rate" in r:
+            print(f"{'  ws+utf8':<10} {'':>14} {r['gevent_utf8_rate']:>13,.0f}  "
+                  f"(UTF-8 validation costs {r['utf8_slowdown']:.1f}x)")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0 if worst_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
