@@ -17,7 +17,7 @@ import random
 import gevent
 
 from loadgen import hooks
-from loadgen.clients import Client, ClientError
+from loadgen.clients.base import Client, ClientError
 from loadgen.measure import now_us
 from loadgen.roles import RoomPublisher
 from loadgen.users import RtbenchUser

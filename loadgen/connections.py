@@ -18,7 +18,7 @@ from typing import Any
 import gevent
 
 from loadgen import hooks, scrape
-from loadgen.clients import ClientError
+from loadgen.clients.base import ClientError
 from loadgen.measure import now_us
 from loadgen.users import RtbenchUser
 

@@ -22,7 +22,8 @@ import gevent
 from locust import User, constant, task
 
 from loadgen import hooks
-from loadgen.clients import Client, ClientError, client_class
+from loadgen.clients import client_class
+from loadgen.clients.base import Client, ClientError
 from loadgen.delivery import PublisherLog, Window, room_channel, user_channel
 from loadgen.measure import now_us, parse_stamp
 from loadgen.openloop import spawn_publisher
