@@ -30,7 +30,28 @@ def _serve(argv: Sequence[str]) -> int:
     return serve_main(argv)
 
 
+def _run(argv: Sequence[str]) -> int:
+    from bench.run import main as run_main
+
+    return run_main(argv)
+
+
+def _report(argv: Sequence[str]) -> int:
+    from bench.report import main as report_main
+
+    return report_main(argv)
+
+
+def _ls(argv: Sequence[str]) -> int:
+    from bench.runs import ls_main
+
+    return ls_main(argv)
+
+
 COMMANDS = {
+    "run": (_run, "run the benchmark (--quick, --full, --transports ...) and write the report"),
+    "report": (_report, "re-render the report of a run directory"),
+    "ls": (_ls, "list benchmark runs under results/"),
     "serve": (_serve, "run one server replica (--transport ws|sse|longpoll|grpc)"),
     "token": (_token, "print a signed development token for a user"),
 }

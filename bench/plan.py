@@ -1,0 +1,142 @@
+"""What `rtbench run` runs: the scenarios, their Locust parameters per profile, the order.
+
+Every transport gets the same scenario parameters (the comparison is only fair
+that way); only `--servers`, `--transport` and the result path differ. A
+profile is a fixed set of parameters, so two runs of one profile compare.
+
+Profiles:
+  smoke  a few seconds per scenario: checks that the harness and every scenario work
+  quick  about 3 minutes for the four transports on a 2-core machine (`make bench`)
+  full   about 30 minutes: larger populations, longer steady states
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
+# connections first: its memory-per-connection baseline is a freshly started server
+SCENARIOS = ("connections", "broadcast", "chat", "direct", "churn")
+PROFILES = ("smoke", "quick", "full")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One Locust scenario with its parameters (the same for every transport)."""
+
+    name: str
+    users: int
+    spawn_rate: float
+    run_time: float  # seconds (-t); a broadcast with steps stops earlier once over the limit
+    options: dict[str, Any] = field(default_factory=dict)  # rtbench options, --name value
+
+    def locust_args(self) -> list[str]:
+        args = ["-u", str(self.users), "-r", f"{self.spawn_rate:g}", "-t", f"{self.run_time:g}s"]
+        for key, value in self.options.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        return args
+
+    def with_duration(self, seconds: float) -> Scenario:
+        """The same scenario lasting `seconds` (broadcast steps shrink to fit)."""
+        opts = dict(self.options)
+        steps = _step_count(self)
+        if steps:
+            opts["step_seconds"] = round(seconds / steps, 2)
+        return replace(self, run_time=seconds, options=opts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "users": self.users, "spawn_rate": self.spawn_rate,
+                "run_time": self.run_time, "options": dict(self.options)}
+
+
+def _step_count(s: Scenario) -> int:
+    step_users = int(s.options.get("step_users", 0))
+    if step_users <= 0:
+        return 0
+    return max(1, (s.users - int(s.options.get("publishers", 1))) // step_users)
+
+
+def _profile(size: str) -> dict[str, Scenario]:
+    # (smoke, quick, full) per knob; rates keep one Locust process (one core) out of
+    # saturation in the steady-state scenarios, so their latencies describe the servers
+    k = PROFILES.index(size)
+
+    def pick(*v: Any) -> Any:
+        return v[k]
+
+    common = {"payload_bytes": 100, "drain": pick(1, 1.5, 2)}
+    steady = {**common, "warmup": pick(0.5, 1, 3)}
+    return {
+        "connections": Scenario(
+            "connections", users=pick(100, 500, 5000), spawn_rate=pick(100, 250, 250),
+            run_time=pick(2.5, 5, 40), options={**common}),
+        "broadcast": Scenario(
+            "broadcast", users=1 + pick(20, 200, 2000), spawn_rate=pick(50, 100, 200),
+            run_time=pick(2.5, 10, 200),
+            options={**common, "publishers": 1, "publish_rate": pick(10, 10, 10),
+                     "step_users": pick(10, 50, 100), "step_seconds": pick(1.25, 2.5, 10),
+                     "p99_limit_ms": 250}),
+        "chat": Scenario(
+            "chat", users=pick(20, 40, 200), spawn_rate=pick(50, 40, 100),
+            run_time=pick(2.5, 6, 60),
+            options={**steady, "room_size": 10, "publish_rate": 2}),
+        "direct": Scenario(
+            "direct", users=pick(8, 20, 100), spawn_rate=pick(50, 20, 100),
+            run_time=pick(2.5, 6, 60),
+            options={**steady, "conns_per_user": 2, "publish_rate": 5}),
+        "churn": Scenario(
+            "churn", users=pick(11, 21, 101), spawn_rate=pick(50, 21, 100),
+            run_time=pick(2.5, 6, 60),
+            options={**steady, "publishers": 1, "publish_rate": 10,
+                     "churn_interval": pick(1, 1.5, 3)}),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One (transport, scenario) run of the plan."""
+
+    index: int
+    transport: str
+    scenario: Scenario
+
+    @property
+    def key(self) -> str:
+        return f"{self.scenario.name}-{self.transport}"
+
+
+def build(profile: str, transports: list[str], scenarios: list[str],
+          duration: float | None = None) -> list[Step]:
+    """The ordered steps: transport by transport, every scenario on one cluster."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r} (expected one of {', '.join(PROFILES)})")
+    for t in transports:
+        if t not in TRANSPORTS:
+            raise ValueError(f"unknown transport {t!r} (expected {', '.join(TRANSPORTS)})")
+    for s in scenarios:
+        if s not in SCENARIOS:
+            raise ValueError(f"unknown scenario {s!r} (expected {', '.join(SCENARIOS)})")
+    if duration is not None and duration <= 0:
+        raise ValueError("--duration must be positive")
+    specs = _profile(profile)
+    ordered = [s for s in SCENARIOS if s in scenarios]
+    steps: list[Step] = []
+    for t in transports:
+        for name in ordered:
+            spec = specs[name] if duration is None else specs[name].with_duration(duration)
+            steps.append(Step(len(steps), t, spec))
+    return steps
+
+
+def planned_seconds(step: Step) -> float:
+    """Expected wall time of a step: its run time plus Locust's start and stop."""
+    return step.scenario.run_time + 1.5
+
+
+def parse_list(text: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma-separated choice list ('all' or empty: every choice)."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items or items == ["all"]:
+        return list(allowed)
+    return items

@@ -1,0 +1,194 @@
+"""The numbers of a run as pandas tables: one place computes them, the report and CSVs read them.
+
+Definitions (the report repeats them next to the figures):
+- latency: one-way, publisher's intended send time (payload stamp) to receipt,
+  from the load generator's lossless HdrHistograms, warm-up excluded;
+- server CPU-ms per 1000 deliveries: CPU time of the server replicas
+  (psutil, sampled by the harness over the scenario's Locust run) divided by
+  the messages the clients received; Redis is counted apart;
+- wire bytes per delivered message: bytes the clients read off their sockets
+  (framing, headers and polls included) divided by the messages received;
+- TCP connections: distinct client endpoints seen connected to the replicas'
+  ports (sampled every 0.5 s: a lower bound), per client-level connection;
+- TCP accepts: the machine-wide PassiveOpens counter over the scenario
+  (/proc/net/snmp): every new TCP connection on the host, other processes' too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from hdrh.histogram import HdrHistogram
+
+from bench.runs import RunData
+from loadgen.measure import HIGHEST_US, LOWEST_US, SIG_FIGS
+
+PCTS = (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p99.9"), ("max", "p100"))
+
+
+def _ms(us: float | None) -> float | None:
+    return None if us is None else round(us / 1000, 3)
+
+
+def _sum(values: Any) -> float | None:
+    vals = [v for v in (values or {}).values() if v is not None]
+    return float(sum(vals)) if vals else None
+
+
+def _server_roles(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in (d or {}).items() if k != "redis"}
+
+
+def summary(run: RunData) -> pd.DataFrame:
+    """One row per (transport, scenario): latency, delivery accounting, cost, validity."""
+    rows = []
+    for step in run.steps:
+        res = run.result(step["scenario"], step["transport"]) or {}
+        lat = res.get("latency_us", {}).get("all", {})
+        pct = lat.get("percentiles", {})
+        d = res.get("delivery", {})
+        c = res.get("counters", {})
+        v = res.get("validity", {})
+        conn = res.get("timings_us", {}).get("connect", {})
+        received = int(c.get("received", 0))
+        cpu = _sum(_server_roles(step.get("cpu_s", {})))
+        redis_cpu = (step.get("cpu_s") or {}).get("redis")
+        rss = _sum(_server_roles(step.get("rss_max", {})))
+        opens = step.get("tcp_passive_opens")
+        peers = _sum(step.get("tcp_peers", {}))
+        connects = int(c.get("connects", 0)) + int(c.get("reconnects", 0))
+        duration = res.get("duration_s")
+        row: dict[str, Any] = {
+            "transport": step["transport"], "scenario": step["scenario"],
+            "status": step["status"], "error": step.get("error") or "",
+            "valid": bool(v.get("valid", False)) and step["status"] == "ok",
+            "saturated": bool(v.get("saturated", False)),
+            "lost_messages": bool(v.get("lost_messages", False)),
+            "reasons": "; ".join(v.get("reasons", [])),
+            "warnings": "; ".join(v.get("warnings", [])),
+            "samples": int(lat.get("count", 0)),
+        }
+        for col, key in PCTS:
+            row[f"{col}_ms"] = _ms(pct.get(key)) if lat.get("count") else None
+        row.update({
+            "published": d.get("published"), "expected": d.get("expected"),
+            "delivered": d.get("delivered"), "missing": d.get("missing"),
+            "duplicates": d.get("duplicates"), "out_of_order": d.get("out_of_order"),
+            "received": received,
+            "deliveries_per_s": round(received / duration, 1) if duration else None,
+            "wire_bytes_per_msg": res.get("wire_bytes_per_delivery"),
+            "server_cpu_s": cpu,
+            "cpu_ms_per_1k": round(cpu * 1e6 / received, 2) if cpu is not None and received
+            else None,
+            "redis_cpu_s": redis_cpu,
+            "server_rss_max_mb": round(rss / 2**20, 1) if rss else None,
+            "tcp_conns": int(peers) if peers is not None else None,
+            "tcp_per_client_conn": round(peers / connects, 2) if peers is not None and connects
+            else None,
+            "tcp_accepts": opens,
+            "tcp_accepts_per_1k": round(opens * 1000 / received, 2) if opens is not None
+            and received else None,
+            "connects": c.get("connects"), "connect_failures": c.get("connect_failures", 0),
+            "connect_p50_ms": _ms(conn.get("percentiles", {}).get("p50"))
+            if conn.get("count") else None,
+            "connect_p99_ms": _ms(conn.get("percentiles", {}).get("p99"))
+            if conn.get("count") else None,
+            "duration_s": duration, "wall_s": step.get("wall_s"),
+        })
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def capacity(run: RunData) -> pd.DataFrame:
+    """Broadcast capacity steps: subscribers vs p99 and deliveries/s, per transport."""
+    rows = []
+    for (scenario, transport), res in sorted(run.results.items()):
+        if scenario != "broadcast" or not res.get("steps"):
+            continue
+        params = res.get("parameters", {})
+        limit = float(params.get("p99_limit_ms", 250))
+        prev_end = int(res.get("started_us", 0))
+        # never more subscribers than -u allows (a step past the cap holds no data)
+        for s in res["steps"]:
+            pct = s.get("latency_us", {}).get("percentiles", {})
+            seconds = (int(s["ended_us"]) - prev_end) / 1e6 if prev_end else None
+            prev_end = int(s["ended_us"])
+            if not s.get("deliveries"):
+                continue
+            p99 = _ms(pct.get("p99"))
+            rows.append({
+                "transport": transport, "step": s["step"], "subscribers": s["subscribers"],
+                "deliveries": s["deliveries"], "seconds": round(seconds, 2) if seconds else None,
+                "deliveries_per_s": round(s["deliveries"] / seconds, 1) if seconds else None,
+                "p50_ms": _ms(pct.get("p50")), "p99_ms": p99, "max_ms": _ms(pct.get("p100")),
+                "holes": s.get("holes", 0), "connect_failures": s.get("connect_failures", 0),
+                "p99_limit_ms": limit,
+                "met_limit": p99 is not None and p99 <= limit and not s.get("holes")
+                and not s.get("slow_consumer_closes") and not s.get("connect_failures"),
+                "stopped_because": s.get("stopped_because", ""),
+            })
+    return pd.DataFrame(rows)
+
+
+def capacity_best(cap: pd.DataFrame) -> dict[str, int | None]:
+    """Per transport: the largest subscriber count of an unbroken run of steps within limit."""
+    out: dict[str, int | None] = {}
+    if cap.empty:
+        return out
+    for transport, g in cap.groupby("transport", sort=False):
+        best = None
+        for _, row in g.sort_values("subscribers").iterrows():
+            if not row["met_limit"]:
+                break
+            best = int(row["subscribers"])
+        out[str(transport)] = best
+    return out
+
+
+def connections(run: RunData) -> pd.DataFrame:
+    """Connections scenario: held connections, connect time, memory and idle CPU per server."""
+    rows = []
+    users = {s["transport"]: s.get("parameters", {}).get("users") for s in run.steps
+             if s["scenario"] == "connections"}
+    for (scenario, transport), res in sorted(run.results.items()):
+        if scenario != "connections":
+            continue
+        servers = res.get("extra", {}).get("servers", {})
+        ok = [s for s in servers.values() if "error" not in s]
+        added = sum(s["connections_peak"] - s["connections_before"] for s in ok)
+        rss = sum(s["rss_at_peak_bytes"] - s["rss_before_bytes"] for s in ok)
+        idle = [s["idle_cpu_percent"] for s in ok if s.get("idle_cpu_percent") is not None]
+        conn = res.get("timings_us", {}).get("connect", {})
+        pct = conn.get("percentiles", {})
+        c = res.get("counters", {})
+        rows.append({
+            "transport": transport,
+            "target": users.get(transport),
+            "connects": c.get("connects", 0), "connect_failures": c.get("connect_failures", 0),
+            "held_peak": int(added) if ok else None,
+            "connect_p50_ms": _ms(pct.get("p50")) if conn.get("count") else None,
+            "connect_p99_ms": _ms(pct.get("p99")) if conn.get("count") else None,
+            "kb_per_connection": round(rss / added / 1024, 2) if ok and added > 0 else None,
+            "idle_cpu_percent": round(sum(idle), 2) if idle else None,
+            "idle_seconds": min((s.get("idle_seconds", 0) for s in ok), default=None),
+            "scrape_errors": "; ".join(f"{u}: {s['error']}" for u, s in servers.items()
+                                       if "error" in s),
+        })
+    return pd.DataFrame(rows)
+
+
+def cdf(res: dict[str, Any], kind: str = "all") -> tuple[list[float], list[float]]:
+    """(latency ms, cumulative fraction) points of a result's exact histogram."""
+    enc = res.get("latency_us", {}).get(kind, {}).get("hdr", "")
+    if not enc:
+        return [], []
+    h = HdrHistogram(LOWEST_US, HIGHEST_US, SIG_FIGS)
+    h.decode_and_add(enc.encode("ascii"))
+    total = h.get_total_count()
+    xs, ys, seen = [], [], 0
+    for item in h.get_recorded_iterator():
+        seen += item.count_added_in_this_iter_step
+        xs.append(item.value_iterated_to / 1000)
+        ys.append(seen / total)
+    return xs, ys

@@ -1,0 +1,251 @@
+"""The report, run directory, textbook verdicts and plan on a synthetic run (no processes)."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bench import plan, report, runs, tables, textbook
+from bench.progress import Progress
+from loadgen import result as result_mod
+from loadgen.measure import Histogram
+
+TRANSPORTS = plan.TRANSPORTS
+SCENARIOS = plan.SCENARIOS
+# median latency (µs) per transport: the textbook's order, gRPC close to WS
+BASE_US = {"ws": 1000, "sse": 1500, "longpoll": 4000, "grpc": 1100}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _hist(center_us: int, n: int = 200) -> dict[str, Any]:
+    h = Histogram()
+    for i in range(n):
+        h.record(center_us + (i - n // 2) * center_us // (2 * n))
+    return h.to_dict()
+
+
+def _result(scenario: str, transport: str, *, missing: int = 0,
+            reasons: list[str] | None = None) -> dict[str, Any]:
+    lat = _hist(BASE_US[transport]) if scenario != "connections" else Histogram().to_dict()
+    received = 0 if scenario == "connections" else 1000
+    steps = []
+    if scenario == "broadcast":
+        # ws stays under 250 ms up to 100 subscribers, then goes over
+        for k, p99_us in enumerate((10_000, 20_000, 300_000)):
+            h = _hist(p99_us // 2)
+            h["percentiles"]["p99"] = p99_us
+            steps.append({"step": k, "subscribers": 50 * (k + 1),
+                          "ended_us": 1_000_000 * (k + 2), "deliveries": 500, "latency_us": h,
+                          "holes": 0, "slow_consumer_closes": 0, "connect_failures": 0})
+    extra = {}
+    if scenario == "connections":
+        extra = {"servers": {f"http://127.0.0.1:{9000 + r}/metrics": {
+            "connections_before": 0, "connections_peak": 250, "rss_before_bytes": 40 << 20,
+            "rss_at_peak_bytes": (40 << 20) + 250 * 20 * 1024, "rss_per_connection_bytes": 20480,
+            "idle_seconds": 3.0, "idle_cpu_percent": 0.5, "samples": 5} for r in range(2)}}
+    reasons = reasons or []
+    return {
+        "format": result_mod.FORMAT, "version": result_mod.VERSION, "scenario": scenario,
+        "transport": transport, "started_us": 1_000_000, "ended_us": 6_000_000,
+        "duration_s": 5.0, "parameters": {"transport": transport, "p99_limit_ms": 250.0},
+        "hosts": [], "processes": [], "latency_us": {"all": lat, "message": lat},
+        "latency_by_host_us": {},
+        "timings_us": {"connect": _hist(3000, 50), "rejoin": Histogram().to_dict(),
+                       "publish_blocked": Histogram().to_dict()},
+        "counters": {"received": received, "connects": 500 if scenario == "connections" else 20,
+                     "wire_bytes": received * 200},
+        "wire_bytes_per_delivery": 200.0 if received else None,
+        "delivery": {"published": 100, "expected": received + missing, "delivered": received,
+                     "missing": missing, "duplicates": 0, "out_of_order": 0, "unjudged": 0,
+                     "unknown_publisher": 0, "windows": 10, "cross_host": False},
+        "saturation": {}, "steps": steps, "extra": extra,
+        "validity": {"valid": not reasons and not missing, "saturated": bool(reasons),
+                     "lost_messages": bool(missing),
+                     "reasons": reasons + ([f"{missing} missing"] if missing else []),
+                     "warnings": []},
+    }
+
+
+def make_run(root: Path, *, crashed: tuple[str, str] | None = None,
+             invalid: tuple[str, str] | None = None) -> Path:
+    run_dir = runs.make_run_dir(root / "run", "quick")
+    steps = plan.build("quick", list(TRANSPORTS), list(SCENARIOS))
+    params = {"profile": "quick", "transports": list(TRANSPORTS), "scenarios": list(SCENARIOS),
+              "replicas": 2, "broker": "redis", "single_node": False,
+              "scenario_parameters": {s.scenario.name: s.scenario.to_dict() for s in steps}}
+    meta = runs.base_meta(run_dir.name, ["--quick"], params)
+    meta.update(status="complete", wall_seconds=180.0,
+                placement={"servers": [0], "redis": [0], "load_generator": [1]},
+                redis={"version": "7.0", "private": True})
+    runs.write_json(run_dir / "meta.json", meta)
+    for step in steps:
+        key = (step.scenario.name, step.transport)
+        rel = f"loadgen/{step.key}.json"
+        reasons = ["load generator used 99% CPU"] if key == invalid else None
+        result_mod.write(run_dir / rel, _result(*key, reasons=reasons))
+        cpu = {"ws": 0.1, "sse": 0.12, "longpoll": 0.3, "grpc": 0.08}[step.transport]
+        record = {"index": step.index, "transport": step.transport,
+                  "scenario": step.scenario.name, "status": "ok", "error": None,
+                  "parameters": step.scenario.to_dict(), "result_file": rel, "wall_s": 7.0,
+                  "cpu_s": {"r0": cpu / 2, "r1": cpu / 2, "redis": 0.01},
+                  "rss_max": {"r0": 50 << 20, "r1": 50 << 20},
+                  "tcp_peers": {"r0": 10 if step.transport != "longpoll" else 50, "r1": 10},
+                  "tcp_passive_opens": 25}
+        if key == crashed:
+            record.update(status="crashed", error="r1 exited during the scenario",
+                          result_file=None)
+        runs.append_step(run_dir, record)
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return make_run(tmp_path)
+
+
+def test_report_renders_every_transport_and_scenario(run_dir: Path) -> None:
+    text = report.render(run_dir)
+    html = (run_dir / "report.html").read_text()
+    for t in TRANSPORTS:
+        assert t in text
+        assert f'<td class="l">{t}</td>' in html
+    for s in SCENARIOS:
+        assert s in text
+        assert f"<h3>{s}</h3>" in html
+    for name in ("latency", "capacity", "connections", "cost", *(f"cdf_{s}" for s in SCENARIOS
+                                                                  if s != "connections")):
+        png = run_dir / "plots" / f"{name}.png"
+        assert png.read_bytes().startswith(PNG), name
+    assert html.count("data:image/png;base64,") >= 8  # self-contained
+    assert "The textbook, checked" in html
+    summary = (run_dir / "summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + len(TRANSPORTS) * len(SCENARIOS)
+
+
+def test_tables_compute_cost_capacity_and_connections(run_dir: Path) -> None:
+    run = runs.load_run(run_dir)
+    s = tables.summary(run)
+    row = s[(s["transport"] == "longpoll") & (s["scenario"] == "chat")].iloc[0]
+    assert row["cpu_ms_per_1k"] == pytest.approx(0.3 * 1e6 / 1000)  # 0.3 CPU-s / 1000 msgs
+    assert row["p50_ms"] == pytest.approx(4.0, rel=0.05)
+    assert row["wire_bytes_per_msg"] == 200.0
+    assert row["tcp_per_client_conn"] == pytest.approx(60 / 20)
+    cap = tables.capacity(run)
+    assert tables.capacity_best(cap) == dict.fromkeys(TRANSPORTS, 100)
+    assert cap[cap["transport"] == "ws"]["deliveries_per_s"].tolist() == [500.0, 500.0, 500.0]
+    conn = tables.connections(run).set_index("transport")
+    assert conn.loc["ws", "held_peak"] == 500
+    assert conn.loc["ws", "kb_per_connection"] == pytest.approx(20.0)
+    assert conn.loc["ws", "idle_cpu_percent"] == pytest.approx(1.0)
+
+
+def test_textbook_verdicts_follow_the_numbers(run_dir: Path) -> None:
+    run = runs.load_run(run_dir)
+    verdicts = {v.claim: v for v in textbook.check(tables.summary(run), run.meta)}
+    lowest = verdicts["WebSocket has the lowest latency"]
+    assert lowest.verdict == textbook.CONFIRMED
+    assert re.search(r"chat: ws (0\.99\d|1) ms, sse 1\.5\d* ms, longpoll (3\.99|4) ms",
+                     lowest.figure), lowest.figure
+    assert verdicts["Long polling has higher latency (than SSE and WebSocket)"].verdict \
+        == textbook.CONFIRMED
+    grpc = verdicts["gRPC (protobuf over HTTP/2) is about 10x faster than JSON over HTTP"]
+    assert grpc.verdict == textbook.NOT_CONFIRMED  # 0.3 / 0.08 = 3.75x at most
+    assert "3.75x" in grpc.figure
+    assert verdicts["SSE reconnects automatically"].verdict == textbook.NOT_MEASURED
+    tcp = verdicts["Long polling makes many TCP connects; SSE and WebSocket keep one connection"]
+    assert tcp.verdict == textbook.CONFIRMED  # 60 TCP connections for 20 clients vs 20
+    assert "longpoll 3" in tcp.figure
+    # now make WS slower than SSE in chat: the claim must flip
+    s = tables.summary(run)
+    s.loc[(s["transport"] == "ws") & (s["scenario"] == "chat"), "p50_ms"] = 9.0
+    flipped = {v.claim: v for v in textbook.check(s, run.meta)}
+    assert flipped["WebSocket has the lowest latency"].verdict == textbook.NOT_CONFIRMED
+    assert "chat" in flipped["WebSocket has the lowest latency"].figure
+
+
+def test_textbook_on_an_empty_run_says_not_measured() -> None:
+    import pandas as pd
+
+    verdicts = textbook.check(pd.DataFrame(), {"parameters": {"broker": "memory"}})
+    assert verdicts and all(v.verdict == textbook.NOT_MEASURED for v in verdicts)
+
+
+def test_invalid_and_crashed_steps_are_shown_next_to_their_numbers(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, crashed=("churn", "sse"), invalid=("chat", "grpc"))
+    text = report.render(run_dir)
+    html = (run_dir / "report.html").read_text()
+    assert "INVALID: load generator used 99% CPU" in html
+    assert "crashed: r1 exited during the scenario" in html
+    assert "grpc chat: load generator used 99% CPU" in text
+    assert "sse churn: r1 exited during the scenario" in text
+    assert html.count('class="invalid"') >= 2
+
+
+def test_report_cli_rerenders_and_refuses_other_dirs(run_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert report.main([str(run_dir)]) == 0
+    assert (run_dir / "report.html").exists()
+    assert report.main([str(tmp_path / "nothing")]) == 2
+    assert "no meta.json" in capsys.readouterr().err
+
+
+def test_newer_run_format_is_refused(run_dir: Path) -> None:
+    meta = orjson.loads((run_dir / "meta.json").read_bytes())
+    meta["version"] = runs.VERSION + 1
+    runs.write_json(run_dir / "meta.json", meta)
+    with pytest.raises(ValueError, match="newer"):
+        runs.load_run(run_dir)
+
+
+def test_ls_lists_runs(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = runs.list_runs(run_dir.parent)
+    assert [r["run"] for r in rows] == [run_dir.name]
+    assert rows[0]["steps"] == "20/20" and rows[0]["status"] == "complete"
+    assert runs.ls_main([str(run_dir.parent)]) == 0
+    assert run_dir.name in capsys.readouterr().out
+    assert runs.ls_main([str(run_dir / "missing")]) == 0
+    assert "no runs" in capsys.readouterr().out
+
+
+def test_truncated_steps_file_is_reported_not_fatal(run_dir: Path) -> None:
+    with open(run_dir / "steps.jsonl", "ab") as f:
+        f.write(b'{"index": 99, "transp')
+    run = runs.load_run(run_dir)
+    assert len(run.steps) == 20
+    assert any("unreadable" in p for p in run.problems)
+
+
+def test_plan_is_identical_across_transports_and_checks_input() -> None:
+    steps = plan.build("quick", ["ws", "grpc"], ["chat", "connections"])
+    assert [(s.transport, s.scenario.name) for s in steps] == [
+        ("ws", "connections"), ("ws", "chat"), ("grpc", "connections"), ("grpc", "chat")]
+    assert steps[1].scenario.locust_args() == steps[3].scenario.locust_args()
+    longer = plan.build("quick", ["ws"], ["broadcast"], duration=20)[0].scenario
+    assert longer.run_time == 20 and longer.options["step_seconds"] == 5.0
+    for bad in (lambda: plan.build("huge", ["ws"], ["chat"]),
+                lambda: plan.build("quick", ["smtp"], ["chat"]),
+                lambda: plan.build("quick", ["ws"], ["chess"]),
+                lambda: plan.build("quick", ["ws"], ["chat"], duration=0)):
+        with pytest.raises(ValueError):
+            bad()
+
+
+def test_progress_without_a_terminal_prints_plain_lines() -> None:
+    out = io.StringIO()
+    p = Progress([2.0, 2.0], stream=out, tty=False)
+    p.start_step(0, "ws chat")
+    p.update("load")
+    p.update("load")  # unchanged phase: no new line
+    p.note("  done: ws chat")
+    p.start_step(1, "ws direct")
+    p.update("load")
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert "1/2 ws chat load" in lines[0] and "\r" not in out.getvalue()
+    assert "2/2 ws direct" in lines[2] and "remaining" in lines[2]
