@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from types import FrameType
 
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
@@ -18,6 +23,8 @@ from servers.core.errors import AuthError, ErrorCode, ProtocolError
 from servers.core.hub import Hub
 from servers.settings import Settings
 
+log = logging.getLogger("rtbench.http")
+
 SUBPROTOCOL = "rtbench.v1"
 TOKEN_SUBPROTOCOL_PREFIX = "bearer."
 
@@ -29,6 +36,8 @@ class Context:
     hub: Hub
     settings: Settings
     verifier: TokenVerifier
+    # run when SIGINT/SIGTERM arrives, before the server waits for open responses
+    on_exit_signal: list[Callable[[], None]] = field(default_factory=list)
 
     def authenticate(self, conn: HTTPConnection) -> str:
         """The user id from the request's token, or AuthError."""
@@ -80,6 +89,38 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _chain_exit_signals(callback: Callable[[], None]) -> Callable[[], None]:
+    """Run `callback` on the loop when SIGINT/SIGTERM arrives, then the server's own handler.
+
+    uvicorn's graceful shutdown waits (up to its timeout) for open responses to end
+    and only then runs the lifespan shutdown, so long-lived responses (SSE streams,
+    held polls) would be cancelled without a word. Hearing the signal itself lets
+    them send their `going_away` close first. Returns the function that unhooks it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    saved: dict[int, Callable[[int, FrameType | None], object]] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue  # nobody (uvicorn) handles it: the default action ends the process
+
+        def handler(signum: int, frame: FrameType | None,
+                    previous: Callable[[int, FrameType | None], object] = previous) -> None:
+            loop.call_soon_threadsafe(callback)
+            previous(signum, frame)
+
+        saved[sig] = previous
+        signal.signal(sig, handler)
+
+    def unhook() -> None:
+        for sig, previous in saved.items():
+            signal.signal(sig, previous)
+
+    return unhook
+
+
 _ADAPTERS = {"ws": "servers.transports.ws", "sse": "servers.transports.sse",
              "longpoll": "servers.transports.longpoll"}
 
@@ -108,9 +149,19 @@ def build_app(settings: Settings, hub: Hub) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hub.start()
+
+        def exit_signal() -> None:
+            for callback in ctx.on_exit_signal:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("exit-signal callback %r failed", callback)
+
+        unhook = _chain_exit_signals(exit_signal)
         try:
             yield
         finally:
+            unhook()
             await hub.shutdown()
 
     return Starlette(routes=routes, lifespan=lifespan)

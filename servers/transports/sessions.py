@@ -1,0 +1,193 @@
+"""What the session-style HTTP transports (SSE, long-poll) share.
+
+A hub connection there outlives any one request: the stream or the polls carry
+events, and commands arrive as separate `POST /<prefix>/{conn}` requests. This
+module holds the registry conn id -> session, the owner check (the token's user
+must own the id), the one command endpoint, the idle-session reaper and the
+drain on shutdown. Command semantics stay in the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from servers.core.codec import parse_command
+from servers.core.errors import AuthError, BrokerUnavailable, ErrorCode, ProtocolError
+from servers.core.hub import Connection, Hub
+from servers.core.types import CloseReason
+from servers.transports.http import Context, auth_failed, protocol_failed, read_body
+from servers.transports.ws import CLOSE_TEXT
+
+log = logging.getLogger("rtbench.sessions")
+
+JSON = "application/json"
+
+
+class Session:
+    """A hub connection addressed by id from plain HTTP requests.
+
+    `idle_since` is the loop time since which no client holds the session (no SSE
+    stream, no waiting poll); None while one does. The reaper closes sessions idle
+    for longer than `session_ttl`.
+    """
+
+    __slots__ = ("conn", "idle_since")
+
+    def __init__(self, conn: Connection, idle_since: float | None) -> None:
+        self.conn = conn
+        self.idle_since = idle_since
+
+
+S = TypeVar("S", bound=Session)
+
+
+def close_body(reason: CloseReason) -> dict[str, Any]:
+    """`{"code": .., "reason": ..}` of a server-side close (section 6 of the protocol)."""
+    return {"code": int(reason), "reason": CLOSE_TEXT.get(reason, reason.name.lower())}
+
+
+def error_response(code: str, message: str, status: int) -> Response:
+    return JSONResponse({"type": "error", "code": code, "message": message}, status_code=status)
+
+
+def forbidden() -> Response:
+    # `forbidden` is HTTP-only (section 5) and not an ErrorCode of the core
+    return error_response("forbidden", "this connection belongs to another user", 403)
+
+
+def unknown_session(conn_id: str) -> Response:
+    message = f"no connection {conn_id[:80]!r} (expired or never existed)"
+    return error_response(str(ErrorCode.UNKNOWN_SESSION), message, 404)
+
+
+class Held:
+    """A route endpoint for requests held open (SSE streams, waiting polls).
+
+    Starlette wraps a plain function endpoint in two exception-handling layers
+    whose frames live as long as the request; held by thousands of idle clients
+    they cost about 2 KiB each. This calls `handler` and the ASGI app it returns
+    directly (ServerErrorMiddleware still turns a bug into a 500).
+    """
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Callable[[Request], Awaitable[ASGIApp]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await (await self.handler(Request(scope, receive)))(scope, receive, send)
+
+
+class SessionRegistry(Generic[S]):
+    """The sessions of one transport: open, find (auth + owner), close, reap, drain."""
+
+    def __init__(self, ctx: Context, make: Callable[[Connection, float], S], reap: bool = True,
+                 ) -> None:
+        self.ctx = ctx
+        self.hub: Hub = ctx.hub
+        self._make = make
+        self._sessions: dict[str, S] = {}
+        self._ttl = ctx.settings.session_ttl if reap else 0.0  # 0: never reap
+        self._reaper: asyncio.Task[None] | None = None
+        self._draining = False
+        ctx.on_exit_signal.append(self.drain)
+
+    async def open(self, request: Request) -> S | Response:
+        """Authenticate and open a hub connection; an error response if that fails."""
+        try:
+            user = self.ctx.authenticate(request)
+        except AuthError as exc:
+            return auth_failed(exc)
+        try:
+            conn = await self.hub.open(user, "json")
+        except BrokerUnavailable as exc:
+            return protocol_failed(
+                ProtocolError(ErrorCode.UNAVAILABLE, f"fanout layer unavailable: {exc}")
+            )
+        session = self._make(conn, asyncio.get_running_loop().time())
+        self._sessions[conn.id] = session
+        if self._draining:  # opened between the exit signal and the listener closing
+            conn.outbox.close(CloseReason.GOING_AWAY)
+        else:
+            self._start_reaper()
+        return session
+
+    def get(self, conn_id: str) -> S | None:
+        return self._sessions.get(conn_id)
+
+    def find(self, request: Request) -> S | Response:
+        """The session named by the `conn` path parameter, if the token's user owns it."""
+        try:
+            user = self.ctx.authenticate(request)
+        except AuthError as exc:
+            return auth_failed(exc)
+        conn_id: str = request.path_params["conn"]
+        session = self._sessions.get(conn_id)
+        if session is None:
+            return unknown_session(conn_id)
+        if session.conn.user != user:
+            return forbidden()
+        return session
+
+    async def close(self, session: S) -> None:
+        """Forget the session and close its hub connection (idempotent)."""
+        if self._sessions.get(session.conn.id) is session:
+            del self._sessions[session.conn.id]
+        await self.hub.close(session.conn)
+
+    def drain(self, reason: CloseReason = CloseReason.GOING_AWAY) -> None:
+        """Close every outbox: streams and polls end with `reason` on their own."""
+        self._draining = True  # no more reaping: the process ends them all
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for session in self._sessions.values():
+            session.conn.outbox.close(reason)
+
+    async def command(self, request: Request) -> Response:
+        """`POST /<prefix>/{conn}`: one command in the body, its reply event as the response."""
+        found = self.find(request)
+        if isinstance(found, Response):
+            return found
+        hub = self.hub
+        try:
+            body = await read_body(request, hub.limits.max_frame_bytes)
+            reply = await hub.execute(found.conn, parse_command(body, hub.limits))
+        except ProtocolError as exc:
+            hub.stats.errors += 1
+            return protocol_failed(exc)
+        except Exception:
+            log.exception("command on %s failed", found.conn.id)
+            hub.stats.errors += 1
+            return error_response(str(ErrorCode.INTERNAL), "internal server error", 500)
+        return Response(reply.json(), media_type=JSON)
+
+    # -------------------------------------------------------------- reaper
+
+    def _start_reaper(self) -> None:
+        ttl = self._ttl
+        if ttl > 0 and (self._reaper is None or self._reaper.done()):
+            self._reaper = asyncio.create_task(self._reap(ttl), name="session-reaper")
+
+    async def _reap(self, ttl: float) -> None:
+        """Close sessions idle for more than `ttl`; one task per registry, gone when it is empty."""
+        loop = asyncio.get_running_loop()
+        interval = min(max(ttl / 4, 0.05), 5.0)  # reaped between ttl and ttl + interval
+        while self._sessions:
+            await asyncio.sleep(interval)
+            deadline = loop.time() - ttl
+            idle = [
+                s for s in self._sessions.values()
+                if s.idle_since is not None and s.idle_since < deadline
+            ]
+            for session in idle:
+                try:
+                    await self.close(session)
+                except Exception:
+                    log.exception("reaping %s failed", session.conn.id)

@@ -1,0 +1,458 @@
+"""SSE adapter (docs/protocol.md 7.2) against real server processes.
+
+Framing is checked as bytes; everything else over real sockets with httpx:
+the stream, the command endpoint and its statuses, auth, ownership, keepalive,
+disconnect, slow consumer, SIGTERM, and cross-replica delivery over Redis.
+The idle-memory helper at the end is shared with the long-poll tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psutil
+import pytest
+
+from servers.core.types import CloseReason, Event
+from servers.testing import RedisServer, ServerProcess, free_port
+from servers.transports.sse import PING, close_frame, encode, frame
+from tests.cluster import MAX_FRAME_BYTES, MAX_ROOMS, server, start_all, stop_all, token, unique
+
+pytestmark = pytest.mark.e2e
+
+WAIT = 5.0  # longest wait for one expected event or state change
+
+
+# ---------------------------------------------------------------- framing (bytes)
+
+
+def test_frame_is_event_line_data_line_blank_line() -> None:
+    ev = Event({"type": "message", "room": "r", "data": {"text": "a\nb"}})
+    assert frame(ev) == (
+        b'event: message\ndata: {"type":"message","room":"r","data":{"text":"a\\nb"}}\n\n'
+    )
+
+
+def test_frame_is_computed_once_per_event() -> None:
+    ev = Event(raw=b'{"type":"pong","ts":1}')
+    assert encode(ev) is encode(ev)
+
+
+def test_close_frame_and_ping() -> None:
+    assert close_frame(CloseReason.SLOW_CONSUMER) == (
+        b'event: close\ndata: {"type":"close","code":4408,'
+        b'"reason":"slow consumer: outbound queue full"}\n\n'
+    )
+    assert PING == b": ping\n\n"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class Stream:
+    """An open `GET /sse` response, read one event (or comment) at a time."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.lines = response.aiter_lines()
+        self.comments: list[str] = []
+
+    async def next(self, within: float = WAIT) -> tuple[str, dict[str, Any]]:
+        """The next event as (`event:` name, decoded data); comments are recorded."""
+        return await asyncio.wait_for(self._next(), within)
+
+    async def _next(self) -> tuple[str, dict[str, Any]]:
+        name, data = "", b""
+        async for line in self.lines:
+            if not line:
+                if data:
+                    return name, orjson.loads(data)
+            elif line.startswith(":"):
+                self.comments.append(line)
+            elif line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:].encode()
+        raise EOFError("stream ended")
+
+    async def until(self, kind: str) -> dict[str, Any]:
+        """Skip events up to the first of type `kind`."""
+        while True:
+            name, data = await self.next()
+            assert name == data["type"]
+            if name == kind:
+                return data
+
+    async def ended(self) -> bool:
+        with contextlib.suppress(EOFError):
+            await self.next()
+            return False
+        return True
+
+
+@contextlib.asynccontextmanager
+async def opened(http: httpx.AsyncClient, user: str) -> AsyncIterator[tuple[Stream, str]]:
+    """A stream of `user` and its connection id (from `welcome`)."""
+    headers = {"Authorization": f"Bearer {token(user)}"}
+    async with http.stream("GET", "/sse", headers=headers) as resp:
+        assert resp.status_code == 200, await resp.aread()
+        stream = Stream(resp)
+        name, welcome = await stream.next()
+        assert name == "welcome" and welcome["user"] == user
+        yield stream, welcome["conn"]
+
+
+async def command(http: httpx.AsyncClient, user: str, conn: str, body: Any,
+                  prefix: str = "/sse") -> httpx.Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return await http.post(f"{prefix}/{conn}", content=content,
+                           headers={"Authorization": f"Bearer {token(user)}"})
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait (bounded) for a server-side state change that has no event of its own."""
+    deadline = time.monotonic() + WAIT
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def connections(http: httpx.AsyncClient) -> int:
+    return int((await http.get("/healthz")).json()["connections"])
+
+
+@pytest.fixture(scope="module")
+def sse() -> Iterator[ServerProcess]:
+    proc = server("sse", ["--broker", "memory", "--heartbeat", "0.3"])
+    start_all([proc])
+    yield proc
+    stop_all([proc])
+
+
+@pytest.fixture
+async def http(sse: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=sse.url, timeout=WAIT) as client:
+        yield client
+
+
+# ---------------------------------------------------------------- stream and commands
+
+
+async def test_stream_headers_welcome_and_query_token(http: httpx.AsyncClient) -> None:
+    user = unique("sse")
+    async with http.stream("GET", f"/sse?token={token(user)}") as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert resp.headers["cache-control"] == "no-cache"
+        assert resp.headers["x-accel-buffering"] == "no"
+        name, welcome = await Stream(resp).next()
+    assert name == "welcome"
+    assert welcome["user"] == user and welcome["conn"]
+    assert welcome["limits"]["max_frame_bytes"] == MAX_FRAME_BYTES
+
+
+async def test_head_opens_no_connection(http: httpx.AsyncClient) -> None:
+    before = await connections(http)
+    resp = await http.head("/sse", headers={"Authorization": f"Bearer {token(unique('h'))}"})
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    assert (await http.head("/sse")).status_code == 401
+    assert await connections(http) == before
+
+
+async def test_join_publish_reach_every_member_stream(http: httpx.AsyncClient) -> None:
+    alice, bob, room = unique("alice"), unique("bob"), unique("room")
+    async with opened(http, alice) as (a, a_conn), opened(http, bob) as (b, b_conn):
+        for user, conn in ((alice, a_conn), (bob, b_conn)):
+            resp = await command(http, user, conn, {"type": "join", "room": room, "id": 1})
+            assert resp.status_code == 200 and resp.json() == {"type": "ack", "ref": 1}
+        for i in range(3):
+            resp = await command(http, alice, a_conn,
+                                 {"type": "publish", "room": room, "data": {"i": i}})
+            assert resp.status_code == 200 and resp.json() == {"type": "ack"}
+        for stream in (a, b):
+            got = [(await stream.until("message"))["data"]["i"] for _ in range(3)]
+            assert got == [0, 1, 2]
+        resp = await command(http, bob, b_conn, {"type": "ping", "id": "p"})
+        assert resp.json()["type"] == "pong" and resp.json()["ref"] == "p"
+        resp = await command(http, bob, b_conn, {"type": "presence", "users": [alice, "nobody"]})
+        assert resp.json()["users"] == {alice: True, "nobody": False}
+
+
+BAD_COMMANDS: list[tuple[Any, int, str]] = [
+    (b"garbage", 400, "bad_json"),
+    (b"[1, 2]", 400, "bad_frame"),
+    ({"type": "shout", "id": 7}, 400, "unknown_command"),
+    ({"type": "join", "id": 7}, 400, "missing_field"),
+    ({"type": "join", "room": 5, "id": 7}, 400, "bad_field"),
+    ({"type": "join", "room": "no spaces", "id": 7}, 400, "bad_room"),
+    ({"type": "direct", "to": "bad user", "data": 1, "id": 7}, 400, "bad_user"),
+    ({"type": "publish", "room": "elsewhere", "data": 1, "id": 7}, 403, "not_member"),
+    (b'{"type":"ping","pad":"' + b"x" * MAX_FRAME_BYTES + b'"}', 413, "too_large"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code"), BAD_COMMANDS)
+async def test_bad_command_gets_its_status_and_stream_lives_on(
+    http: httpx.AsyncClient, body: Any, status: int, code: str
+) -> None:
+    user = unique("bad")
+    async with opened(http, user) as (_, conn):
+        resp = await command(http, user, conn, body)
+        assert resp.status_code == status
+        err = resp.json()
+        assert err["type"] == "error" and err["code"] == code and err["message"]
+        if isinstance(body, dict):
+            assert err["ref"] == 7
+        assert (await command(http, user, conn, {"type": "ping"})).status_code == 200
+        assert await connections(http) >= 1
+
+
+async def test_too_many_rooms_is_429(http: httpx.AsyncClient) -> None:
+    user = unique("rooms")
+    async with opened(http, user) as (_, conn):
+        for i in range(MAX_ROOMS):
+            resp = await command(http, user, conn, {"type": "join", "room": f"r{i}"})
+            assert resp.status_code == 200
+        resp = await command(http, user, conn, {"type": "join", "room": "one-more"})
+        assert resp.status_code == 429 and resp.json()["code"] == "too_many_rooms"
+
+
+# ---------------------------------------------------------------- auth and ownership
+
+
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        ({}, "missing token"),
+        ({"Authorization": "Bearer nodot"}, "malformed token"),
+        ({"Authorization": "Bearer e30.AAAA"}, "invalid token signature"),
+        ("expired", "token expired"),
+    ],
+)
+async def test_stream_and_commands_refuse_bad_tokens(
+    http: httpx.AsyncClient, auth: Any, message: str
+) -> None:
+    user = unique("auth")
+    headers = auth if auth != "expired" else {
+        "Authorization": f"Bearer {token(user, ttl=-60)}"}
+    resp = await http.get("/sse", headers=headers)
+    assert resp.status_code == 401
+    assert resp.headers["www-authenticate"].startswith("Bearer")
+    assert resp.json()["code"] == "unauthorized" and resp.json()["message"].startswith(message)
+    async with opened(http, user) as (_, conn):
+        resp = await http.post(f"/sse/{conn}", content=b'{"type":"ping"}', headers=headers)
+        assert resp.status_code == 401 and resp.json()["message"].startswith(message)
+
+
+async def test_foreign_and_unknown_connections(http: httpx.AsyncClient) -> None:
+    alice, mallory = unique("alice"), unique("mallory")
+    async with opened(http, alice) as (_, conn):
+        resp = await command(http, mallory, conn, {"type": "ping"})
+        assert resp.status_code == 403 and resp.json()["code"] == "forbidden"
+    resp = await command(http, alice, "no-such-conn", {"type": "ping"})
+    assert resp.status_code == 404 and resp.json()["code"] == "unknown_session"
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+async def test_keepalive_comment(http: httpx.AsyncClient) -> None:
+    async with opened(http, unique("idle")) as (stream, _):
+        with pytest.raises(TimeoutError):
+            await stream.next(within=1.0)  # no events, only comments (heartbeat 0.3 s)
+        assert ": ping" in stream.comments
+
+
+async def test_client_disconnect_closes_the_connection(http: httpx.AsyncClient) -> None:
+    user = unique("gone")
+    async with opened(http, user) as (_, conn):
+        assert (await command(http, user, conn, {"type": "ping"})).status_code == 200
+
+    async def forgotten() -> bool:
+        resp = await command(http, user, conn, {"type": "ping"})
+        return resp.status_code == 404
+
+    await eventually(forgotten, "the server to close the connection of a closed stream")
+
+
+async def test_slow_consumer_gets_close_4408_after_its_backlog() -> None:
+    # the stream is written as events come, so the outbox only fills once the
+    # socket buffers (a few MiB on loopback) are full: big messages get there fast
+    big = 256 * 1024
+    proc = ServerProcess("sse", free_port(), args=[
+        "--broker", "memory", "--outbox-max-events", "2", "--outbox-max-bytes", str(4 * big),
+        "--max-frame-bytes", str(big)])
+    start_all([proc])
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http:
+            slow, sender = unique("slow"), unique("sender")
+            async with opened(http, slow) as (stream, _), opened(http, sender) as (_, s_conn):
+                sent = 0
+                while not await _slow_consumers(http):
+                    assert sent < 400, "the outbox never overflowed"
+                    resp = await command(http, sender, s_conn,
+                                         {"type": "direct", "to": slow, "data": "x" * (big - 200)})
+                    assert resp.status_code == 200
+                    sent += 1
+                received = 0
+                while True:
+                    name, data = await stream.next()
+                    if name == "close":
+                        break
+                    assert name == "direct"
+                    received += 1
+                assert data == {"type": "close", "code": 4408,
+                                "reason": "slow consumer: outbound queue full"}
+                assert 0 < received < sent
+                assert await stream.ended()
+    finally:
+        stop_all([proc])
+
+
+async def _slow_consumers(http: httpx.AsyncClient) -> int:
+    for line in (await http.get("/metrics")).text.splitlines():
+        if line.startswith("rtbench_slow_consumers_total"):
+            return int(float(line.split()[-1]))
+    raise AssertionError("rtbench_slow_consumers_total missing from /metrics")
+
+
+async def test_sigterm_sends_close_1001_and_exits() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = server("sse", ["--broker", "memory", "--log-level", "info"])
+        proc.log_path = Path(tmp) / "server.log"
+        start_all([proc])
+        try:
+            assert proc.proc is not None
+            async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http, \
+                    opened(http, unique("bye")) as (stream, _):
+                proc.proc.send_signal(signal.SIGTERM)
+                name, data = await stream.next()
+                assert (name, data["code"]) == ("close", int(CloseReason.GOING_AWAY))
+                assert data["reason"] == "server shutting down"
+                assert await stream.ended()
+            rc = await asyncio.to_thread(proc.proc.wait, 10)
+            log = proc.log_path.read_text()
+        finally:
+            stop_all([proc])
+    # uvicorn re-raises the SIGTERM it handled once it is done (see the report on
+    # servers/serve.py): a clean exit is 0 or "terminated by SIGTERM", never a kill
+    assert rc in (0, -signal.SIGTERM), log
+    assert "timeout graceful shutdown exceeded" not in log, log
+    assert "Traceback" not in log, log
+
+
+# ---------------------------------------------------------------- two replicas
+
+
+async def test_sse_and_longpoll_replicas_deliver_to_each_other(redis_server: RedisServer) -> None:
+    args = ["--broker", "redis", "--redis-url", redis_server.url, "--namespace", unique("ns")]
+    sse_proc, lp_proc = server("sse", args), server("longpoll", args)
+    start_all([sse_proc, lp_proc])
+    try:
+        async with httpx.AsyncClient(base_url=sse_proc.url, timeout=WAIT) as s_http, \
+                httpx.AsyncClient(base_url=lp_proc.url, timeout=WAIT) as l_http:
+            alice, bob, room = unique("alice"), unique("bob"), unique("room")
+            auth = {"Authorization": f"Bearer {token(bob)}"}
+            b_conn = (await l_http.post("/lp/connect", headers=auth)).json()["conn"]
+            async with opened(s_http, alice) as (stream, a_conn):
+                join = {"type": "join", "room": room}
+                assert (await command(s_http, alice, a_conn, join)).status_code == 200
+                assert (await command(l_http, bob, b_conn, join, "/lp")).status_code == 200
+                pub = {"type": "publish", "room": room, "data": "from bob"}
+                assert (await command(l_http, bob, b_conn, pub, "/lp")).status_code == 200
+                message = await stream.until("message")
+                assert (message["from"], message["data"]) == (bob, "from bob")
+                pub = {"type": "publish", "room": room, "data": "from alice"}
+                assert (await command(s_http, alice, a_conn, pub)).status_code == 200
+                seen: list[Any] = []
+                while len(seen) < 2:
+                    poll = await l_http.get(f"/lp/{b_conn}/poll?timeout=5", headers=auth)
+                    seen += [e["data"] for e in poll.json()["events"] if e["type"] == "message"]
+                assert seen == ["from bob", "from alice"]
+    finally:
+        stop_all([sse_proc, lp_proc])
+
+
+# ---------------------------------------------------------------- idle memory
+
+
+RSS_CONNS = int(os.environ.get("RTBENCH_RSS_CONNS", "1000"))
+RSS_TARGET_KIB = 20.0  # benchmark target: 5000 idle connections in < 100 MB
+
+
+async def _hold_sse(port: int, user: str) -> asyncio.StreamWriter:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /sse HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token(user)}\r\n\r\n"
+                 .encode())
+    buf = b""
+    while b"event: welcome" not in buf or not buf.split(b"event: welcome", 1)[1].count(b"\n\n"):
+        chunk = await reader.read(65536)
+        assert chunk, buf
+        buf += chunk
+    return writer
+
+
+async def idle_rss_per_connection(
+    proc: ServerProcess, hold: Callable[[int, str], Awaitable[asyncio.StreamWriter]], n: int,
+    sessions_outlive_sockets: bool = False,
+) -> float:
+    """Server RSS growth per idle held connection, in KiB, after a warm-up round.
+
+    Clients are raw asyncio sockets of this process; only the server is measured.
+    """
+    warm = 50
+    assert proc.proc is not None
+    server_proc = psutil.Process(proc.proc.pid)
+
+    async def round_of(count: int) -> list[asyncio.StreamWriter]:
+        gate = asyncio.Semaphore(100)
+
+        async def one(_: int) -> asyncio.StreamWriter:
+            async with gate:
+                return await hold(proc.port, unique("idle"))
+
+        return list(await asyncio.wait_for(asyncio.gather(*map(one, range(count))), 120))
+
+    async def close(writers: list[asyncio.StreamWriter]) -> None:
+        for w in writers:
+            w.close()
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+
+    async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http:
+        await close(await round_of(warm))  # warm-up: first-use allocations are not per conn
+        base = warm if sessions_outlive_sockets else 0
+        await eventually(lambda: _is(connections(http), base), "the warm-up round to settle")
+        before = int(server_proc.memory_info().rss)
+        writers = await round_of(n)
+        try:
+            await eventually(lambda: _is(connections(http), base + n), "every connection")
+            await asyncio.sleep(0.3)  # measurement settling (held polls parking), not sync
+            after = int(server_proc.memory_info().rss)
+        finally:
+            await close(writers)
+    return (after - before) / n / 1024
+
+
+async def _is(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+async def test_idle_stream_memory_per_connection() -> None:
+    proc = server("sse", ["--broker", "memory"])
+    start_all([proc])
+    try:
+        per_conn = await idle_rss_per_connection(proc, _hold_sse, RSS_CONNS)
+    finally:
+        stop_all([proc])
+    print(f"\nSSE: {per_conn:.1f} KiB of server RSS per idle stream ({RSS_CONNS} streams)")
+    assert per_conn < RSS_TARGET_KIB
