@@ -41,7 +41,7 @@ class Settings:
     poll_timeout: float = 25.0  # long-poll: longest a poll is held open
     session_ttl: float = 30.0  # long-poll/SSE: session kept this long without a client
     log_level: str = "warning"
-    ws_impl: str = "auto"  # uvicorn --ws implementation
+    ws_impl: str = "wsproto"  # uvicorn --ws implementation (see pyproject on why wsproto)
 
     def limits(self) -> Limits:
         return Limits(

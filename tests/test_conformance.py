@@ -449,13 +449,7 @@ async def test_memory_broker_single_replica(open_client: Open) -> None:
     assert a.take_events("message") == [] and b.take_events("message") == []
 
 
-async def test_shutdown_tells_clients_to_go_away(
-    servers: Cluster, request: pytest.FixtureRequest
-) -> None:
-    if servers.transport == "ws":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "uvicorn closes open WebSockets with 1012 before the lifespan shutdown "
-            "closes outboxes with 1001; servers/transports/ws.py needs an exit-signal drain")))
+async def test_shutdown_tells_clients_to_go_away(servers: Cluster) -> None:
     proc = server(servers.transport, ["--broker", "memory"])
     start_all([proc])
     try:
@@ -469,3 +463,4 @@ async def test_shutdown_tells_clients_to_go_away(
     finally:
         stop_all([proc])
     assert info is not None and info.code == 1001, info
+    assert proc.proc is not None and proc.proc.returncode == 0  # a clean SIGTERM exits 0

@@ -65,7 +65,9 @@ class Connection:
         self.fmt = fmt  # wire format of the adapter: "json" or "proto"
         self.outbox = outbox
         self.rooms: set[str] = set()
-        self.watching: set[str] = set()  # rooms whose join/leave events it asked for
+        # rooms whose join/leave events it asked for (created on first use: ~200 B saved
+        # per held connection, and few connections ask)
+        self.watching: set[str] | None = None
         # rooms being subscribed for it (set when needed: most connections never have one)
         self.joining: dict[str, asyncio.Future[None]] | None = None
 
@@ -110,16 +112,23 @@ class Hub:
         self._subs: dict[str, _Sub] = {}
         self._ids = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
+        self.draining: CloseReason | None = None  # set by drain(): the process is stopping
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         await self.broker.start(self._on_message)
 
-    async def shutdown(self, reason: CloseReason = CloseReason.GOING_AWAY) -> None:
-        """Tell every connection to go away (adapters close them), then stop the broker."""
+    def drain(self, reason: CloseReason = CloseReason.GOING_AWAY) -> None:
+        """Tell every connection, and any opened from now on, to go away (adapters close
+        them with `reason`); the broker keeps running for what is in flight."""
+        self.draining = reason
         for conn in list(self._conns.values()):
             conn.outbox.close(reason)
+
+    async def shutdown(self, reason: CloseReason = CloseReason.GOING_AWAY) -> None:
+        """Tell every connection to go away (adapters close them), then stop the broker."""
+        self.drain(reason)
         if self._background:
             await asyncio.wait(self._background, timeout=5)
         await self.broker.close()
@@ -166,6 +175,8 @@ class Hub:
                 }
             )
         )
+        if self.draining is not None:
+            conn.outbox.close(self.draining)  # welcome, then goodbye
         return conn
 
     async def close(self, conn: Connection) -> None:
@@ -328,6 +339,8 @@ class Hub:
         conn.rooms.add(room)
         self._rooms.setdefault(room, set()).add(conn)
         if cmd.presence:
+            if conn.watching is None:
+                conn.watching = set()
             conn.watching.add(room)
             self._watchers.setdefault(room, set()).add(conn)
         await self._member_delta(room, conn.user, 1)
@@ -340,7 +353,7 @@ class Hub:
             if not members:
                 del self._rooms[room]
         self._release(room_topic(room))
-        if room in conn.watching:
+        if conn.watching is not None and room in conn.watching:
             conn.watching.discard(room)
             watchers = self._watchers.get(room)
             if watchers is not None:

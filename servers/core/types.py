@@ -150,6 +150,18 @@ class CloseReason(IntEnum):
     UNAUTHORIZED = 4401  # missing, forged or expired token
     SLOW_CONSUMER = 4408  # outbound queue overflowed; resume from the last cursor
 
+    @property
+    def text(self) -> str:
+        """The human reason sent with the code (WS close reason, SSE/long-poll `reason`)."""
+        return _CLOSE_TEXT.get(self, self.name.lower())
+
+
+_CLOSE_TEXT = {
+    CloseReason.NORMAL: "",
+    CloseReason.GOING_AWAY: "server shutting down",
+    CloseReason.SLOW_CONSUMER: "slow consumer: outbound queue full",
+}
+
 
 # ------------------------------------------------------------------ limits
 

@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from servers import metrics
 from servers.core.auth import TokenVerifier
@@ -44,6 +45,16 @@ class Context:
         return self.verifier.verify(token_from(conn))
 
 
+def offered_subprotocols(conn: HTTPConnection) -> list[str]:
+    """WebSocket subprotocols the client offered (ASGI `subprotocols`; wsproto removes the
+    header from the scope, the other implementations keep it)."""
+    offered = conn.scope.get("subprotocols")
+    if offered is None:
+        header = conn.headers.get("sec-websocket-protocol", "")
+        offered = [p.strip() for p in header.split(",") if p.strip()]
+    return list(offered)
+
+
 def token_from(conn: HTTPConnection) -> str | None:
     """Token from `Authorization: Bearer`, a `bearer.<token>` WS subprotocol, or `?token=`."""
     header = conn.headers.get("authorization")
@@ -51,8 +62,7 @@ def token_from(conn: HTTPConnection) -> str | None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value:
             return value.strip()
-    for proto in conn.headers.get("sec-websocket-protocol", "").split(","):
-        proto = proto.strip()
+    for proto in offered_subprotocols(conn):
         if proto.startswith(TOKEN_SUBPROTOCOL_PREFIX):
             return proto[len(TOKEN_SUBPROTOCOL_PREFIX) :]
     return conn.query_params.get("token")
@@ -125,9 +135,31 @@ _ADAPTERS = {"ws": "servers.transports.ws", "sse": "servers.transports.sse",
              "longpoll": "servers.transports.longpoll"}
 
 
-def build_app(settings: Settings, hub: Hub) -> Starlette:
+class App:
+    """The Starlette app, with WebSocket sessions routed past its middleware stack.
+
+    Starlette's two exception middlewares keep frames alive for as long as a
+    request lasts, about 2 KiB per held WebSocket; a WebSocket has no HTTP 500 to
+    send anyway, and the adapter handles its own errors. Everything else (HTTP,
+    lifespan) goes through the full app.
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope["app"] = self.app
+            await self.app.router(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def build_app(settings: Settings, hub: Hub) -> App:
     """Starlette app for one HTTP transport plus /healthz and /metrics."""
     ctx = Context(hub, settings, TokenVerifier(settings.secret))
+    # every connection hears "going away" (1001) before uvicorn stops waiting for them
+    ctx.on_exit_signal.append(hub.drain)
     registry = metrics.make_registry(hub, settings.transport)
 
     async def healthz(request: Request) -> Response:
@@ -164,4 +196,4 @@ def build_app(settings: Settings, hub: Hub) -> Starlette:
             unhook()
             await hub.shutdown()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return App(Starlette(routes=routes, lifespan=lifespan))

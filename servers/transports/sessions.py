@@ -23,7 +23,6 @@ from servers.core.errors import AuthError, BrokerUnavailable, ErrorCode, Protoco
 from servers.core.hub import Connection, Hub
 from servers.core.types import CloseReason
 from servers.transports.http import Context, auth_failed, protocol_failed, read_body
-from servers.transports.ws import CLOSE_TEXT
 
 log = logging.getLogger("rtbench.sessions")
 
@@ -50,7 +49,7 @@ S = TypeVar("S", bound=Session)
 
 def close_body(reason: CloseReason) -> dict[str, Any]:
     """`{"code": .., "reason": ..}` of a server-side close (section 6 of the protocol)."""
-    return {"code": int(reason), "reason": CLOSE_TEXT.get(reason, reason.name.lower())}
+    return {"code": int(reason), "reason": reason.text}
 
 
 def error_response(code: str, message: str, status: int) -> Response:

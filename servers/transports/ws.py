@@ -13,19 +13,17 @@ from starlette.websockets import WebSocket
 from servers.core.errors import AuthError, BrokerUnavailable
 from servers.core.hub import Connection, Hub
 from servers.core.types import CloseReason
-from servers.transports.http import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, Context
+from servers.transports.http import (
+    SUBPROTOCOL,
+    TOKEN_SUBPROTOCOL_PREFIX,
+    Context,
+    offered_subprotocols,
+)
 
 log = logging.getLogger("rtbench.ws")
 
-CLOSE_TEXT = {
-    CloseReason.GOING_AWAY: "server shutting down",
-    CloseReason.SLOW_CONSUMER: "slow consumer: outbound queue full",
-    CloseReason.NORMAL: "",
-}
-
-
 def _subprotocol(ws: WebSocket) -> str | None:
-    offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",")]
+    offered = offered_subprotocols(ws)
     if SUBPROTOCOL in offered:
         return SUBPROTOCOL
     # a browser that sent only `bearer.<token>` must get one of its offers back
@@ -64,7 +62,7 @@ class _Sender:
             if outbox.close_reason is not None:
                 reason = outbox.close_reason
                 with contextlib.suppress(Exception):
-                    await self.ws.close(int(reason), CLOSE_TEXT.get(reason, reason.name.lower()))
+                    await self.ws.close(int(reason), reason.text)
         except Exception:
             outbox.listen(None)  # the socket is gone; the reader sees the disconnect
         finally:
