@@ -13,11 +13,13 @@ then, so the number measures the client, not the fanout.
 The gevent subscriber runs the exact delivery path of `loadgen.users.RtbenchUser`
 (stamp parse, HDR record, delivery ledger, Locust `request` event into Locust's
 stats); the asyncio baseline only counts messages, so the ratio is conservative.
-`--ws-validate-utf8` adds a row with websocket-client's pure-Python UTF-8 check on.
+`--ws-validate-utf8` adds two WebSocket rows: websocket-client's own receive path
+(instead of `loadgen.clients.wsframes`), without and with its pure-Python UTF-8
+validation (`skip_utf8_validation=False`: the known trap).
 
 Server pinned to core 0, subscribers and publisher to the other core(s):
 
-    python -m bench.ingest --messages 30000 --rounds 3 --json results/ingest.json
+    python -m bench.ingest --rounds 3 --ws-validate-utf8 --json results/ingest.json
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
 SERVER_ARGS = ("--outbox-max-events", "1000000", "--outbox-max-bytes", str(1 << 30),
                "--session-ttl", "600")
 PAYLOAD_BYTES = 100
+WS_KINDS = {"gevent-wsclient": "websocket-client", "gevent-utf8": "websocket-client+utf8"}
 
 
 def _report(count: int, last: int) -> None:
@@ -70,7 +73,7 @@ def _gevent_subscriber(args: argparse.Namespace) -> int:
     from loadgen.users import RtbenchUser
     from servers.core.auth import DEV_SECRET, make_token
 
-    ws_client.VALIDATE_UTF8 = args.ws_validate_utf8
+    ws_client.RECV_PATH = args.ws_recv
     run = hooks.install("ingest")
     env = Environment(events=events)
     env.create_local_runner()  # wires request events into Locust's stats, as in a real run
@@ -80,8 +83,8 @@ def _gevent_subscriber(args: argparse.Namespace) -> int:
         publishers=1, publish_rate=1.0, payload_bytes=PAYLOAD_BYTES, max_messages=1,
         warmup=0.0, drain=0.0, step_users=0, step_seconds=1.0, p99_limit_ms=1.0,
         conns_per_user=1, churn_interval=1.0, connect_timeout=30.0, request_events=True,
-        result_file="", metrics_urls="", max_cpu=90.0, max_lag_ms=20.0, invalid_exit_code=0,
-        run_time=None)
+        result_file="", metrics_urls="", max_connect_failures=1, max_cpu=90.0,
+        max_lag_ms=20.0, invalid_exit_code=0, run_time=None)
     windows: dict[str, Any] = {}
     user = types.SimpleNamespace(rt=run)
     deliver = RtbenchUser._on_event(user, windows, args.transport)  # type: ignore[arg-type]
@@ -199,11 +202,10 @@ def _round(kind: str, transport: str, url: str, count: int, timeout: float) -> d
     import asyncio
 
     room = f"ingest-{uuid.uuid4().hex[:8]}"
-    role, validate = ("gevent", True) if kind == "gevent-utf8" else (kind, False)
+    role, recv = ("gevent", WS_KINDS[kind]) if kind in WS_KINDS else (kind, "frames")
     cmd = [sys.executable, "-m", "bench.ingest", "--role", role, "--transport", transport,
-           "--url", url, "--count", str(count), "--room", room, "--timeout", str(timeout)]
-    if validate:
-        cmd.append("--ws-validate-utf8")
+           "--url", url, "--count", str(count), "--room", room, "--timeout", str(timeout),
+           "--ws-recv", recv]
     from loadgen.measure import now_us
 
     with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -239,7 +241,7 @@ def measure(transport: str, count: int, rounds: int, utf8: bool, timeout: float,
             ) -> dict[str, Any]:
     from bench.cluster import Cluster, load_cpus, pin_self
 
-    kinds = ["aio", "gevent"] + (["gevent-utf8"] if utf8 and transport == "ws" else [])
+    kinds = ["aio", "gevent"] + (list(WS_KINDS) if utf8 and transport == "ws" else [])
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     with Cluster(transport, replicas=1, broker="memory", server_args=SERVER_ARGS) as cluster:
         pin_self(load_cpus())
@@ -252,8 +254,10 @@ def measure(transport: str, count: int, rounds: int, utf8: bool, timeout: float,
                            "rates": rates, "aio_rate": med["aio"], "gevent_rate": med["gevent"],
                            "ratio": med["gevent"] / med["aio"] if med["aio"] else 0.0}
     if "gevent-utf8" in med:
+        out["gevent_wsclient_rate"] = med["gevent-wsclient"]
         out["gevent_utf8_rate"] = med["gevent-utf8"]
-        out["utf8_slowdown"] = med["gevent"] / med["gevent-utf8"] if med["gevent-utf8"] else 0
+        out["utf8_slowdown"] = (med["gevent-wsclient"] / med["gevent-utf8"]
+                                if med["gevent-utf8"] else 0.0)
     return out
 
 
@@ -261,11 +265,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ingest",
                                 description=(__doc__ or "").split("\n")[0])
     p.add_argument("--transports", default=",".join(TRANSPORTS))
-    p.add_argument("--messages", type=int, default=30000)
+    p.add_argument("--messages", type=int, default=30000, help="per round, WebSocket and gRPC")
+    p.add_argument("--http-messages", type=int, default=8000,
+                   help="per round, SSE and long-poll (the asyncio publisher's POSTs are slow)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--ws-validate-utf8", action="store_true",
-                   help="(orchestrator) also measure websocket-client with UTF-8 validation; "
-                        "(subscriber) turn it on")
+                   help="also measure websocket-client's receive path, without and with UTF-8 "
+                        "validation")
+    p.add_argument("--ws-recv", default="frames", help=argparse.SUPPRESS)
     p.add_argument("--target", type=float, default=0.6, help="ratio the issue asks for")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--json", help="write the results to this file")
@@ -283,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for t in args.transports.split(","):
         t0 = time.monotonic()
-        r = measure(t, args.messages, args.rounds, args.ws_validate_utf8, args.timeout)
+        count = args.http_messages if t in ("sse", "longpoll") else args.messages
+        r = measure(t, count, args.rounds, args.ws_validate_utf8, args.timeout)
         r["seconds"] = round(time.monotonic() - t0, 1)
         results.append(r)
         print(json.dumps(r), flush=True)
@@ -295,8 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{r['transport']:<10} {r['aio_rate']:>14,.0f} {r['gevent_rate']:>13,.0f} "
               f"{r['ratio']:>6.2f}  {'ok' if ok else 'BELOW'} {args.target}")
         if "gevent_utf8_rate" in r:
-            print(f"{'  ws+utf8':<10} {'':>14} {r['gevent_utf8_rate']:>13,.0f}  "
-                  f"(UTF-8 validation costs {r['utf8_slowdown']:.1f}x)")
+            print(f"{'  websocket-client recv':<25} {r['gevent_wsclient_rate']:>13,.0f}")
+            print(f"{'  + UTF-8 validation':<25} {r['gevent_utf8_rate']:>13,.0f}  "
+                  f"(validation alone costs {r['utf8_slowdown']:.1f}x)")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -1,4 +1,6 @@
-"""Connections: open idle connections at the spawn rate (-r) up to -u, or until they fail.
+"""Connections: open idle connections at the spawn rate (-r) up to -u, or until they fail
+(`--max-connect-failures` failed connects end the run; in a distributed run each
+worker stops its own users).
 
     locust -f loadgen/connections.py --headless -u 5000 -r 200 -t 60s \\
         --servers http://127.0.0.1:8001 --transport ws
@@ -32,6 +34,14 @@ class Idle(RtbenchUser):
             self.connect(self.rt.user_name("idle", self.index))
         except ClientError as exc:
             log.debug("connection %d failed: %s", self.index, exc)
+            failures = self.rt.recorder.counters["connect_failures"]
+            runner = self.environment.runner
+            if failures == self.rt.p.max_connect_failures and runner is not None:
+                log.warning("rtbench connections: %d connects failed; stopping at %d users",
+                            failures, runner.user_count)
+                # from another greenlet: stopping kills this user's greenlet
+                gevent.spawn(runner.stop if type(runner).__name__ == "WorkerRunner"
+                             else runner.quit)
 
 
 _scraper: list[scrape.Scraper] = []

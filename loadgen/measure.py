@@ -13,8 +13,7 @@ the epoch. Latency = receive wall time (µs) - `t`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from hdrh.histogram import HdrHistogram
@@ -135,8 +134,9 @@ class Histogram:
 # ------------------------------------------------------------------ stamp
 
 
-@dataclass(slots=True, frozen=True)
-class Stamp:
+class Stamp(NamedTuple):
+    """A parsed payload stamp (a tuple: built once per delivery, so it must be cheap)."""
+
     publisher: str
     seq: int
     intended_us: int
@@ -159,9 +159,10 @@ def build_payload(publisher: str, seq: int, intended_us: int, size: int = 0) -> 
 
 def parse_stamp(data: Any) -> Stamp | None:
     """The stamp of a decoded `data` value, or None if it carries no valid stamp."""
-    if not isinstance(data, dict):
+    if type(data) is not dict:
         return None
-    p, s, t = data.get("p"), data.get("s"), data.get("t")
-    if not isinstance(p, str) or type(s) is not int or type(t) is not int or s < 0:
+    get = data.get
+    p, s, t = get("p"), get("s"), get("t")
+    if type(p) is not str or type(s) is not int or type(t) is not int or s < 0:
         return None
     return Stamp(p, s, t)

@@ -56,6 +56,9 @@ def add_options(parser: Any) -> None:
     g.add_argument("--request-events", choices=("on", "off"), default="on",
                    env_var="LOCUST_REQUEST_EVENTS",
                    help="fire Locust request events per delivery for the UI/CSV (default on)")
+    g.add_argument("--max-connect-failures", type=int, default=10,
+                   env_var="LOCUST_MAX_CONNECT_FAILURES",
+                   help="connections: end the run after this many failed connects (default 10)")
     g.add_argument("--metrics-urls", default="", env_var="LOCUST_METRICS_URLS",
                    help="connections: comma-separated /metrics URLs of the servers "
                         "(default: <server>/metrics; gRPC: port + 1000)")
@@ -93,6 +96,7 @@ class Params:
     request_events: bool
     result_file: str
     metrics_urls: str
+    max_connect_failures: int
     max_cpu: float
     max_lag_ms: float
     invalid_exit_code: int
@@ -114,7 +118,7 @@ class Params:
             p99_limit_ms=opts.p99_limit_ms, conns_per_user=opts.conns_per_user,
             churn_interval=opts.churn_interval, connect_timeout=opts.connect_timeout,
             request_events=opts.request_events == "on", result_file=opts.result_file,
-            metrics_urls=opts.metrics_urls,
+            metrics_urls=opts.metrics_urls, max_connect_failures=opts.max_connect_failures,
             max_cpu=opts.max_cpu, max_lag_ms=opts.max_lag_ms,
             invalid_exit_code=opts.invalid_exit_code,
             run_time=float(opts.run_time) if getattr(opts, "run_time", None) else None,

@@ -4,10 +4,10 @@ reader (`wsframes`) on the gevent socket for receiving.
 websocket-client's receive path costs ~25 µs per small frame in Python calls
 (and, unless `skip_utf8_validation=True`, ~3x more for its pure-Python UTF-8
 check); reading 256 KiB at a time and splitting frames in one loop is what lets
-one Locust process keep up with the server. `VALIDATE_UTF8 = True` switches back
-to websocket-client's own receive path with validation on, which is how
-bench/ingest.py `--ws-validate-utf8` measures the trap. orjson rejects invalid
-UTF-8 in any case.
+one Locust process keep up with the server. `RECV_PATH` switches to
+websocket-client's own receive path, without ("websocket-client") or with
+("websocket-client+utf8") its UTF-8 validation: bench/ingest.py
+`--ws-validate-utf8` measures both. orjson rejects invalid UTF-8 in any case.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from loadgen.clients.base import split_url as _split
 from loadgen.clients.wsframes import OP_CLOSE, OP_PING, FrameError, FrameReader
 from loadgen.measure import now_us
 
-VALIDATE_UTF8 = False  # flipped by bench/ingest.py to measure the trap
+RECV_PATHS = ("frames", "websocket-client", "websocket-client+utf8")
+RECV_PATH = "frames"  # bench/ingest.py sets the others to measure them
 RECV_BYTES = 256 * 1024
 
 
@@ -44,7 +45,7 @@ class WsClient(StreamClient):
                 f"ws://{host}:{port}/ws",
                 header=[f"Authorization: Bearer {self.token}"],
                 subprotocols=["rtbench.v1"],
-                skip_utf8_validation=not VALIDATE_UTF8,
+                skip_utf8_validation=RECV_PATH != "websocket-client+utf8",
                 enable_multithread=True,  # a lock around send: several greenlets send
                 timeout=self.timeout,
             )
@@ -73,7 +74,7 @@ class WsClient(StreamClient):
             raise ClientError("closed", str(exc)) from None
 
     def _read_loop(self) -> None:
-        if VALIDATE_UTF8:
+        if RECV_PATH != "frames":
             self._read_loop_websocket_client()
             return
         ws = self._ws
