@@ -22,7 +22,6 @@ class StepShape:
 
     use_common_options = True  # -u, -r and -t keep their meaning (see step_tick)
     _step = -1
-    _step_started = 0.0
 
     def step_tick(self, run: Any, runner: Any, elapsed: float) -> tuple[int, float] | None:
         opts = runner.environment.parsed_options
@@ -34,19 +33,18 @@ class StepShape:
             return None  # a shape owns the run time: Locust ignores -t when there is one
         if int(opts.step_users) <= 0:
             return int(opts.num_users or pubs + 1), rate
-        step_s = float(opts.step_seconds)
-        step = int(elapsed // step_s)
+        step = int(elapsed // float(opts.step_seconds))
+        subs = int(opts.step_users) * (step + 1)
         if step != self._step:
             if self._step >= 0 and not self._close_step(run, opts):
                 return None
-            self._step, self._step_started = step, elapsed
+            cap = int(opts.num_users or 0) - pubs
+            if cap > 0 and subs > cap:
+                log.info("rtbench steps: the next step would pass -u (%d subscribers); "
+                         "stopping", cap)
+                return None
+            self._step = step
             run.collector.start_step()
-        subs = int(opts.step_users) * (step + 1)
-        cap = int(opts.num_users or 0) - pubs
-        if cap > 0 and subs > cap:
-            log.info("rtbench steps: reached -u (%d subscribers); stopping", cap)
-            self._close_step(run, opts)
-            return None
         return pubs + subs, rate
 
     def _close_step(self, run: Any, opts: Any) -> bool:

@@ -119,6 +119,22 @@ def test_broadcast_delivers_everything(transport: str, tmp_path: Path) -> None:
     assert "message" in o.output  # Locust's own request stats saw the deliveries
 
 
+def test_broadcast_steps_draw_a_capacity_curve(tmp_path: Path) -> None:
+    with servers("ws") as procs:
+        capped = locust("broadcast", procs, tmp_path, "--step-users", "5", "--step-seconds",
+                        "2", users=11, seconds=20)
+        limited = locust("broadcast", procs, tmp_path, "--step-users", "5", "--step-seconds",
+                         "2", "--p99-limit-ms", "0.001", users=11, seconds=20)
+    # -u 11 = 1 publisher + at most 10 subscribers: steps of 5 and 10, then stop (not at -t)
+    assert [s["subscribers"] for s in capped.result["steps"]] == [5, 10]
+    assert all(s["deliveries"] > 0 for s in capped.result["steps"])
+    assert capped.result["duration_s"] < 10
+    assert capped.delivery["missing"] == 0
+    # a limit no real system meets: one step, and the reason it stopped
+    (only,) = limited.result["steps"]
+    assert only["stopped_because"].startswith("p99")
+
+
 def test_direct_across_replicas_with_several_connections(redis_server: RedisServer,
                                                          tmp_path: Path) -> None:
     with servers("ws", 2, redis_server) as procs:
