@@ -62,6 +62,10 @@ class Run:
         self.extras: list[Extra] = []
         self.on_start: list[Callable[[Run], None]] = []
         self.result: dict[str, Any] | None = None
+        # every open client, so that test_stop can close those of users whose on_start
+        # failed half-way (Locust then skips on_stop): a gRPC channel left open keeps
+        # the process from exiting
+        self.open_clients: set[Any] = set()
         self.result_path: Path | None = None
         self.hosts: dict[str, dict[str, Any]] = {}
         self._finals: set[str] = set()
@@ -122,6 +126,10 @@ class Run:
         if self.params is None:
             return
         self.stop.set()
+        for client in list(self.open_clients):
+            self.recorder.count("clients_closed_at_stop")
+            client.close()
+        self.open_clients.clear()
         runner = environment.runner
         if isinstance(runner, WorkerRunner):
             if not self._final_sent:

@@ -85,6 +85,7 @@ class RtbenchUser(User):
         rec.timing("connect", client.connect_us)
         self.rt.fire(transport, "connect", client.connect_us / 1000, 0)
         self.clients.append(client)
+        self.rt.open_clients.add(client)
         self.windows_of[client] = windows
         gevent.spawn(self._watch_close, client, transport)
         return client
@@ -100,8 +101,10 @@ class RtbenchUser(User):
             raise
         rec.count("reconnects")
         self.clients.remove(client)
+        self.rt.open_clients.discard(client)
         del self.windows_of[client]
         self.clients.append(fresh)
+        self.rt.open_clients.add(fresh)
         self.windows_of[fresh] = windows
         gevent.spawn(self._watch_close, fresh, fresh.transport)
         return fresh
@@ -152,6 +155,7 @@ class RtbenchUser(User):
             self.rt.recorder.close_window(w, end)
         for client in self.clients:
             client.close()
+            self.rt.open_clients.discard(client)
         self.clients = []
         self.windows_of = {}
 

@@ -2,10 +2,17 @@
 
 grpcio runs its own threads; `grpc.experimental.gevent.init_gevent()` (called at
 import, before any channel exists) makes its completion queue cooperate with the
-gevent hub. The known hang under gevent is a request iterator that blocks the
-hub; here the iterator blocks on a gevent queue, which yields, and `close()`
-always ends it with a sentinel, cancels the call and closes the channel, so no
-greenlet or grpc thread is left waiting (tests/test_loadgen_e2e.py bounds it).
+gevent hub by polling it in gevent's thread pool: each channel with a call in
+flight holds one pool thread while it waits. The known hangs under gevent:
+- pool exhaustion: gevent's pool has 10 threads, so an 11th channel never gets
+  polled, and closing channels then waits forever. Every client has its own
+  channel (one TCP connection, like the other transports), so `_open` grows the
+  pool to the number of live channels plus headroom;
+- a request iterator that blocks the hub: ours blocks on a gevent queue, which
+  yields, and `close()` always ends it with a sentinel, cancels the call and
+  closes the channel.
+tests/test_loadgen_e2e.py runs 20 concurrent streams and kills a server under
+an open one, bounded in time.
 
 Frame <-> dict conversions are shared with the asyncio client (`loadgen.aio.grpc`).
 """
@@ -16,6 +23,7 @@ import importlib
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import gevent
 import grpc
 import orjson
 from gevent.queue import Queue
@@ -29,6 +37,7 @@ importlib.import_module("grpc.experimental.gevent").init_gevent()  # untyped in 
 
 # gRPC message prefix (5) + one HTTP/2 DATA frame header (9) per event
 FRAME_OVERHEAD = 14
+POOL_HEADROOM = 8  # pool threads beyond one per live channel (unary calls, shutdown)
 _END = b""  # request-iterator sentinel (a real frame is never empty: it has a oneof)
 
 
@@ -36,14 +45,25 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
+def _reserve_pool_thread(delta: int) -> None:
+    """Keep gevent's thread pool larger than the number of live channels (see above)."""
+    GrpcClient.live_channels += delta
+    pool = gevent.get_hub().threadpool
+    need = GrpcClient.live_channels + POOL_HEADROOM
+    if pool.maxsize < need:
+        pool.maxsize = need
+
+
 class GrpcClient(StreamClient):
     transport: ClassVar[str] = "grpc"
+    live_channels: ClassVar[int] = 0
 
     _call: Any = None
     _channel: grpc.Channel | None = None
 
     def _open(self) -> dict[str, Any]:
         self._queue: Queue[bytes] = Queue()
+        _reserve_pool_thread(1)
         self._channel = grpc.insecure_channel(target_of(self.url))
         method = self._channel.stream_stream(CONNECT, request_serializer=_identity,
                                              response_deserializer=_identity)
@@ -126,6 +146,7 @@ class GrpcClient(StreamClient):
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+            _reserve_pool_thread(-1)
 
     def close(self) -> None:
         if self._channel is None:
