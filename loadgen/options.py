@@ -145,3 +145,24 @@ class Params:
         d["secret"] = "<dev>" if self.secret == DEV_SECRET else "<set>"
         d["servers"] = list(self.servers)
         return d
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m loadgen.options`: rtbench's Locust options with their help.
+
+    `locust -f loadgen/broadcast.py --help` cannot list them: Locust 2.x prints
+    --help before it imports the locustfile (locust issue #2917).
+    """
+    from locust.argument_parser import LocustArgumentParser
+
+    parser = LocustArgumentParser(
+        prog="locust -f loadgen/<scenario>.py",
+        description="rtbench options (plus every Locust option: locust --help). Each is also "
+                    "a LOCUST_<NAME> environment variable, a locust.conf key and a web UI field.")
+    add_options(parser)
+    parser.parse_args(argv if argv is not None else ["--help"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
