@@ -12,6 +12,7 @@ Profiles:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,22 +29,24 @@ class Scenario:
     name: str
     users: int
     spawn_rate: float
-    run_time: float  # seconds (-t); a broadcast with steps stops earlier once over the limit
+    run_time: int  # seconds (-t, whole: Locust's format); steps stop earlier over the limit
     options: dict[str, Any] = field(default_factory=dict)  # rtbench options, --name value
 
     def locust_args(self) -> list[str]:
-        args = ["-u", str(self.users), "-r", f"{self.spawn_rate:g}", "-t", f"{self.run_time:g}s"]
+        args = ["-u", str(self.users), "-r", f"{self.spawn_rate:g}", "-t", f"{self.run_time}s"]
         for key, value in self.options.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
         return args
 
     def with_duration(self, seconds: float) -> Scenario:
-        """The same scenario lasting `seconds` (broadcast steps shrink to fit)."""
-        opts = dict(self.options)
+        """The same scenario lasting about `seconds` (broadcast steps shrink to fit)."""
         steps = _step_count(self)
-        if steps:
-            opts["step_seconds"] = round(seconds / steps, 2)
-        return replace(self, run_time=seconds, options=opts)
+        if not steps:
+            return replace(self, run_time=math.ceil(seconds))
+        drain = float(self.options.get("drain", 0))
+        # whole seconds: Locust's shape ticks once a second, finer steps would alternate
+        opts = {**self.options, "step_seconds": max(1, round((seconds - drain) / steps))}
+        return _fit_steps(replace(self, options=opts))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "users": self.users, "spawn_rate": self.spawn_rate,
@@ -55,6 +58,14 @@ def _step_count(s: Scenario) -> int:
     if step_users <= 0:
         return 0
     return max(1, (s.users - int(s.options.get("publishers", 1))) // step_users)
+
+
+def _fit_steps(s: Scenario) -> Scenario:
+    """Run time = every step plus the drain: the last step then ends when the subscriber cap
+    is reached, before publishers stop, so it is as full as the others."""
+    steps = _step_count(s)
+    return replace(s, run_time=math.ceil(steps * float(s.options["step_seconds"])
+                                         + float(s.options.get("drain", 0))))
 
 
 def _profile(size: str) -> dict[str, Scenario]:
@@ -69,25 +80,25 @@ def _profile(size: str) -> dict[str, Scenario]:
     steady = {**common, "warmup": pick(0.5, 1, 3)}
     return {
         "connections": Scenario(
-            "connections", users=pick(100, 500, 5000), spawn_rate=pick(100, 250, 250),
-            run_time=pick(2.5, 5, 40), options={**common}),
-        "broadcast": Scenario(
+            "connections", users=pick(100, 400, 5000), spawn_rate=pick(100, 100, 250),
+            run_time=pick(3, 6, 40), options={**common}),
+        "broadcast": _fit_steps(Scenario(
             "broadcast", users=1 + pick(20, 200, 2000), spawn_rate=pick(50, 100, 200),
-            run_time=pick(2.5, 10, 200),
+            run_time=0,
             options={**common, "publishers": 1, "publish_rate": pick(10, 10, 10),
-                     "step_users": pick(10, 50, 100), "step_seconds": pick(1.25, 2.5, 10),
-                     "p99_limit_ms": 250}),
+                     "step_users": pick(10, 40, 100), "step_seconds": pick(1, 2, 10),
+                     "p99_limit_ms": 250})),
         "chat": Scenario(
             "chat", users=pick(20, 40, 200), spawn_rate=pick(50, 40, 100),
-            run_time=pick(2.5, 6, 60),
+            run_time=pick(3, 5, 60),
             options={**steady, "room_size": 10, "publish_rate": 2}),
         "direct": Scenario(
             "direct", users=pick(8, 20, 100), spawn_rate=pick(50, 20, 100),
-            run_time=pick(2.5, 6, 60),
+            run_time=pick(3, 5, 60),
             options={**steady, "conns_per_user": 2, "publish_rate": 5}),
         "churn": Scenario(
             "churn", users=pick(11, 21, 101), spawn_rate=pick(50, 21, 100),
-            run_time=pick(2.5, 6, 60),
+            run_time=pick(3, 5, 60),
             options={**steady, "publishers": 1, "publish_rate": 10,
                      "churn_interval": pick(1, 1.5, 3)}),
     }

@@ -42,7 +42,7 @@ from bench.sampler import Sampler, Watched, parse_prom, tcp_passive_opens
 from servers.testing import REDIS_HINT, MissingRedis, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCUST_GRACE = 45.0  # beyond -t: Locust's own stop, result judging and writing
+LOCUST_GRACE = 15.0  # beyond -t: Locust's own stop, result judging and writing (at least)
 EXIT_INTERRUPTED = 130
 
 
@@ -243,7 +243,8 @@ class Harness:
                      "redis": _affinity(self.redis.proc.pid)
                      if self.redis is not None and self.redis.proc is not None else None,
                      "load_generator": _affinity(self.locust.pid)}
-        deadline = time.monotonic() + step.scenario.run_time + LOCUST_GRACE
+        grace = max(LOCUST_GRACE, step.scenario.run_time / 4)
+        deadline = time.monotonic() + step.scenario.run_time + grace
         try:
             while True:
                 self.progress.update("load")
@@ -257,8 +258,8 @@ class Harness:
                     error = f"{sampler.dead} exited during the scenario"
                     break
                 if time.monotonic() > deadline:
-                    status, error = "timeout", f"Locust still running {LOCUST_GRACE:.0f}s " \
-                                               "after its run time; killed"
+                    status, error = "timeout", f"Locust still running {grace:.0f}s after " \
+                                               "its run time; stopped"
                     break
         finally:
             stop_group(self.locust)

@@ -225,14 +225,16 @@ def test_plan_is_identical_across_transports_and_checks_input() -> None:
     assert [(s.transport, s.scenario.name) for s in steps] == [
         ("ws", "connections"), ("ws", "chat"), ("grpc", "connections"), ("grpc", "chat")]
     assert steps[1].scenario.locust_args() == steps[3].scenario.locust_args()
-    longer = plan.build("quick", ["ws"], ["broadcast"], duration=20)[0].scenario
-    assert longer.run_time == 20 and longer.options["step_seconds"] == 5.0
-    for bad in (lambda: plan.build("huge", ["ws"], ["chat"]),
-                lambda: plan.build("quick", ["smtp"], ["chat"]),
-                lambda: plan.build("quick", ["ws"], ["chess"]),
-                lambda: plan.build("quick", ["ws"], ["chat"], duration=0)):
+    longer = plan.build("quick", ["ws"], ["broadcast"], duration=21.5)[0].scenario
+    assert longer.run_time == 22 and longer.options["step_seconds"] == 4  # 5 steps + drain
+    assert "-t 22s" in " ".join(longer.locust_args())  # Locust takes whole seconds only
+    assert plan.build("quick", ["ws"], ["chat"], duration=2.5)[0].scenario.run_time == 3
+    bad: list[tuple[str, list[str], list[str], float | None]] = [
+        ("huge", ["ws"], ["chat"], None), ("quick", ["smtp"], ["chat"], None),
+        ("quick", ["ws"], ["chess"], None), ("quick", ["ws"], ["chat"], 0)]
+    for profile, transports, scenarios, duration in bad:
         with pytest.raises(ValueError):
-            bad()
+            plan.build(profile, transports, scenarios, duration)
 
 
 def test_progress_without_a_terminal_prints_plain_lines() -> None:

@@ -42,7 +42,7 @@ class Harness:
 
     def watch(self) -> list[psutil.Process]:
         try:
-            kids = psutil.Process(self.proc.pid).children(recursive=True)
+            kids: list[psutil.Process] = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
         for k in kids:
