@@ -37,6 +37,10 @@ class Settings:
     max_rooms: int = 100
     outbox_max_events: int = 10_000
     outbox_max_bytes: int = 8 * 1024 * 1024
+    # per stream (room, user inbox): keep the last history_size messages, at most
+    # history_ttl seconds old, for resume; 0 turns history, offsets and resume off
+    history_size: int = 1000
+    history_ttl: float = 300.0
     heartbeat: float = 15.0  # seconds between keepalives (WS ping, SSE comment)
     poll_timeout: float = 25.0  # long-poll: longest a poll is held open
     session_ttl: float = 30.0  # long-poll/SSE: session kept this long without a client
@@ -49,6 +53,8 @@ class Settings:
             max_rooms=self.max_rooms,
             outbox_max_events=self.outbox_max_events,
             outbox_max_bytes=self.outbox_max_bytes,
+            history_size=self.history_size,
+            history_ttl=self.history_ttl,
         )
 
 
@@ -112,6 +118,8 @@ def validate(s: Settings) -> Settings:
     if s.outbox_max_events < 2 or s.outbox_max_bytes < s.max_frame_bytes:
         raise SettingsError("outbox_max_events must be at least 2 and outbox_max_bytes at "
                             "least max_frame_bytes (or every client is dropped at once)")
+    if s.history_size > 0 and s.history_ttl <= 0:
+        raise SettingsError("history_ttl must be > 0 while history is on (history_size > 0)")
     return s
 
 
@@ -131,6 +139,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-rooms", type=int, default=d.max_rooms)
     parser.add_argument("--outbox-max-events", type=int, default=d.outbox_max_events)
     parser.add_argument("--outbox-max-bytes", type=int, default=d.outbox_max_bytes)
+    parser.add_argument("--history-size", type=int, default=d.history_size,
+                        help="messages kept per room/inbox for resume (0: history off)")
+    parser.add_argument("--history-ttl", type=float, default=d.history_ttl,
+                        help="seconds a message stays in history")
     parser.add_argument("--heartbeat", type=float, default=d.heartbeat)
     parser.add_argument("--poll-timeout", type=float, default=d.poll_timeout)
     parser.add_argument("--session-ttl", type=float, default=d.session_ttl)

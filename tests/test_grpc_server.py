@@ -154,16 +154,18 @@ async def test_welcome_join_publish_ack(channel: aio.Channel) -> None:
     assert welcome["user"] == "alice"
     assert welcome["conn"].startswith(welcome["server"] + "-")
     assert welcome["limits"]["max_frame_bytes"] == MAX_FRAME
+    epoch = welcome["inbox"]["epoch"]  # the memory broker's: one for every stream
     room = uniq("room")
     await alice.send(pb.ClientFrame(id="1", join=pb.Join(room=room, presence=True)))
     assert sorted(map(str, await alice.recv_n(2))) == sorted(map(str, [
-        {"type": "ack", "ref": "1"},
+        {"type": "ack", "ref": "1", "offset": 0, "epoch": epoch},
         {"type": "presence", "room": room, "user": "alice", "status": "joined"}]))
     await alice.send(pb.ClientFrame(id="2", publish=pb.Publish(room=room, data=b'{"t": "hi"}')))
     events = {e["type"]: e for e in await alice.recv_n(2)}
-    assert events["ack"] == {"type": "ack", "ref": "2"}
+    assert events["ack"] == {"type": "ack", "ref": "2", "offset": 1, "epoch": epoch}
     message = events["message"]
     assert (message["room"], message["from"], message["data"]) == (room, "alice", {"t": "hi"})
+    assert (message["offset"], message["epoch"]) == (1, epoch)
     assert message["ts"] > 1_600_000_000_000_000
     alice.call.cancel()
 
@@ -248,13 +250,13 @@ async def test_subscribe_and_send(channel: aio.Channel) -> None:
     tok = token("frank")
     stream = Stream.subscribe(channel, tok)
     welcome = await stream.recv()
-    conn, room = welcome["conn"], uniq("room")
+    conn, room, epoch = welcome["conn"], uniq("room"), welcome["inbox"]["epoch"]
     # the reply is the response: an ack even without an id
     assert await send_cmd(channel, tok, conn, pb.ClientFrame(join=pb.Join(room=room))) == {
-        "type": "ack"}
+        "type": "ack", "offset": 0, "epoch": epoch}
     reply = await send_cmd(channel, tok, conn, pb.ClientFrame(
         id="9", publish=pb.Publish(room=room, data=b"[1]")))
-    assert reply == {"type": "ack", "ref": "9"}
+    assert reply == {"type": "ack", "ref": "9", "offset": 1, "epoch": epoch}
     message = await stream.recv()
     assert (message["type"], message["data"]) == ("message", [1])
     assert (await send_cmd(channel, tok, conn, pb.ClientFrame(id="p", ping=pb.Ping())))["type"] \
@@ -378,15 +380,20 @@ async def test_two_replicas_deliver_across_redis(redis_server: RedisServer) -> N
             bob, welcome_b = await welcomed(ch_b, "bob")
             assert welcome_a["server"] != welcome_b["server"]
             room = uniq("room")
+            acks = []
             for stream in (alice, bob):
                 await stream.send(pb.ClientFrame(id="j", join=pb.Join(room=room)))
-                assert await stream.recv() == {"type": "ack", "ref": "j"}
+                acks.append(await stream.recv())
+            # one stream in Redis, whichever replica reads its position
+            assert acks[0] == acks[1] == {"type": "ack", "ref": "j", "offset": 0,
+                                          "epoch": acks[0]["epoch"]}
             await alice.send(pb.ClientFrame(publish=pb.Publish(room=room, data=b'"hello"')))
             got = await bob.recv()
             assert (got["type"], got["from"], got["data"]) == ("message", "alice", "hello")
             assert (await alice.recv())["data"] == "hello"  # the sender's own copy
             await bob.send(pb.ClientFrame(id="d", direct=pb.Direct(to="alice", data=b"{}")))
-            assert await bob.recv() == {"type": "ack", "ref": "d"}
+            assert await bob.recv() == {"type": "ack", "ref": "d", "offset": 1,
+                                        "epoch": welcome_a["inbox"]["epoch"]}
             direct = await alice.recv()
             assert (direct["type"], direct["from"], direct["to"]) == ("direct", "bob", "alice")
             await alice.send(pb.ClientFrame(id="q", presence=pb.PresenceQuery(users=["bob"])))

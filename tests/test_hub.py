@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -19,6 +19,7 @@ from servers.core.types import (
     Leave,
     Limits,
     Ping,
+    Position,
     PresenceQuery,
     Publish,
 )
@@ -76,6 +77,14 @@ class FlakyBroker(MemoryBroker):
         self._check("")
         return await super().count_get(key, members)
 
+    async def publish_recorded(self, topic: str, body: bytes) -> Position:
+        self._check(topic)
+        return await super().publish_recorded(topic, body)
+
+    async def position(self, topic: str) -> Position:
+        self._check(topic)
+        return await super().position(topic)
+
 
 async def make_hub(broker: MemoryBroker | None = None, **limits: int) -> Hub:
     hub = Hub(broker or MemoryBroker(), Limits(**limits), server_id="t")
@@ -88,6 +97,12 @@ async def hub() -> AsyncIterator[Hub]:
     h = await make_hub()
     yield h
     await h.shutdown()
+
+
+def ack(ref: Any, offset: int, hub: Hub) -> dict[str, Any]:
+    """An ack carrying a stream position (history is on by default)."""
+    epoch = cast(MemoryBroker, hub.broker).epoch
+    return {"type": "ack", "ref": ref, "offset": offset, "epoch": epoch}
 
 
 async def settle(hub: Hub) -> None:
@@ -131,6 +146,7 @@ async def test_welcome_is_first(hub: Hub) -> None:
         "server": "t",
         "limits": {"max_frame_bytes": 65536, "max_rooms": 100, "outbox_max_events": 10_000,
                    "outbox_max_bytes": 8 * 1024 * 1024},
+        "inbox": {"offset": 0, "epoch": cast(MemoryBroker, hub.broker).epoch},
     }
     assert conn.id.startswith("t-")
     other = await hub.open("alice")
@@ -148,7 +164,7 @@ async def test_publish_reaches_every_member_once_with_one_shared_event(hub: Hub)
     await hub.handle(sender, Publish("r", {"text": "hi"}, ref=1))
     received = [conn.outbox.take() for conn in members]
     acks = [e for e in received[0] if e.type == "ack"]
-    assert [a.body for a in acks] == [{"type": "ack", "ref": 1}]
+    assert [a.body for a in acks] == [ack(1, 1, hub)]
     messages = [[e for e in evs if e.type == "message"] for evs in received]
     assert all(len(m) == 1 for m in messages)  # exactly once, sender included
     first = messages[0][0]
@@ -201,13 +217,13 @@ async def test_too_many_rooms() -> None:
         await hub.handle(conn, Join("b"))
         await hub.handle(conn, Join("a", ref=1))  # rejoining does not count
         await hub.handle(conn, Join("c", ref=2))
-        ack, err = bodies(conn)
-        assert ack == {"type": "ack", "ref": 1}
+        reply, err = bodies(conn)
+        assert reply == ack(1, 0, hub)
         assert (err["code"], err["ref"]) == ("too_many_rooms", 2)
         assert conn.rooms == {"a", "b"}
         await hub.handle(conn, Leave("a"))
         await hub.handle(conn, Join("c", ref=3))
-        assert bodies(conn) == [{"type": "ack", "ref": 3}]
+        assert bodies(conn) == [ack(3, 0, hub)]
     finally:
         await hub.shutdown()
 
@@ -247,7 +263,7 @@ async def test_direct_reaches_every_connection_of_the_user(hub: Hub) -> None:
     bob1 = await opened(hub, "bob")
     bob2 = await opened(hub, "bob")
     await hub.handle(alice, Direct("bob", {"k": 1}, ref="d"))
-    assert bodies(alice) == [{"type": "ack", "ref": "d"}]
+    assert bodies(alice) == [ack("d", 1, hub)]
     (m1,) = bob1.outbox.take()
     (m2,) = bob2.outbox.take()
     assert m1 is m2
@@ -255,7 +271,7 @@ async def test_direct_reaches_every_connection_of_the_user(hub: Hub) -> None:
         "type": "direct", "from": "alice", "to": "bob", "data": {"k": 1}}
     # offline user: acked, nobody gets anything
     await hub.handle(alice, Direct("nobody", 1, ref="n"))
-    assert bodies(alice) == [{"type": "ack", "ref": "n"}]
+    assert bodies(alice) == [ack("n", 1, hub)]
     assert bob1.outbox.take() == [] and bob2.outbox.take() == []
     # to oneself: every own connection, the sender's included
     await hub.handle(bob1, Direct("bob", "me"))
@@ -337,7 +353,7 @@ async def test_close_releases_every_subscription() -> None:
             await hub.close(conn)  # twice is harmless
         await settle(hub)
         assert broker._topics == set()
-        assert hub._subs == {} and hub.room_count == 0 and hub.connection_count == 0
+        assert hub._topics.subs == {} and hub.room_count == 0 and hub.connection_count == 0
         assert broker._counts == {"online": {}, "members:r1": {}, "members:r2": {}}
         assert all(c.outbox.close_reason is CloseReason.NORMAL for c in conns)
         assert hub.stats.connections_opened == hub.stats.connections_closed == 6
@@ -392,7 +408,7 @@ async def test_broker_failure_is_unavailable_and_nothing_is_delivered() -> None:
         await hub.handle(alice, Publish("r", "ok", ref=5))
         assert [e.body["data"] for e in only(bob, "message")] == ["ok"]
         await hub.handle(alice, Join("r2", ref=6))
-        assert bodies(alice)[-1] == {"type": "ack", "ref": 6}
+        assert bodies(alice)[-1] == ack(6, 0, hub)
         assert alice.rooms == {"r", "r2"}
     finally:
         await hub.shutdown()
@@ -405,7 +421,7 @@ async def test_open_fails_when_the_broker_is_down() -> None:
         broker.down = True
         with pytest.raises(BrokerUnavailable):
             await hub.open("alice")
-        assert hub.connection_count == 0 and hub._subs == {}
+        assert hub.connection_count == 0 and hub._topics.subs == {}
     finally:
         await hub.shutdown()
 
@@ -470,7 +486,7 @@ async def test_close_during_join_leaves_no_trace() -> None:
         broker.gate.set()
         await join
         await settle(hub)
-        assert broker._topics == set() and hub._subs == {} and hub.room_count == 0
+        assert broker._topics == set() and hub._topics.subs == {} and hub.room_count == 0
         # the join never counted, so the close must not uncount (nor announce bob left)
         assert broker._counts["members:r"] == {"bob": 1}
         assert [t for t, _ in broker.published if t.startswith("presence:")] == []
@@ -556,7 +572,7 @@ async def test_a_concurrent_join_retries_when_the_first_one_fails() -> None:
         outcome = await asyncio.gather(first, second, return_exceptions=True)
         assert all(isinstance(o, ProtocolError) and o.code is ErrorCode.UNAVAILABLE
                    for o in outcome)
-        assert alice.rooms == set() and alice.joining is None and hub._subs.keys() == {
+        assert alice.rooms == set() and alice.joining is None and hub._topics.subs.keys() == {
             "user:alice"}
     finally:
         await hub.shutdown()
@@ -571,7 +587,7 @@ async def test_cancelled_join_leaves_no_subscription_behind() -> None:
         broker.gate.clear()
         join = asyncio.create_task(hub.execute(alice, Join("r", presence=True)))
         await asyncio.sleep(0)
-        subscribing = hub._subs["room:r"].ready
+        subscribing = hub._topics.subs["room:r"].ready
         assert subscribing is not None
         join.cancel()
         await asyncio.gather(join, return_exceptions=True)
@@ -579,7 +595,7 @@ async def test_cancelled_join_leaves_no_subscription_behind() -> None:
         broker.gate.set()
         await subscribing  # the subscribe outlives the cancelled join...
         await settle(hub)  # ...and is undone
-        assert broker._topics == {"user:alice"} and hub._subs.keys() == {"user:alice"}
+        assert broker._topics == {"user:alice"} and hub._topics.subs.keys() == {"user:alice"}
         assert alice.rooms == set() and alice.joining is None
     finally:
         await hub.shutdown()
@@ -598,7 +614,7 @@ async def test_join_after_a_cancelled_one_reuses_its_subscription() -> None:
         await asyncio.gather(cancelled, return_exceptions=True)
         join = asyncio.create_task(hub.execute(bob, Join("r", ref=1)))
         broker.gate.set()
-        assert (await join).body == {"type": "ack", "ref": 1}
+        assert (await join).body == ack(1, 0, hub)
         await settle(hub)
         assert broker.subscribes["room:r"] == 1 and "room:r" in broker._topics
         await hub.handle(bob, Publish("r", "x"))
@@ -622,7 +638,7 @@ async def test_close_during_a_failing_join_count_releases_the_room_once() -> Non
         broker.down, broker.down_prefix = True, "members:"
         broker.count_gate.set()
         # a failed member count costs only the presence event: the join itself stands
-        assert (await join).body == {"type": "ack", "ref": 1}
+        assert (await join).body == ack(1, 0, hub)
         broker.down = False
         await settle(hub)
         # the close already undid alice's membership; the join must not undo it a
@@ -649,7 +665,7 @@ async def test_a_join_being_counted_takes_one_room_slot() -> None:
         await asyncio.sleep(0)
         broker.count_gate.set()
         await first
-        assert (await second).body == {"type": "ack", "ref": 2}
+        assert (await second).body == ack(2, 0, hub)
         assert alice.rooms == {"a", "b"}
     finally:
         await hub.shutdown()

@@ -130,3 +130,14 @@ def test_flag_type_errors_exit_with_usage(capsys: pytest.CaptureFixture[str]) ->
 def test_validate_passes_good_settings_through() -> None:
     s = Settings(transport="grpc", broker="memory", port=0, heartbeat=0.0)
     assert validate(s) is s
+
+
+def test_history_settings_reach_the_limits() -> None:
+    s = from_env({"RTBENCH_HISTORY_SIZE": "0", "RTBENCH_HISTORY_TTL": "12.5"})
+    assert (s.limits().history_size, s.limits().history_ttl) == (0, 12.5)
+    assert not s.limits().history and Limits().history  # 0 turns history off
+    s = parse(["--history-size", "50", "--history-ttl", "9"])
+    assert (s.limits().history_size, s.limits().history_ttl) == (50, 9.0)
+    with pytest.raises(SettingsError, match="history_ttl"):
+        parse(["--history-ttl", "0"])
+    assert parse(["--history-size", "0", "--history-ttl", "0"]).history_ttl == 0  # off: unused

@@ -5,6 +5,10 @@ A client delivers each server event exactly once: replies to its own commands go
 to the command that waits for them; everything else goes to `on_event` when set
 (the benchmarks' hot path, nothing buffered), otherwise to a buffer read with
 `next_event`. Every event carries its local receive time in microseconds.
+
+Every client keeps its resume cursor (`client.cursor`, docs/protocol.md "Offsets and
+resume") from the events it receives and the rooms it joins and leaves; a new
+connection given it as `resume=` gets what was missed, then the live stream.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from typing import Any, ClassVar, Literal
 import httpx
 import orjson
 
+from servers.core.cursor import CursorTracker
 from servers.core.types import now_us
 
 # events that answer a command; matched to the waiting command by `ref`
 REPLY_TYPES = frozenset({"ack", "pong", "presence_state", "error"})
+# events that move the resume cursor
+CURSOR_TYPES = frozenset({"message", "direct", "gap"})
 
 TokenPlacement = Literal["header", "query", "subprotocol"]
 
@@ -104,9 +111,11 @@ class Client(ABC):
 
     transport: ClassVar[str]
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, resume: Mapping[str, Any] | None = None) -> None:
         self.timeout = timeout  # for the handshake and for each command reply
         self.welcome: dict[str, Any] = {}
+        # the cursor this connection resumed from, advanced by what it receives
+        self.tracker = CursorTracker(resume)
         self.on_event: EventCallback | None = None
         self.closed_reason: CloseInfo | None = None  # set when the server ended it
         self._buffer: deque[Received] = deque()
@@ -119,14 +128,27 @@ class Client(ABC):
 
     # ---------------------------------------------------------------- commands
 
-    async def join(self, room: str, presence: bool = False) -> None:
+    async def join(self, room: str, presence: bool = False,
+                   since: tuple[int, str] | None = None) -> dict[str, Any]:
+        """Join `room` (from position `since`: the missed messages first); the ack."""
         cmd: dict[str, Any] = {"type": "join", "room": room}
         if presence:
             cmd["presence"] = True
-        await self._request(cmd)
+        if since is not None:
+            cmd["since"] = {"offset": since[0], "epoch": since[1]}
+        reply = await self._request(cmd)
+        self.tracker.joined(room, reply, presence)
+        return reply
 
     async def leave(self, room: str) -> None:
         await self._request({"type": "leave", "room": room})
+        self.tracker.left(room)
+
+    @property
+    def cursor(self) -> dict[str, Any]:
+        """The resume cursor: `{"inbox": [offset, epoch], "rooms": {room: [offset, epoch]}}`,
+        the positions of the last events received; pass it as `resume=` to a new connect."""
+        return self.tracker.cursor()
 
     async def publish(self, room: str, data: Any, ack: bool = True) -> None:
         """Publish to `room`; `ack=False` does not wait for the ack where the transport
@@ -220,7 +242,8 @@ class Client(ABC):
 
     def _deliver(self, body: dict[str, Any], recv_us: int) -> None:
         """Route one decoded event (hot path: a dict lookup, then callback or buffer)."""
-        if body.get("type") in REPLY_TYPES:
+        kind = body.get("type")
+        if kind in REPLY_TYPES:
             ref = body.get("ref")
             if ref is not None:
                 fut = self._pending.pop(str(ref), None)
@@ -228,6 +251,8 @@ class Client(ABC):
                     if not fut.done():
                         fut.set_result(body)
                     return
+        elif kind in CURSOR_TYPES:
+            self.tracker.observe(body)
         ev = Received(body, recv_us)
         callback = self.on_event
         if callback is not None:
@@ -243,6 +268,7 @@ class Client(ABC):
             self._welcomed.set_exception(ClientError(f"expected a welcome event, got {body!r}"))
         else:
             self.welcome = body
+            self.tracker.observe(body)  # the inbox position, unless resumed from one
             self._welcomed.set_result(body)
 
     async def _await_welcome(self) -> None:

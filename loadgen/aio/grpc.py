@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -17,6 +17,7 @@ import orjson
 from grpc import aio
 
 from loadgen.aio.base import ABNORMAL, UNAUTHORIZED, Client, CloseInfo, ServerClosed
+from servers.core.cursor import RESUME_METADATA, encode_cursor
 from servers.proto import rtbench_pb2 as pb
 
 CONNECT = "/rtbench.v1.Chat/Connect"
@@ -25,6 +26,7 @@ CONNECT = "/rtbench.v1.Chat/Connect"
 _STATUS_CODES = {
     grpc.StatusCode.UNAUTHENTICATED: UNAUTHORIZED,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 4408,
+    grpc.StatusCode.INVALID_ARGUMENT: 4400,  # a refused resume cursor
     grpc.StatusCode.OK: 1000,
 }
 
@@ -62,6 +64,10 @@ def frame_of(cmd: dict[str, Any]) -> pb.ClientFrame:
     elif kind == "join":
         frame.join.room = cmd["room"]
         frame.join.presence = bool(cmd.get("presence", False))
+        since = cmd.get("since")
+        if since is not None:
+            frame.join.since.offset = since["offset"]
+            frame.join.since.epoch = since["epoch"]
     elif kind == "leave":
         frame.leave.room = cmd["room"]
     elif kind == "ping":
@@ -88,6 +94,27 @@ def _stream_extras(body: dict[str, Any], ev: Any) -> dict[str, Any]:
     return body
 
 
+def _gap(ev: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "gap", "from": ev.from_offset, "reason": ev.reason}
+    if ev.HasField("room"):
+        body["room"] = ev.room
+    if ev.inbox:
+        body["inbox"] = True
+    return _stream_extras(body, ev)
+
+
+def _welcome(ev: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "welcome", "conn": ev.conn, "user": ev.user, "server": ev.server,
+        "limits": {"max_frame_bytes": ev.limits.max_frame_bytes,
+                   "max_rooms": ev.limits.max_rooms,
+                   "outbox_max_events": ev.limits.outbox_max_events,
+                   "outbox_max_bytes": ev.limits.outbox_max_bytes}}
+    if ev.HasField("inbox"):
+        body["inbox"] = {"offset": ev.inbox.offset, "epoch": ev.inbox.epoch}
+    return body
+
+
 _loads = orjson.loads
 _EVENTS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "message": lambda ev: _stream_extras(
@@ -96,7 +123,8 @@ _EVENTS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "direct": lambda ev: _stream_extras(
         {"type": "direct", "from": ev.from_user, "to": ev.to, "data": _loads(ev.data),
          "ts": ev.ts}, ev),
-    "ack": lambda ev: _with_ref({"type": "ack"}, ev),
+    "ack": lambda ev: _stream_extras(_with_ref({"type": "ack"}, ev), ev),
+    "gap": _gap,
     "pong": lambda ev: _with_ref({"type": "pong", "ts": ev.ts}, ev),
     "error": lambda ev: _with_ref(
         {"type": "error", "code": ev.code, "message": ev.message}, ev),
@@ -104,12 +132,7 @@ _EVENTS: dict[str, Callable[[Any], dict[str, Any]]] = {
         "type": "presence", "room": ev.room, "user": ev.user, "status": ev.status},
     "presence_state": lambda ev: _with_ref(
         {"type": "presence_state", "users": dict(ev.users)}, ev),
-    "welcome": lambda ev: {
-        "type": "welcome", "conn": ev.conn, "user": ev.user, "server": ev.server,
-        "limits": {"max_frame_bytes": ev.limits.max_frame_bytes,
-                   "max_rooms": ev.limits.max_rooms,
-                   "outbox_max_events": ev.limits.outbox_max_events,
-                   "outbox_max_bytes": ev.limits.outbox_max_bytes}},
+    "welcome": _welcome,
 }
 
 
@@ -130,8 +153,8 @@ class GrpcClient(Client):
     transport = "grpc"
 
     def __init__(self, channel: aio.Channel, owns_channel: bool, call: Any,
-                 timeout: float) -> None:
-        super().__init__(timeout)
+                 timeout: float, resume: Mapping[str, Any] | None = None) -> None:
+        super().__init__(timeout, resume)
         self._channel = channel
         self._owns_channel = owns_channel
         self._call = call
@@ -147,16 +170,23 @@ class GrpcClient(Client):
         timeout: float = 10.0,  # noqa: ASYNC109 - kept as the per-command reply timeout
         first: Sequence[dict[str, Any]] = (),
         channel: aio.Channel | None = None,
+        resume: Mapping[str, Any] | None = None,
     ) -> GrpcClient:
-        """Start the stream, write `first` at once, then wait for `welcome`."""
+        """Start the stream, write `first` at once, then wait for `welcome`.
+
+        `resume`: a `cursor` of an earlier connection, sent as `rtbench-resume` metadata
+        (an invalid one ends the stream with INVALID_ARGUMENT, close code 4400)."""
         owned = channel is None
         if channel is None:
             channel = aio.insecure_channel(target_of(url))
         connect = channel.stream_stream(
             CONNECT, request_serializer=_serialize, response_deserializer=pb.ServerFrame.FromString
         )
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self = cls(channel, owned, connect(None, metadata=metadata), timeout)
+        metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ())
+        if resume is not None:
+            metadata += ((RESUME_METADATA, encode_cursor(resume)),)
+        self = cls(channel, owned, connect(None, metadata=metadata), timeout, resume)
         for cmd in first:
             await self._write(frame_of(cmd))
         try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from websockets.asyncio.client import ClientConnection
@@ -23,22 +24,27 @@ from loadgen.aio.base import (
     auth_params,
     base_url,
 )
+from servers.core.cursor import RESUME_PARAM, encode_cursor
 
 SUBPROTOCOL = Subprotocol("rtbench.v1")
 
 
-def ws_url(url: str, token: str | None, token_in: TokenPlacement) -> str:
+def ws_url(url: str, token: str | None, token_in: TokenPlacement,
+           resume: Mapping[str, Any] | None = None) -> str:
     http = base_url(url)
     uri = ("wss" if http.startswith("https") else "ws") + http[http.index("://") :] + "/ws"
     params = auth_params(token, token_in)
-    return uri + (f"?token={params['token']}" if params else "")
+    if resume is not None:
+        params[RESUME_PARAM] = encode_cursor(resume)
+    return uri + (f"?{urlencode(params)}" if params else "")
 
 
 class WsClient(Client):
     transport = "ws"
 
-    def __init__(self, ws: ClientConnection, timeout: float) -> None:
-        super().__init__(timeout)
+    def __init__(self, ws: ClientConnection, timeout: float,
+                 resume: Mapping[str, Any] | None = None) -> None:
+        super().__init__(timeout, resume)
         self._ws = ws
         self._reader = asyncio.create_task(self._read())
 
@@ -52,13 +58,17 @@ class WsClient(Client):
         token_in: TokenPlacement = "header",
         first: Sequence[dict[str, Any]] = (),
         max_queue: int = 256,
+        resume: Mapping[str, Any] | None = None,
     ) -> WsClient:
-        """Connect, send `first` right after the upgrade, then wait for `welcome`."""
+        """Connect, send `first` right after the upgrade, then wait for `welcome`.
+
+        `resume`: a `cursor` of an earlier connection; the server sends what was missed
+        since, then the live stream (or closes with 4400 if the cursor is invalid)."""
         protocols = [SUBPROTOCOL]
         if token and token_in == "subprotocol":
             protocols.append(Subprotocol("bearer." + token))
         ws = await ws_connect(
-            ws_url(url, token, token_in),
+            ws_url(url, token, token_in, resume),
             additional_headers=auth_headers(token, token_in),
             subprotocols=protocols,
             compression=None,  # the server does not deflate either
@@ -68,7 +78,7 @@ class WsClient(Client):
             max_size=None,
             max_queue=max_queue,
         )
-        self = cls(ws, timeout)
+        self = cls(ws, timeout, resume)
         try:
             for cmd in first:
                 await ws.send(orjson.dumps(cmd), text=True)

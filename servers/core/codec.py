@@ -20,6 +20,7 @@ from servers.core.types import (
     Leave,
     Limits,
     Ping,
+    Position,
     PresenceQuery,
     Publish,
     Ref,
@@ -27,6 +28,7 @@ from servers.core.types import (
 
 ROOM_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 USER_RE = re.compile(r"[A-Za-z0-9_.@\-]{1,64}")
+MAX_EPOCH = 64  # characters of a client-supplied epoch (the servers' own are shorter)
 
 
 def check_room(room: Any, ref: Ref = None) -> str:
@@ -69,11 +71,29 @@ def _need(obj: dict[str, Any], field: str, ref: Ref) -> Any:
         ) from None
 
 
+def _since(value: Any, ref: Ref) -> Position | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        offset, epoch = value.get("offset"), value.get("epoch")
+        if (
+            isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0
+            and isinstance(epoch, str) and len(epoch) <= MAX_EPOCH
+        ):
+            return Position(offset, epoch)
+    raise ProtocolError(
+        ErrorCode.BAD_FIELD,
+        "field 'since' must be {\"offset\": <integer >= 0>, \"epoch\": <string>}",
+        ref,
+    )
+
+
 def _join(o: dict[str, Any], ref: Ref) -> Command:
     presence = o.get("presence", False)
     if not isinstance(presence, bool):
         raise ProtocolError(ErrorCode.BAD_FIELD, "field 'presence' must be true or false", ref)
-    return Join(check_room(_need(o, "room", ref), ref), ref, presence)
+    room = check_room(_need(o, "room", ref), ref)
+    return Join(room, ref, presence, _since(o.get("since"), ref))
 
 
 def _leave(o: dict[str, Any], ref: Ref) -> Command:

@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_ROOMS = "too_many_rooms"
     UNAVAILABLE = "unavailable"  # fanout layer down: the command was NOT carried out
     UNKNOWN_SESSION = "unknown_session"  # long-poll/SSE session id unknown or expired
+    BAD_CURSOR = "bad_cursor"  # a resume cursor that does not decode or breaks a limit
     INTERNAL = "internal"
 
 
@@ -50,6 +51,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOO_MANY_ROOMS: 429,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.UNKNOWN_SESSION: 404,
+    ErrorCode.BAD_CURSOR: 400,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -8,6 +8,10 @@ own Redis echo) and all recipients see one order per room.
 
 Each replica subscribes to `room:<r>` only while it has a local member of r,
 and to `user:<u>` only while u has a local connection.
+
+With history on (Limits.history_size > 0) room and direct messages are recorded
+(`publish_recorded`): each carries its offset and epoch in its stream, and a
+joining (or resuming) connection catches up before it goes live (catchup.py).
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
+from servers.core.catchup import CatchUp
 from servers.core.codec import parse_command
+from servers.core.cursor import Cursor, RoomCursor
 from servers.core.errors import BrokerUnavailable, ErrorCode, ProtocolError
 from servers.core.outbox import Outbox
+from servers.core.subscriptions import Subscriptions
 from servers.core.types import (
     Broker,
     CloseReason,
@@ -33,8 +42,10 @@ from servers.core.types import (
     Leave,
     Limits,
     Ping,
+    Position,
     PresenceQuery,
     Publish,
+    Retention,
     now_us,
     room_topic,
     user_topic,
@@ -89,14 +100,6 @@ class HubStats:
     slow_consumers: int = 0
 
 
-class _Sub:
-    __slots__ = ("count", "ready")
-
-    def __init__(self, ready: asyncio.Future[None]) -> None:
-        self.count = 0
-        self.ready: asyncio.Future[None] | None = ready  # None once confirmed
-
-
 class Hub:
     """Transport-agnostic core; adapters call `open`, `handle`/`execute` and `close`."""
 
@@ -109,7 +112,8 @@ class Hub:
         self._users: dict[str, set[Connection]] = {}
         self._rooms: dict[str, set[Connection]] = {}
         self._watchers: dict[str, set[Connection]] = {}
-        self._subs: dict[str, _Sub] = {}
+        self._topics = Subscriptions(broker, self._spawn)
+        self._catchup = CatchUp(broker, self.limits)
         self._ids = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
         self.draining: CloseReason | None = None  # set by drain(): the process is stopping
@@ -117,7 +121,8 @@ class Hub:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        await self.broker.start(self._on_message)
+        lim = self.limits
+        await self.broker.start(self._on_message, Retention(lim.history_size, lim.history_ttl))
 
     def drain(self, reason: CloseReason = CloseReason.GOING_AWAY) -> None:
         """Tell every connection, and any opened from now on, to go away (adapters close
@@ -146,38 +151,72 @@ class Hub:
 
     # ---------------------------------------------------------- connections
 
-    async def open(self, user: str, fmt: str = "json") -> Connection:
+    async def open(self, user: str, fmt: str = "json", cursor: Cursor | None = None,
+                   ) -> Connection:
         """Register a connection for an authenticated `user`; its outbox starts with `welcome`.
 
-        Raises BrokerUnavailable if the user's topic cannot be subscribed.
+        With a resume `cursor`, the inbox catches up from the cursor's position and the
+        cursor's rooms are joined again from theirs before this returns.
+        Raises BrokerUnavailable if the user's topic cannot be subscribed, ProtocolError
+        (BAD_CURSOR) for a cursor listing more than `max_rooms` rooms.
         """
-        conn_id = f"{self.server_id}-{next(self._ids)}"
         lim = self.limits
+        if cursor is not None and len(cursor.rooms) > lim.max_rooms:
+            raise ProtocolError(ErrorCode.BAD_CURSOR, f"the cursor lists {len(cursor.rooms)} "
+                                f"rooms; a connection may join at most {lim.max_rooms}")
+        conn_id = f"{self.server_id}-{next(self._ids)}"
         conn = Connection(conn_id, user, fmt, Outbox(lim.outbox_max_events, lim.outbox_max_bytes))
-        await self._acquire(user_topic(user))
+        topic = user_topic(user)
+        await self._topics.acquire(topic)
+        since = cursor.inbox if cursor is not None else None
+        try:
+            read = await self._catchup.read(conn.outbox, topic, since)
+        except BaseException:
+            self._topics.release(topic)
+            raise
+        conn.outbox.push(self._welcome(conn_id, user, read.position))
+        self.stats.deliveries += self._catchup.replay(conn.outbox, read, since, {"inbox": True})
         self._conns[conn_id] = conn
         self._users.setdefault(user, set()).add(conn)
         self.stats.connections_opened += 1
         self._spawn(self.broker.count_add(ONLINE_KEY, user, 1))
-        conn.outbox.push(
-            Event(
-                {
-                    "type": "welcome",
-                    "conn": conn_id,
-                    "user": user,
-                    "server": self.server_id,
-                    "limits": {
-                        "max_frame_bytes": lim.max_frame_bytes,
-                        "max_rooms": lim.max_rooms,
-                        "outbox_max_events": lim.outbox_max_events,
-                        "outbox_max_bytes": lim.outbox_max_bytes,
-                    },
-                }
-            )
-        )
         if self.draining is not None:
             conn.outbox.close(self.draining)  # welcome, then goodbye
+        elif cursor is not None and cursor.rooms:
+            try:
+                await self._rejoin(conn, cursor.rooms)
+            except BaseException:
+                await self.close(conn)
+                raise
         return conn
+
+    async def _rejoin(self, conn: Connection, rooms: tuple[RoomCursor, ...]) -> None:
+        """Join a resumed connection's rooms again, each from its position, concurrently."""
+        results = await asyncio.gather(
+            *(self._join(conn, Join(r.room, presence=r.presence, since=r.since)) for r in rooms),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def _welcome(self, conn_id: str, user: str, inbox: Position | None) -> Event:
+        lim = self.limits
+        body: dict[str, Any] = {
+            "type": "welcome",
+            "conn": conn_id,
+            "user": user,
+            "server": self.server_id,
+            "limits": {
+                "max_frame_bytes": lim.max_frame_bytes,
+                "max_rooms": lim.max_rooms,
+                "outbox_max_events": lim.outbox_max_events,
+                "outbox_max_bytes": lim.outbox_max_bytes,
+            },
+        }
+        if inbox is not None:
+            body["inbox"] = _position_fields(inbox)
+        return Event(body)
 
     async def close(self, conn: Connection) -> None:
         """Unregister `conn`: leave its rooms, drop subscriptions nobody local needs."""
@@ -194,7 +233,7 @@ class Hub:
             users.discard(conn)
             if not users:
                 del self._users[conn.user]
-        self._release(user_topic(conn.user))
+        self._topics.release(user_topic(conn.user))
         self._spawn(self.broker.count_add(ONLINE_KEY, conn.user, -1))
 
     def get(self, conn_id: str) -> Connection | None:
@@ -246,8 +285,7 @@ class Hub:
                     "data": cmd.data,
                     "ts": now_us(),
                 }
-                await self.broker.publish(room_topic(cmd.room), Event(body).json())
-                self.stats.published += 1
+                return await self._publish(room_topic(cmd.room), body, cmd.ref)
             elif isinstance(cmd, Direct):
                 body = {
                     "type": "direct",
@@ -256,10 +294,9 @@ class Hub:
                     "data": cmd.data,
                     "ts": now_us(),
                 }
-                await self.broker.publish(user_topic(cmd.to), Event(body).json())
-                self.stats.published += 1
+                return await self._publish(user_topic(cmd.to), body, cmd.ref)
             elif isinstance(cmd, Join):
-                await self._join(conn, cmd)
+                return _reply("ack", cmd.ref, **_position_fields(await self._join(conn, cmd)))
             elif isinstance(cmd, Leave):
                 if cmd.room not in conn.rooms:
                     raise ProtocolError(
@@ -281,19 +318,30 @@ class Hub:
             ) from None
         return _reply("ack", cmd.ref)
 
-    async def _join(self, conn: Connection, cmd: Join) -> None:
+    async def _publish(self, topic: str, body: dict[str, Any], ref: Any) -> Event:
+        """Publish (recorded when history is on: the ack then says where it landed)."""
+        if self.limits.history:
+            pos = await self.broker.publish_recorded(topic, orjson.dumps(body))
+            self.stats.published += 1
+            return _reply("ack", ref, offset=pos.offset, epoch=pos.epoch)
+        await self.broker.publish(topic, Event(body).json())
+        self.stats.published += 1
+        return _reply("ack", ref)
+
+    async def _join(self, conn: Connection, cmd: Join) -> Position | None:
+        """Join (a no-op for a member); the room's position for the ack (None: history off)."""
         room = cmd.room
         while room not in conn.rooms:  # already a member: a no-op
             pending = conn.joining.get(room) if conn.joining else None
             if pending is None:
-                await self._join_new(conn, cmd)
-                return
+                return await self._join_new(conn, cmd)
             # the same room is being joined by a concurrent command of this connection
             # (HTTP transports run them concurrently): ack only once that join took
             # effect; if it failed, try again (and fail) on our own
             await asyncio.shield(pending)
+        return await self.broker.position(room_topic(room)) if self.limits.history else None
 
-    async def _join_new(self, conn: Connection, cmd: Join) -> None:
+    async def _join_new(self, conn: Connection, cmd: Join) -> Position | None:
         room = cmd.room
         joining = conn.joining
         # a join still counting its member is in both rooms and joining: count it once
@@ -310,15 +358,15 @@ class Hub:
             joining = conn.joining = {}
         done = joining[room] = asyncio.get_running_loop().create_future()
         try:
-            await self._subscribe_room(conn, cmd)
+            return await self._subscribe_room(conn, cmd)
         finally:
             del joining[room]
             if not joining:
                 conn.joining = None
             done.set_result(None)
 
-    async def _subscribe_room(self, conn: Connection, cmd: Join) -> None:
-        """Subscribe what a member needs, then register it: all or nothing."""
+    async def _subscribe_room(self, conn: Connection, cmd: Join) -> Position | None:
+        """Subscribe what a member needs, catch up, then register it: all or nothing."""
         room = cmd.room
         topics = [room_topic(room)]
         if cmd.presence:
@@ -326,16 +374,19 @@ class Hub:
         acquired: list[str] = []
         try:
             for topic in topics:
-                await self._acquire(topic)
+                await self._topics.acquire(topic)
                 acquired.append(topic)
+            if conn.id in self._conns:
+                read = await self._catchup.read(conn.outbox, topics[0], cmd.since)
         except BaseException:
             for topic in acquired:
-                self._release(topic)
+                self._topics.release(topic)
             raise
-        if conn.id not in self._conns:  # closed while subscribing
+        if conn.id not in self._conns:  # closed while subscribing or reading
             for topic in acquired:
-                self._release(topic)
-            return
+                self._topics.release(topic)
+            return None
+        self.stats.deliveries += self._catchup.replay(conn.outbox, read, cmd.since, {"room": room})
         conn.rooms.add(room)
         self._rooms.setdefault(room, set()).add(conn)
         if cmd.presence:
@@ -344,6 +395,7 @@ class Hub:
             conn.watching.add(room)
             self._watchers.setdefault(room, set()).add(conn)
         await self._member_delta(room, conn.user, 1)
+        return read.position
 
     def _leave_local(self, conn: Connection, room: str) -> None:
         conn.rooms.discard(room)
@@ -352,7 +404,7 @@ class Hub:
             members.discard(conn)
             if not members:
                 del self._rooms[room]
-        self._release(room_topic(room))
+        self._topics.release(room_topic(room))
         if conn.watching is not None and room in conn.watching:
             conn.watching.discard(room)
             watchers = self._watchers.get(room)
@@ -360,7 +412,7 @@ class Hub:
                 watchers.discard(conn)
                 if not watchers:
                     del self._watchers[room]
-            self._release(presence_topic(room))
+            self._topics.release(presence_topic(room))
 
     async def _member_delta(self, room: str, user: str, delta: int) -> None:
         """Count the user's connections in the room across replicas; announce 0<->1 edges.
@@ -377,47 +429,7 @@ class Hub:
         except BrokerUnavailable as exc:
             log.warning("presence update for %s in %s lost: %s", user, room, exc)
 
-    # -------------------------------------------------------- subscriptions
-
-    async def _acquire(self, topic: str) -> None:
-        sub = self._subs.get(topic)
-        if sub is None:
-            sub = self._subs[topic] = _Sub(asyncio.ensure_future(self.broker.subscribe(topic)))
-        sub.count += 1
-        if sub.ready is None:
-            return  # already confirmed
-        ready = sub.ready
-        try:
-            await asyncio.shield(ready)
-        except BaseException:
-            sub.count -= 1
-            if sub.count == 0:
-                if ready.done():
-                    self._drop_unused(topic, sub)
-                else:
-                    # our caller was cancelled but the subscribe goes on: keep the entry
-                    # (a new acquire reuses it) and undo it once done if still unused
-                    ready.add_done_callback(lambda _: self._drop_unused(topic, sub))
-            raise
-        sub.ready = None  # drop the finished task: one per user topic adds up
-
-    def _drop_unused(self, topic: str, sub: _Sub) -> None:
-        """Forget a subscription nobody waits for; unsubscribe if it took effect."""
-        if sub.count > 0 or self._subs.get(topic) is not sub:
-            return
-        del self._subs[topic]
-        ready = sub.ready
-        if ready is None or (not ready.cancelled() and ready.exception() is None):
-            self._spawn(self.broker.unsubscribe(topic))
-
-    def _release(self, topic: str) -> None:
-        sub = self._subs.get(topic)
-        if sub is None:
-            return
-        sub.count -= 1
-        if sub.count <= 0:
-            del self._subs[topic]
-            self._spawn(self.broker.unsubscribe(topic))
+    # ------------------------------------------------------ background work
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         """Run broker bookkeeping in the background; failures are logged, never raised."""
@@ -444,9 +456,16 @@ class Hub:
         else:
             return
         self.stats.broker_messages += 1
-        if not targets:
+        holding = self._catchup.holding  # connections catching up: rare, mostly empty
+        if holding and topic in holding:
+            event = Event.from_json(payload)
+            self._catchup.hold(topic, event)
+            if not targets:
+                return
+        elif not targets:
             return
-        event = Event.from_json(payload)
+        else:
+            event = Event.from_json(payload)
         delivered = 0
         for conn in targets:
             outbox = conn.outbox
@@ -456,6 +475,10 @@ class Hub:
                 else:
                     self.stats.slow_consumers += 1
         self.stats.deliveries += delivered
+
+
+def _position_fields(pos: Position | None) -> dict[str, Any]:
+    return {} if pos is None else {"offset": pos.offset, "epoch": pos.epoch}
 
 
 def _reply(kind: str, ref: Any, **fields: Any) -> Event:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -18,13 +18,30 @@ import orjson
 Ref = str | int | None  # client-chosen command id, echoed as `ref` in ack/error
 
 
+class Position(NamedTuple):
+    """A place in one stream (a room, a user inbox): its last offset and the stream's epoch.
+
+    Offsets count a stream's messages from 1; offset 0 is "before the first". The epoch
+    names one life of the stream's history: when it changes (the broker lost its
+    data), offsets restart and older positions mean nothing.
+    """
+
+    offset: int
+    epoch: str
+
+
 @dataclass(slots=True, frozen=True)
 class Join:
-    """Join `room`; with `presence` the connection also gets the room's join/leave events."""
+    """Join `room`; with `presence` the connection also gets the room's join/leave events.
+
+    With `since`, the client was a member up to that position: it first gets what it
+    missed after it (or a `gap` event), then the live stream.
+    """
 
     room: str
     ref: Ref = None
     presence: bool = False
+    since: Position | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -147,6 +164,7 @@ class CloseReason(IntEnum):
     POLICY = 1008
     TOO_LARGE = 1009
     INTERNAL = 1011
+    BAD_REQUEST = 4400  # the connect request was refused (a bad resume cursor)
     UNAUTHORIZED = 4401  # missing, forged or expired token
     SLOW_CONSUMER = 4408  # outbound queue overflowed; resume from the last cursor
 
@@ -168,13 +186,21 @@ _CLOSE_TEXT = {
 
 @dataclass(slots=True, frozen=True)
 class Limits:
-    """Per-connection limits; every field is a setting (`RTBENCH_*`)."""
+    """Per-connection limits and stream retention; every field is a setting (`RTBENCH_*`)."""
 
     max_frame_bytes: int = 64 * 1024
     max_rooms: int = 100
     outbox_max_events: int = 10_000
     outbox_max_bytes: int = 8 * 1024 * 1024
     max_presence_query: int = 100
+    # retention of each stream's history (room, inbox): the last `history_size` messages
+    # no older than `history_ttl` seconds; history_size 0 turns offsets and resume off
+    history_size: int = 1000
+    history_ttl: float = 300.0
+
+    @property
+    def history(self) -> bool:
+        return self.history_size > 0
 
 
 # ------------------------------------------------------------------ broker
@@ -192,17 +218,47 @@ def user_topic(user: str) -> str:
     return "user:" + user
 
 
-class Broker(Protocol):
-    """Fanout between replicas plus the small shared state presence needs.
+@dataclass(slots=True, frozen=True)
+class Retention:
+    """How much history a broker keeps per stream (Limits.history_size/history_ttl)."""
 
-    Contract: after `subscribe(t)` returns, every later `publish(t, ...)` from
-    any replica reaches `on_message` exactly once, in publish order per
-    publisher; `publish` raises BrokerUnavailable instead of dropping silently.
+    size: int = 1000
+    ttl: float = 300.0
+
+
+DEFAULT_RETENTION = Retention()
+
+
+@dataclass(slots=True, frozen=True)
+class History:
+    """What a stream holds after a position: the missed entries, or why they are gone.
+
+    `entries` are event JSON encodings (with their `offset`/`epoch`), in offset order,
+    exactly the offsets after+1 .. position.offset; empty when `gap` is set ("trimmed":
+    history no longer reaches back that far; "epoch": the position belongs to another
+    life of the stream). `position` is the stream's current last position.
+    """
+
+    entries: list[bytes]
+    position: Position
+    gap: str | None = None
+
+
+class Broker(Protocol):
+    """Fanout between replicas plus the small shared state presence and history need.
+
+    Contract: after `subscribe(t)` returns, every later `publish(t, ...)` or
+    `publish_recorded(t, ...)` from any replica reaches `on_message` exactly once,
+    in publish order per publisher; publishes raise BrokerUnavailable instead of
+    dropping silently. `publish_recorded` is all or nothing: the event gets the
+    stream's next offset, lands in its bounded history and is published, atomically.
     """
 
     name: str
 
-    async def start(self, on_message: OnMessage) -> None: ...
+    async def start(
+        self, on_message: OnMessage, retention: Retention = DEFAULT_RETENTION
+    ) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -217,3 +273,20 @@ class Broker(Protocol):
         ...
 
     async def count_get(self, key: str, members: Iterable[str]) -> list[int]: ...
+
+    async def publish_recorded(self, topic: str, body: bytes) -> Position:
+        """Publish the event JSON object `body` as the stream's next entry; its position.
+
+        The published and recorded payload is `body` with `,"offset":N,"epoch":"E"}`
+        in place of its final `}`.
+        """
+        ...
+
+    async def position(self, topic: str) -> Position:
+        """The stream's last position (an epoch is created if the stream has none)."""
+        ...
+
+    async def history(self, topic: str, after: int, epoch: str, limit: int) -> History:
+        """The entries after offset `after` of `epoch`; a gap if there are more than
+        `limit` of them, history no longer holds them all, or the epoch differs."""
+        ...

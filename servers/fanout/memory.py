@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import secrets
+import time
+from collections import deque
 from collections.abc import Iterable
 
 from servers.core.errors import BrokerUnavailable
-from servers.core.types import OnMessage
+from servers.core.streams import GAP_EPOCH, GAP_TRIMMED, splice
+from servers.core.types import DEFAULT_RETENTION, History, OnMessage, Position, Retention
+
+
+class _Stream:
+    """One stream's last offset and its retained entries (offset order, oldest first)."""
+
+    __slots__ = ("entries", "offset")
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.entries: deque[tuple[float, bytes]] = deque()  # (monotonic time, payload)
 
 
 class MemoryBroker:
-    """Delivers publishes synchronously to the one local subscriber (the hub)."""
+    """Delivers publishes synchronously to the one local subscriber (the hub).
+
+    History lives in this process: one epoch per broker instance, so a restarted
+    server is a new epoch and clients' older positions get a `gap`.
+    """
 
     name = "memory"
 
@@ -17,9 +35,15 @@ class MemoryBroker:
         self._on_message: OnMessage | None = None
         self._topics: set[str] = set()
         self._counts: dict[str, dict[str, int]] = {}
+        self._streams: dict[str, _Stream] = {}
+        self.epoch = secrets.token_hex(4)
+        self.retention = DEFAULT_RETENTION
 
-    async def start(self, on_message: OnMessage) -> None:
+    async def start(
+        self, on_message: OnMessage, retention: Retention = DEFAULT_RETENTION
+    ) -> None:
         self._on_message = on_message
+        self.retention = retention
 
     async def close(self) -> None:
         self._on_message = None
@@ -48,3 +72,44 @@ class MemoryBroker:
     async def count_get(self, key: str, members: Iterable[str]) -> list[int]:
         counts = self._counts.get(key, {})
         return [counts.get(m, 0) for m in members]
+
+    # ------------------------------------------------------------- history
+
+    def _trimmed(self, topic: str) -> _Stream:
+        stream = self._streams.get(topic)
+        if stream is None:
+            stream = self._streams[topic] = _Stream()
+        entries = stream.entries
+        oldest = time.monotonic() - self.retention.ttl
+        while entries and (len(entries) > self.retention.size or entries[0][0] < oldest):
+            entries.popleft()
+        return stream
+
+    async def publish_recorded(self, topic: str, body: bytes) -> Position:
+        if self._on_message is None:
+            raise BrokerUnavailable("memory broker is closed")
+        stream = self._trimmed(topic)
+        stream.offset += 1
+        pos = Position(stream.offset, self.epoch)
+        payload = splice(body, pos)
+        stream.entries.append((time.monotonic(), payload))
+        if len(stream.entries) > self.retention.size:
+            stream.entries.popleft()
+        if topic in self._topics:
+            self._on_message(topic, payload)
+        return pos
+
+    async def position(self, topic: str) -> Position:
+        stream = self._streams.get(topic)
+        return Position(stream.offset if stream else 0, self.epoch)
+
+    async def history(self, topic: str, after: int, epoch: str, limit: int) -> History:
+        stream = self._trimmed(topic)
+        pos = Position(stream.offset, self.epoch)
+        missed = stream.offset - after
+        if epoch != self.epoch or missed < 0:
+            return History([], pos, GAP_EPOCH)
+        if missed > min(limit, len(stream.entries)):
+            return History([], pos, GAP_TRIMMED)
+        entries = stream.entries
+        return History([entries[i][1] for i in range(len(entries) - missed, len(entries))], pos)

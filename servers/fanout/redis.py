@@ -1,4 +1,5 @@
-"""Redis fanout: pub/sub for delivery, hashes for presence counters.
+"""Redis fanout: pub/sub for delivery, hashes for presence counters, streams for
+history (Lua scripts of redis_history.py).
 
 Two connections per replica, whatever the number of clients:
 - one subscriber connection, driven by a reader task that owns it; SUBSCRIBE /
@@ -22,16 +23,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection as RedisConnection
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from servers.core.errors import BrokerUnavailable
-from servers.core.types import OnMessage
+from servers.core.types import DEFAULT_RETENTION, History, OnMessage, Position, Retention
+from servers.fanout.redis_history import META_TTL, SCRIPTS, Script, stream_keys
 
 log = logging.getLogger("rtbench.redis")
 
@@ -69,11 +72,20 @@ class RedisBroker:
         self._batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.reconnects = 0
+        self._retention(DEFAULT_RETENTION)
+
+    def _retention(self, retention: Retention) -> None:
+        self._size = str(retention.size)
+        self._ttl_ms = str(max(1, int(retention.ttl * 1000)))
+        self._meta_ttl = str(max(META_TTL, int(retention.ttl) + 1))
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self, on_message: OnMessage) -> None:
+    async def start(
+        self, on_message: OnMessage, retention: Retention = DEFAULT_RETENTION
+    ) -> None:
         self._on_message = on_message
+        self._retention(retention)
         try:
             await asyncio.wait_for(self._client.ping(), self._timeout)
             await self._connect_subscriber()
@@ -238,7 +250,9 @@ class RedisBroker:
                 for (_, fut), res in zip(batch, results, strict=True):
                     if fut.done():
                         continue
-                    if isinstance(res, Exception):
+                    if isinstance(res, NoScriptError):
+                        fut.set_exception(res)  # _script loads it and retries
+                    elif isinstance(res, Exception):
                         fut.set_exception(BrokerUnavailable(f"Redis error: {res}"))
                     else:
                         fut.set_result(res)
@@ -257,6 +271,35 @@ class RedisBroker:
             return []
         values = await self._call("HMGET", self._prefix + key, *names)
         return [int(v) if v is not None else 0 for v in values]
+
+    # ------------------------------------------------------------- history
+
+    async def _script(self, script: Script, topic: str, *args: str | bytes | int) -> Any:
+        keys = stream_keys(self._prefix, topic)
+        # the epoch a script creates if the stream has none (Redis lost it)
+        fresh = secrets.token_hex(4)
+        try:
+            return await self._call("EVALSHA", script.sha, 3, *keys, fresh, self._meta_ttl, *args)
+        except NoScriptError:  # a restarted Redis: EVAL caches it again
+            return await self._call("EVAL", script.text, 3, *keys, fresh, self._meta_ttl, *args)
+
+    async def publish_recorded(self, topic: str, body: bytes) -> Position:
+        offset, epoch = await self._script(
+            SCRIPTS["publish"], topic, self._channel(topic), body, self._size, self._ttl_ms
+        )
+        return Position(int(offset), epoch.decode())
+
+    async def position(self, topic: str) -> Position:
+        offset, epoch = await self._script(SCRIPTS["position"], topic)
+        return Position(int(offset), epoch.decode())
+
+    async def history(self, topic: str, after: int, epoch: str, limit: int) -> History:
+        # what an approximate trim (MAXLEN ~) kept beyond `size` does not count
+        limit = min(limit, int(self._size))
+        top, current, gap, *entries = await self._script(
+            SCRIPTS["history"], topic, after, epoch, limit, self._ttl_ms
+        )
+        return History(entries, Position(int(top), current.decode()), gap.decode() or None)
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:

@@ -25,12 +25,22 @@ class ClientFrame(_message.Message):
     def __init__(self, id: _Optional[str] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., publish: _Optional[_Union[Publish, _Mapping]] = ..., direct: _Optional[_Union[Direct, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., presence: _Optional[_Union[PresenceQuery, _Mapping]] = ...) -> None: ...
 
 class Join(_message.Message):
-    __slots__ = ("room", "presence")
+    __slots__ = ("room", "presence", "since")
     ROOM_FIELD_NUMBER: _ClassVar[int]
     PRESENCE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
     room: str
     presence: bool
-    def __init__(self, room: _Optional[str] = ..., presence: _Optional[bool] = ...) -> None: ...
+    since: Position
+    def __init__(self, room: _Optional[str] = ..., presence: _Optional[bool] = ..., since: _Optional[_Union[Position, _Mapping]] = ...) -> None: ...
+
+class Position(_message.Message):
+    __slots__ = ("offset", "epoch")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    epoch: str
+    def __init__(self, offset: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class Leave(_message.Message):
     __slots__ = ("room",)
@@ -77,7 +87,7 @@ class SendRequest(_message.Message):
     def __init__(self, conn: _Optional[str] = ..., frame: _Optional[_Union[ClientFrame, _Mapping]] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("welcome", "ack", "message", "direct", "presence", "presence_state", "pong", "error")
+    __slots__ = ("welcome", "ack", "message", "direct", "presence", "presence_state", "pong", "error", "gap")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +96,7 @@ class ServerFrame(_message.Message):
     PRESENCE_STATE_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ack: Ack
     message: Message
@@ -94,7 +105,8 @@ class ServerFrame(_message.Message):
     presence_state: PresenceState
     pong: Pong
     error: Error
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., direct: _Optional[_Union[DirectMessage, _Mapping]] = ..., presence: _Optional[_Union[Presence, _Mapping]] = ..., presence_state: _Optional[_Union[PresenceState, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    gap: Gap
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., direct: _Optional[_Union[DirectMessage, _Mapping]] = ..., presence: _Optional[_Union[Presence, _Mapping]] = ..., presence_state: _Optional[_Union[PresenceState, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_frame_bytes", "max_rooms", "outbox_max_events", "outbox_max_bytes")
@@ -109,22 +121,28 @@ class Limits(_message.Message):
     def __init__(self, max_frame_bytes: _Optional[int] = ..., max_rooms: _Optional[int] = ..., outbox_max_events: _Optional[int] = ..., outbox_max_bytes: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("conn", "user", "server", "limits")
+    __slots__ = ("conn", "user", "server", "limits", "inbox")
     CONN_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    INBOX_FIELD_NUMBER: _ClassVar[int]
     conn: str
     user: str
     server: str
     limits: Limits
-    def __init__(self, conn: _Optional[str] = ..., user: _Optional[str] = ..., server: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    inbox: Position
+    def __init__(self, conn: _Optional[str] = ..., user: _Optional[str] = ..., server: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., inbox: _Optional[_Union[Position, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("ref",)
+    __slots__ = ("ref", "offset", "epoch")
     REF_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     ref: str
-    def __init__(self, ref: _Optional[str] = ...) -> None: ...
+    offset: int
+    epoch: str
+    def __init__(self, ref: _Optional[str] = ..., offset: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
     __slots__ = ("room", "from_user", "data", "ts", "offset", "epoch")
@@ -190,6 +208,22 @@ class Pong(_message.Message):
     ref: str
     ts: int
     def __init__(self, ref: _Optional[str] = ..., ts: _Optional[int] = ...) -> None: ...
+
+class Gap(_message.Message):
+    __slots__ = ("room", "inbox", "from_offset", "offset", "epoch", "reason")
+    ROOM_FIELD_NUMBER: _ClassVar[int]
+    INBOX_FIELD_NUMBER: _ClassVar[int]
+    FROM_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    room: str
+    inbox: bool
+    from_offset: int
+    offset: int
+    epoch: str
+    reason: str
+    def __init__(self, room: _Optional[str] = ..., inbox: _Optional[bool] = ..., from_offset: _Optional[int] = ..., offset: _Optional[int] = ..., epoch: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "ref")

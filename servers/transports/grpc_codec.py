@@ -91,6 +91,8 @@ def frame_to_obj(frame: pb.ClientFrame) -> dict[str, Any]:
     body = getattr(frame, kind)
     for field, value in body.ListFields():
         obj[field.name] = value
+    if kind == "join" and body.HasField("since"):
+        obj["since"] = {"offset": body.since.offset, "epoch": body.since.epoch}
     if kind == "presence":
         obj["users"] = list(body.users)  # an empty repeated field is not "set"
     return obj
@@ -111,20 +113,29 @@ def _data(value: Any) -> bytes:
 _LIMIT_FIELDS = frozenset(pb.Limits.DESCRIPTOR.fields_by_name)
 
 
+def _resume_fields(b: dict[str, Any]) -> dict[str, Any]:
+    return {k: b[k] for k in ("offset", "epoch") if b.get(k) is not None}
+
+
 def _welcome(b: dict[str, Any]) -> pb.ServerFrame:
     limits = {k: v for k, v in b["limits"].items() if k in _LIMIT_FIELDS}
+    inbox = b.get("inbox")
     return pb.ServerFrame(
         welcome=pb.Welcome(conn=b["conn"], user=b["user"], server=b["server"],
-                           limits=pb.Limits(**limits))
+                           limits=pb.Limits(**limits),
+                           inbox=pb.Position(**inbox) if inbox is not None else None)
     )
 
 
 def _ack(b: dict[str, Any]) -> pb.ServerFrame:
-    return pb.ServerFrame(ack=pb.Ack(**_ref(b)))
+    return pb.ServerFrame(ack=pb.Ack(**{**_ref(b), **_resume_fields(b)}))
 
 
-def _resume_fields(b: dict[str, Any]) -> dict[str, Any]:
-    return {k: b[k] for k in ("offset", "epoch") if b.get(k) is not None}
+def _gap(b: dict[str, Any]) -> pb.ServerFrame:
+    return pb.ServerFrame(
+        gap=pb.Gap(room=b.get("room"), inbox=b.get("inbox", False), from_offset=b["from"],
+                   reason=b["reason"], **_resume_fields(b))
+    )
 
 
 def _message(b: dict[str, Any]) -> pb.ServerFrame:
@@ -166,6 +177,7 @@ _ENCODERS: dict[str, Callable[[dict[str, Any]], pb.ServerFrame]] = {
     "presence_state": _presence_state,
     "pong": _pong,
     "error": _error,
+    "gap": _gap,
 }
 
 
@@ -187,15 +199,19 @@ def event_from_frame(frame: pb.ServerFrame) -> dict[str, Any]:
     msg = getattr(frame, kind)
     body: dict[str, Any] = {"type": kind}
     for field, value in msg.ListFields():
-        name = field.json_name if field.name == "from_user" else field.name
+        name = field.json_name if field.name in ("from_user", "from_offset") else field.name
         if field.name == "data":
             body[name] = orjson.loads(value)
         elif field.name == "limits":
             body[name] = {f.name: v for f, v in value.ListFields()}
+        elif field.name == "inbox" and kind == "welcome":
+            body[name] = {"offset": value.offset, "epoch": value.epoch}
         elif field.name == "users":
             body[name] = dict(value)
         else:
             body[name] = value
     if kind == "presence_state":
         body.setdefault("users", {})
+    if kind == "gap":  # proto3 leaves zero values unset
+        body.setdefault("from", 0)
     return body

@@ -24,6 +24,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 
 from servers import metrics
 from servers.core.auth import TokenVerifier
+from servers.core.cursor import RESUME_METADATA, decode_cursor
 from servers.core.errors import AuthError, BrokerUnavailable, ErrorCode, ProtocolError
 from servers.core.hub import Connection, Hub
 from servers.core.types import CloseReason, Event
@@ -80,12 +81,17 @@ def server_options(s: Settings) -> list[tuple[str, Any]]:
     return opts
 
 
-def _token(context: aio.ServicerContext[Any, Any]) -> str | None:
+def _metadata(context: aio.ServicerContext[Any, Any], name: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer" and token:
-                return token.strip()
+        if key == name and isinstance(value, str):
+            return value
+    return None
+
+
+def _token(context: aio.ServicerContext[Any, Any]) -> str | None:
+    scheme, _, token = (_metadata(context, "authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return token.strip()
     return None
 
 
@@ -115,8 +121,12 @@ class ChatService:
 
     async def _open(self, context: aio.ServicerContext[Any, Any]) -> Connection:
         user = await self._user(context)
+        resume = _metadata(context, RESUME_METADATA)
         try:
-            conn = await self.hub.open(user, FORMAT)
+            cursor = decode_cursor(resume, self.hub.limits) if resume else None
+            conn = await self.hub.open(user, FORMAT, cursor)
+        except ProtocolError as exc:  # a bad resume cursor
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc.code}: {exc.message}")
         except BrokerUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"unavailable: {exc}")
         task = asyncio.current_task()

@@ -10,7 +10,8 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from servers.core.errors import AuthError, BrokerUnavailable
+from servers.core.cursor import RESUME_HEADER, RESUME_PARAM, Cursor, decode_cursor
+from servers.core.errors import AuthError, BrokerUnavailable, ProtocolError
 from servers.core.hub import Connection, Hub
 from servers.core.types import CloseReason
 from servers.transports.http import (
@@ -97,7 +98,11 @@ class _Endpoint:
             return
         await ws.accept(_subprotocol(ws))
         try:
-            conn = await hub.open(user, "json")
+            conn = await hub.open(user, "json", _cursor(ws, hub))
+        except ProtocolError as exc:  # a bad resume cursor: refused like a bad token
+            reason = f"{exc.code}: {exc.message}".encode()[:120].decode(errors="ignore")
+            await ws.close(int(CloseReason.BAD_REQUEST), reason)  # 123 bytes at most
+            return
         except BrokerUnavailable as exc:
             await ws.close(int(CloseReason.INTERNAL), f"unavailable: {exc}"[:120])
             return
@@ -117,6 +122,12 @@ class _Endpoint:
         finally:
             await sender.stop()
             await hub.close(conn)
+
+
+def _cursor(ws: WebSocket, hub: Hub) -> Cursor | None:
+    """The resume cursor of `?resume=` or the `X-Rtbench-Resume` header, if any."""
+    raw = ws.query_params.get(RESUME_PARAM) or ws.headers.get(RESUME_HEADER)
+    return decode_cursor(raw, hub.limits) if raw else None
 
 
 def routes(ctx: Context) -> list[BaseRoute]:

@@ -1,0 +1,104 @@
+"""Catching a connection up on a stream (a room, an inbox) before it goes live.
+
+A connection that joins a room (or opens, for its inbox) has the topic subscribed
+but is not yet one of its recipients. While the stream's position, or its history
+after the client's `since`, is read from the broker, the live events of the topic
+are held for it here. Then, with no await in between, `replay` pushes the missed
+events (or a `gap`), then the held events past the position read, and the hub
+registers it as a normal recipient: nothing lost or repeated at the seam, and the
+hub's delivery loop for everyone else stays a plain set iteration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from servers.core.outbox import Outbox
+from servers.core.streams import GAP_DISABLED, gap_body, position_of
+from servers.core.types import Broker, CloseReason, Event, History, Limits, Position
+
+
+@dataclass(slots=True)
+class Read:
+    """A stream read for a connection catching up, and the live events held meanwhile."""
+
+    position: Position | None  # None: history is off
+    history: History | None  # None: only the position was read
+    held: list[Event]
+
+
+_OFF = Read(None, None, [])
+
+
+class CatchUp:
+    """The outboxes catching up on each topic and the live events held for them."""
+
+    __slots__ = ("broker", "holding", "limits")
+
+    def __init__(self, broker: Broker, limits: Limits) -> None:
+        self.broker = broker
+        self.limits = limits
+        # topic -> outbox catching up on it -> live events held for it (empty most of the time)
+        self.holding: dict[str, dict[Outbox, list[Event]]] = {}
+
+    async def read(self, outbox: Outbox, topic: str, since: Position | None) -> Read:
+        """The stream's position (or its history after `since`), holding the topic's live
+        events for `outbox` meanwhile. The caller must `replay` and register the
+        connection with no await in between, or events would slip past both."""
+        if not self.limits.history:
+            return _OFF  # no await either: the caller registers at once
+        held: list[Event] = []
+        table = self.holding.setdefault(topic, {})
+        table[outbox] = held
+        try:
+            if since is None:
+                return Read(await self.broker.position(topic), None, held)
+            hist = await self.broker.history(
+                topic, since.offset, since.epoch, self.limits.history_size
+            )
+            return Read(hist.position, hist, held)
+        finally:
+            del table[outbox]
+            if not table and self.holding.get(topic) is table:
+                del self.holding[topic]
+
+    def hold(self, topic: str, event: Event) -> None:
+        """Broker callback path: keep `event` for every outbox catching up on `topic`."""
+        table = self.holding.get(topic)
+        if not table:
+            return
+        limit = self.limits.outbox_max_events
+        for outbox, events in table.items():
+            if len(events) < limit:
+                events.append(event)
+            else:  # it could never take them all
+                outbox.close(CloseReason.SLOW_CONSUMER)
+
+    @staticmethod
+    def replay(outbox: Outbox, read: Read, since: Position | None, stream: dict[str, Any],
+               ) -> int:
+        """Push what was missed after `since` (or a gap), then the held live events past
+        the position read (earlier ones are in the history or before the position).
+        Returns how many events were queued."""
+        pos, hist = read.position, read.history
+        events: list[Event] = []
+        if since is not None:
+            if pos is None or hist is None:
+                events.append(Event(gap_body(stream, since.offset, None, GAP_DISABLED)))
+            elif hist.gap is not None:
+                events.append(Event(gap_body(stream, since.offset, pos, hist.gap)))
+            else:
+                events.extend(map(Event.from_json, hist.entries))
+        if pos is not None:
+            for ev in read.held:
+                p = position_of(ev.json())
+                # another epoch: the stream restarted while we read; its events are new
+                if p is None or p.epoch != pos.epoch or p.offset > pos.offset:
+                    events.append(ev)
+        queued = 0
+        for ev in events:
+            if not outbox.push(ev):
+                break  # slow consumer: closed, it will resume from what it got
+            queued += 1
+        return queued
