@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 
 from bench import plan as plan_mod
 from bench import runs
@@ -180,6 +181,15 @@ class Harness:
                     self.start_cluster(step.transport)
                     current = step.transport
                 record = self.run_step(step)
+                empty = _empty(self.run_dir, record)
+                if empty:
+                    # once: a Locust that stopped before its users started (see _empty)
+                    self.progress.note(f"  retrying {step.transport} {step.scenario.name}: "
+                                       f"{empty}")
+                    log = self.run_dir / record["log_file"]
+                    log.rename(log.with_suffix(".attempt1.log"))
+                    record = self.run_step(step, attempt=2)
+                    record["first_attempt"] = empty
             except (RuntimeError, TimeoutError, OSError, httpx.HTTPError) as exc:
                 # one broken step must not cost the others: note it, next cluster is fresh
                 record = self._record(step, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -221,7 +231,7 @@ class Harness:
                *step.scenario.locust_args()]
         return ["taskset", "-c", ",".join(map(str, self.load_cpus)), *cmd]
 
-    def run_step(self, step: plan_mod.Step) -> dict[str, Any]:
+    def run_step(self, step: plan_mod.Step, attempt: int = 1) -> dict[str, Any]:
         cluster = self.cluster
         assert cluster is not None
         result = self.run_dir / "loadgen" / f"{step.key}.json"
@@ -275,13 +285,13 @@ class Harness:
                      if n.proc.poll() is not None]
             error = f"{error} ({', '.join(codes)})" if codes else error
         after = self._scrape(step, cluster, "after")
-        _write_samples(self.run_dir, step, sampler)
+        _write_samples(self.run_dir, step, sampler, attempt)
         if not result.exists() and status == "ok":
             status, error = "failed", f"Locust exited with {rc} and wrote no result; see " \
                                       f"{log_path.relative_to(self.run_dir)}"
         roles = [w.role for w in watched]
         return self._record(
-            step, status, error=error, rc=rc, started=started, ended=ended,
+            step, status, error=error, rc=rc, attempt=attempt, started=started, ended=ended,
             wall_s=round(ended - started, 3),
             result_file=str(result.relative_to(self.run_dir)) if result.exists() else None,
             log_file=str(log_path.relative_to(self.run_dir)), locust_cmd=cmd,
@@ -311,15 +321,33 @@ def _metrics_delta(before: list[dict[str, float]], after: list[dict[str, float]]
     return out
 
 
-def _write_samples(run_dir: Path, step: plan_mod.Step, sampler: Sampler) -> None:
+def _write_samples(run_dir: Path, step: plan_mod.Step, sampler: Sampler, attempt: int) -> None:
     path = run_dir / "process_stats.csv"
     new = not path.exists()
     with open(path, "a") as f:
         if new:
-            f.write("step,transport,scenario,role,pid,t,cpu_s,rss\n")
+            f.write("step,attempt,transport,scenario,role,pid,t,cpu_s,rss\n")
         for s in sampler.samples:
-            f.write(f"{step.index},{step.transport},{step.scenario.name},{s.role},{s.pid},"
-                    f"{s.t},{s.cpu_s},{s.rss}\n")
+            f.write(f"{step.index},{attempt},{step.transport},{step.scenario.name},{s.role},"
+                    f"{s.pid},{s.t},{s.cpu_s},{s.rss}\n")
+
+
+def _empty(run_dir: Path, record: dict[str, Any]) -> str | None:
+    """Why a finished step measured nothing at all (None if it measured something).
+
+    Seen on a loaded machine: Locust arms its -t timer against gevent's cached
+    loop time; when its start-up imports took longer than -t, the timer fires at
+    once and the run stops before any user started.
+    """
+    if record["status"] != "ok" or not record.get("result_file"):
+        return None
+    try:
+        res = orjson.loads((run_dir / record["result_file"]).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if record["scenario"] == "connections":
+        return None if res.get("counters", {}).get("connects") else "no connection was opened"
+    return None if res.get("delivery", {}).get("expected") else "no delivery was judged"
 
 
 def _one_line(r: dict[str, Any]) -> str:

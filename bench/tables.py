@@ -59,14 +59,20 @@ def summary(run: RunData) -> pd.DataFrame:
         peers = _sum(step.get("tcp_peers", {}))
         connects = int(c.get("connects", 0)) + int(c.get("reconnects", 0))
         duration = res.get("duration_s")
+        reasons = list(v.get("reasons", []))
+        if res and step["scenario"] != "connections" and not lat.get("count"):
+            reasons.append("no delivery latency measured")
+        warnings = list(v.get("warnings", []))
+        if step.get("first_attempt"):
+            warnings.append(f"second attempt (the first: {step['first_attempt']})")
         row: dict[str, Any] = {
             "transport": step["transport"], "scenario": step["scenario"],
             "status": step["status"], "error": step.get("error") or "",
-            "valid": bool(v.get("valid", False)) and step["status"] == "ok",
+            "valid": bool(v.get("valid", False)) and step["status"] == "ok" and not reasons,
             "saturated": bool(v.get("saturated", False)),
             "lost_messages": bool(v.get("lost_messages", False)),
-            "reasons": "; ".join(v.get("reasons", [])),
-            "warnings": "; ".join(v.get("warnings", [])),
+            "reasons": "; ".join(reasons),
+            "warnings": "; ".join(warnings),
             "samples": int(lat.get("count", 0)),
         }
         for col, key in PCTS:

@@ -72,7 +72,8 @@ def _result(scenario: str, transport: str, *, missing: int = 0,
 
 
 def make_run(root: Path, *, crashed: tuple[str, str] | None = None,
-             invalid: tuple[str, str] | None = None) -> Path:
+             invalid: tuple[str, str] | None = None, empty: tuple[str, str] | None = None,
+             ) -> Path:
     run_dir = runs.make_run_dir(root / "run", "quick")
     steps = plan.build("quick", list(TRANSPORTS), list(SCENARIOS))
     params = {"profile": "quick", "transports": list(TRANSPORTS), "scenarios": list(SCENARIOS),
@@ -87,7 +88,11 @@ def make_run(root: Path, *, crashed: tuple[str, str] | None = None,
         key = (step.scenario.name, step.transport)
         rel = f"loadgen/{step.key}.json"
         reasons = ["load generator used 99% CPU"] if key == invalid else None
-        result_mod.write(run_dir / rel, _result(*key, reasons=reasons))
+        res = _result(*key, reasons=reasons)
+        if key == empty:  # Locust stopped before its users started
+            res["latency_us"]["all"] = Histogram().to_dict()
+            res["delivery"].update(expected=0, delivered=0)
+        result_mod.write(run_dir / rel, res)
         cpu = {"ws": 0.1, "sse": 0.12, "longpoll": 0.3, "grpc": 0.08}[step.transport]
         record = {"index": step.index, "transport": step.transport,
                   "scenario": step.scenario.name, "status": "ok", "error": None,
@@ -176,14 +181,26 @@ def test_textbook_on_an_empty_run_says_not_measured() -> None:
 
 
 def test_invalid_and_crashed_steps_are_shown_next_to_their_numbers(tmp_path: Path) -> None:
-    run_dir = make_run(tmp_path, crashed=("churn", "sse"), invalid=("chat", "grpc"))
+    run_dir = make_run(tmp_path, crashed=("churn", "sse"), invalid=("chat", "grpc"),
+                       empty=("direct", "ws"))
     text = report.render(run_dir)
+    assert "ws direct: no delivery latency measured" in text
     html = (run_dir / "report.html").read_text()
     assert "INVALID: load generator used 99% CPU" in html
     assert "crashed: r1 exited during the scenario" in html
     assert "grpc chat: load generator used 99% CPU" in text
     assert "sse churn: r1 exited during the scenario" in text
     assert html.count('class="invalid"') >= 2
+
+
+def test_a_step_that_measured_nothing_is_recognised(tmp_path: Path) -> None:
+    from bench.run import _empty
+
+    run_dir = make_run(tmp_path, empty=("direct", "ws"))
+    steps = {(s["scenario"], s["transport"]): s for s in runs.load_run(run_dir).steps}
+    assert _empty(run_dir, steps[("direct", "ws")]) == "no delivery was judged"
+    assert _empty(run_dir, steps[("direct", "sse")]) is None
+    assert _empty(run_dir, steps[("connections", "ws")]) is None
 
 
 def test_report_cli_rerenders_and_refuses_other_dirs(run_dir: Path, tmp_path: Path,
