@@ -22,13 +22,11 @@ import datetime as dt
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +36,7 @@ import orjson
 from bench import plan as plan_mod
 from bench import runs
 from bench.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
+from bench.procs import Interrupted, affinity, signals_ignored, signals_raise, stop_group
 from bench.progress import Progress
 from bench.sampler import Sampler, Watched, parse_prom, tcp_passive_opens
 from servers.testing import REDIS_HINT, MissingRedis, RedisServer
@@ -45,57 +44,6 @@ from servers.testing import REDIS_HINT, MissingRedis, RedisServer
 ROOT = Path(__file__).resolve().parents[1]
 LOCUST_GRACE = 15.0  # beyond -t: Locust's own stop, result judging and writing (at least)
 EXIT_INTERRUPTED = 130
-
-
-class Interrupted(Exception):
-    """SIGTERM/SIGHUP: stop the run, clean up, keep what was measured."""
-
-
-def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
-    raise Interrupted(signal.Signals(signum).name)
-
-
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """Cleanup must finish: a second Ctrl-C would otherwise leave processes behind."""
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _affinity(pid: int) -> list[int] | None:
-    try:
-        return sorted(os.sched_getaffinity(pid))
-    except OSError:
-        return None
-
-
-def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM the process group of `proc` (its own session), then SIGKILL it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout)
-    # the leader may be gone while others of its group live on
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
 
 
 class Harness:
@@ -155,7 +103,7 @@ class Harness:
             cluster.stop()
 
     def cleanup(self) -> None:
-        with _signals_ignored():
+        with signals_ignored():
             if self.locust is not None:
                 stop_group(self.locust)
                 self.locust = None
@@ -249,10 +197,10 @@ class Harness:
             self.locust = subprocess.Popen(
                 cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        placement = {"servers": {f"r{i}": _affinity(n.pid) for i, n in enumerate(cluster.nodes)},
-                     "redis": _affinity(self.redis.proc.pid)
+        placement = {"servers": {f"r{i}": affinity(n.pid) for i, n in enumerate(cluster.nodes)},
+                     "redis": affinity(self.redis.proc.pid)
                      if self.redis is not None and self.redis.proc is not None else None,
-                     "load_generator": _affinity(self.locust.pid)}
+                     "load_generator": affinity(self.locust.pid)}
         grace = max(LOCUST_GRACE, step.scenario.run_time / 4)
         deadline = time.monotonic() + step.scenario.run_time + grace
         try:
@@ -432,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 0
     print(f"rtbench run: {len(steps)} steps, about {_eta(steps)} -> {run_dir}", flush=True)
     try:
-        with _signals_raise():
+        with signals_raise():
             try:
                 harness.start_redis()
                 meta["redis"] = harness.redis_info()
