@@ -218,6 +218,12 @@ class Run:
             runner.stop()  # stops users, fires test_stop, which sends rtbench_final
 
     def _init(self, environment: Environment, **_: Any) -> None:
+        # Locust arms its -t timer with gevent.spawn_later, which counts from the hub's
+        # cached clock; after a slow start-up that clock can be seconds stale and the
+        # run would end before any user starts
+        import gevent
+
+        gevent.get_hub().loop.update_now()
         self.env = environment
         runner = environment.runner
         if isinstance(runner, MasterRunner):
