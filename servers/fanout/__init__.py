@@ -5,8 +5,23 @@ from __future__ import annotations
 from servers.core.types import Broker
 
 
-def make_broker(kind: str, redis_url: str | None = None, namespace: str = "rtb") -> Broker:
-    """Build the broker named by `kind` ("memory" or "redis")."""
+def make_broker(kind: str, redis_url: str | None = None, namespace: str = "rtb",
+                inject_work_us: float | None = None) -> Broker:
+    """Build the broker named by `kind` ("memory" or "redis").
+
+    `inject_work_us` (None: the RTBENCH_INJECT_WORK_US setting) is the perf-regression
+    detector's slowdown knob (servers/fanout/slowdown.py); 0 leaves the broker as is.
+    """
+    from servers.fanout.slowdown import wrap
+
+    if inject_work_us is None:
+        from servers.settings import from_env
+
+        inject_work_us = from_env().inject_work_us
+    return wrap(_make(kind, redis_url, namespace), inject_work_us)
+
+
+def _make(kind: str, redis_url: str | None, namespace: str) -> Broker:
     if kind == "memory":
         from servers.fanout.memory import MemoryBroker
 
