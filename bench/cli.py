@@ -48,10 +48,31 @@ def _ls(argv: Sequence[str]) -> int:
     return ls_main(argv)
 
 
+def _compare(argv: Sequence[str]) -> int:
+    from bench.compare import main as compare_main
+
+    return compare_main(argv)
+
+
+def _regress(argv: Sequence[str]) -> int:
+    from bench.regress import main as regress_main
+
+    return regress_main(argv)
+
+
+def _baseline(argv: Sequence[str]) -> int:
+    from bench.baseline import main as baseline_main
+
+    return baseline_main(argv)
+
+
 COMMANDS = {
     "run": (_run, "run the benchmark (--quick, --full, --transports ...) and write the report"),
     "report": (_report, "re-render the report of a run directory"),
     "ls": (_ls, "list benchmark runs under results/"),
+    "compare": (_compare, "compare two sets of runs (BASE HEAD): ratio, CI, test, verdict"),
+    "regress": (_regress, "CI perf check: base vs head interleaved; exit 0/1/2/3"),
+    "baseline": (_baseline, "baseline update: record results/baseline/ for `regress`"),
     "serve": (_serve, "run one server replica (--transport ws|sse|longpoll|grpc)"),
     "token": (_token, "print a signed development token for a user"),
 }
