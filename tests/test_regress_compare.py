@@ -1,0 +1,117 @@
+"""rtbench compare/regress: exit codes, thresholds from pyproject, the golden Markdown summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bench.compare import (
+    HarnessError,
+    compare_sets,
+    load_set,
+    load_thresholds,
+    main,
+    markdown,
+    samples_doc,
+)
+from bench.regress import main as regress_main
+from bench.stats import overall
+
+
+def write_set(path: Path, cpu: list[float], lost: int = 0, meta: dict[str, Any] | None = None,
+              p50: list[float] | None = None) -> Path:
+    p50 = p50 or [5.0 + 0.01 * i for i in range(len(cpu))]
+    rows = [{"transport": "ws", "scenario": "fanout",
+             "metrics": {"cpu_per_delivery": c, "p50": lat, "lost": lost if i == 0 else 0}}
+            for i, (c, lat) in enumerate(zip(cpu, p50, strict=True))]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "samples.json").write_bytes(orjson.dumps(samples_doc(meta or {}, rows)))
+    return path
+
+
+BASE = [30.0, 31.0, 29.5, 30.5, 30.2, 29.8]
+
+
+@pytest.mark.parametrize(("head", "lost", "code"), [
+    ([30.1, 30.6, 29.9, 30.3, 29.7, 30.4], 0, 0),  # noise
+    ([37.0, 37.5, 36.8, 38.0, 37.2, 36.9], 0, 1),  # +23%
+    ([30.1, 30.6, 29.9, 30.3, 29.7, 30.4], 3, 1),  # lost messages
+    ([30.0, 60.0, 15.0], 0, 2),  # wild spread
+    ([24.0, 24.5, 23.8, 24.2, 24.1, 23.9], 0, 0),  # improvement still passes
+])
+def test_compare_exit_codes(tmp_path: Path, head: list[float], lost: int, code: int,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    base = write_set(tmp_path / "base", BASE)
+    h = write_set(tmp_path / "head", head, lost)
+    out = tmp_path / "v.json"
+    assert main([str(base), str(h), "--json", str(out), "--config", str(tmp_path / "none")]) \
+        == code
+    doc = orjson.loads(out.read_bytes())
+    assert doc["exit_code"] == code
+    assert "rtbench compare" in capsys.readouterr().out
+
+
+def test_harness_error_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "missing"), str(tmp_path / "missing")]) == 3
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "samples.json").write_bytes(b'{"format": "other"}')
+    assert main([str(tmp_path / "bad"), str(tmp_path / "bad")]) == 3
+    assert regress_main(["--pairs", "2", "--json", str(tmp_path / "r.json")]) == 3
+    assert "harness error" in capsys.readouterr().err
+
+
+def test_regress_against_foreign_baseline_is_inconclusive(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    base = write_set(tmp_path / "baseline", BASE, meta={"cpu_model": "some other CPU", "cores": 1})
+    out = tmp_path / "v.json"
+    assert regress_main(["--baseline", str(base), "--json", str(out)]) == 2
+    assert "differs from this machine" in orjson.loads(out.read_bytes())["notes"][0]
+
+
+def test_thresholds_from_pyproject(tmp_path: Path) -> None:
+    cfg = tmp_path / "pyproject.toml"
+    cfg.write_text("[tool.rtbench.regress]\ncpu_per_delivery = 0.30\n"
+                   "[tool.rtbench.regress.sse]\ncpu_per_delivery = 0.05\n")
+    conf = load_thresholds(cfg)
+    base = load_set(write_set(tmp_path / "b", BASE))
+    head = load_set(write_set(tmp_path / "h", [37.0, 37.5, 36.8, 38.0, 37.2, 36.9]))
+    assert overall(compare_sets(base, head, conf)) == "pass"  # +23% < 30%
+    assert overall(compare_sets(base, head, {})) == "regression"
+    cfg.write_text("[tool.rtbench.regress]\nnot_a_metric = 1\n")
+    with pytest.raises(HarnessError, match="not_a_metric"):
+        load_thresholds(cfg)
+
+
+GOLDEN = """\
+## rtbench compare: **REGRESSION**
+
+- a note
+
+| transport | scenario | metric | base | head | change | 95% CI | p | verdict |
+|---|---|---|---:|---:|---:|---|---:|---|
+| ws | fanout | cpu_per_delivery | 30.1 | 37.1 | +23.3% | +20.8% … +26.0% | 0.002 | ❌ regression |
+| ws | fanout | lost | 0 | 0 | - | - | - | ✅ pass |
+| ws | fanout | p50 | 5.025 | 3.525 | -29.9% | -30.3% … -29.4% | 0.002 | 🚀 improvement |
+
+Improvements beyond the threshold: refresh the baseline with `rtbench baseline update`.
+
+Regression = Mann-Whitney U p < alpha AND median change beyond the metric's threshold; \
+inconclusive = the runs cannot tell (too noisy or too few).
+"""
+
+
+def test_markdown_golden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = load_set(write_set(tmp_path / "b", BASE))
+    head = load_set(write_set(tmp_path / "h", [37.0, 37.5, 36.8, 38.0, 37.2, 36.9],
+                              p50=[3.5 + 0.01 * i for i in range(6)]))
+    comps = compare_sets(base, head)
+    md = markdown(comps, overall(comps), "rtbench compare", ["a note"])
+    assert md == GOLDEN
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert main([str(tmp_path / "b"), str(tmp_path / "h"), "--config", str(tmp_path / "x")]) == 1
+    assert "**REGRESSION**" in summary.read_text()
