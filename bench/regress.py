@@ -20,7 +20,7 @@ Sides:
   baseline's machine matches (cpu model, cores, parameters), else inconclusive.
 
 Order A B B A A B ... (pairs), calibration loop timed before and after (a
-machine whose speed drifted > 10% meanwhile answers inconclusive), spread
+machine whose speed drifted > 25% meanwhile answers inconclusive), spread
 checked per metric (bench.stats), and a regression is re-measured once and only
 reported when the rerun agrees. Exit codes: 0 pass, 1 confirmed regression,
 2 inconclusive, 3 harness error.
@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,15 +60,18 @@ from bench.stats import Comparison, overall
 
 BASELINE = Path("results/baseline")
 SCENARIO = "fanout"
-CALIBRATION_DRIFT = 0.10
+CALIBRATION_DRIFT = 0.25  # 18-19% seen between calibrations on this shared 2-core box
 
 
 @dataclass(frozen=True)
 class Plan:
     transports: tuple[str, ...] = ("ws",)
-    subscribers: int = 200
-    rate: float = 50.0
-    seconds: float = 3.0
+    # light enough that the load side (one core) is far from saturation: its
+    # latency figures otherwise measure the load generator (spread > 100% seen
+    # at 200 x 50/s)
+    subscribers: int = 100
+    rate: float = 20.0
+    seconds: float = 4.0
     warmup: float = 1.0
     pairs: int = 5
     broker: str = "redis"
@@ -148,7 +152,7 @@ def calibrate(rounds: int = 5) -> float:
     best = float("inf")
     for _ in range(rounds):
         t0 = time.perf_counter()
-        sum(i * i for i in range(300_000))
+        sum(i * i for i in range(1_000_000))
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -214,7 +218,10 @@ def worktree(rev: str) -> Iterator[Path]:
 def _round(sides: Sequence[Side], plan: Plan, conf: dict[str, Any],
            baseline: SampleSet | None) -> tuple[list[Comparison], list[str], dict[str, Any]]:
     """One measured comparison: (comparisons, stability notes, raw samples)."""
+    from bench.cluster import load_cpus, pin_self
+
     notes = []
+    pin_self(load_cpus())  # calibrate where the load side runs, before and after alike
     c0 = calibrate()
     raw = measure(sides, plan)
     c1 = calibrate()
@@ -283,6 +290,10 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="rtbench regress", description=__doc__.split("\n")[0],
                                 epilog="exit codes: 0 pass, 1 confirmed regression, "
@@ -305,6 +316,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--config", type=Path, default=Path("pyproject.toml"))
     args = p.parse_args(argv)
     t0 = time.monotonic()
+    # CI cancels with SIGTERM: unwind through the context managers (servers, worktree)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.pairs < 3:
             raise HarnessError("--pairs must be at least 3 (fewer cannot reach significance)")
@@ -320,7 +333,8 @@ def main(argv: Sequence[str]) -> int:
             elif args.base_dir:
                 base = Side("base", args.base_dir.resolve(), base_env)
             verdict, comps, notes, raw = run_check(plan, base, head, conf, args.baseline)
-    except (HarnessError, OSError, RuntimeError, TimeoutError, psutil.Error) as exc:
+    except (HarnessError, OSError, RuntimeError, TimeoutError, psutil.Error,
+            KeyboardInterrupt) as exc:
         print(f"rtbench regress: harness error: {exc}", file=sys.stderr)
         return EXIT["error"]
     wall = time.monotonic() - t0

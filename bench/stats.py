@@ -140,9 +140,13 @@ def compare_metric(metric: Metric, base: Sequence[float], head: Sequence[float],
         verdict = "warn" if metric.kind == "warn" else "regression"
     elif p < alpha and -bad > thr:
         verdict = "improvement"
+    elif metric.kind == "warn":
+        verdict = "pass"  # a warn-only metric never blocks, nor makes the check inconclusive
+        if spread > max_spread:
+            note = f"spread {spread:.0%}"
     elif spread > max_spread:
         verdict, note = "inconclusive", f"spread {spread:.0%} above {max_spread:.0%}"
-    elif bad > thr and metric.kind != "warn":
+    elif bad > thr:
         verdict, note = "inconclusive", "past the threshold but not significant"
     else:
         verdict = "pass"
