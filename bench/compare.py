@@ -198,6 +198,27 @@ def markdown(comparisons: Sequence[Comparison], verdict: str, title: str = "rtbe
     return "\n".join(lines) + "\n"
 
 
+def html_section(comparisons: Sequence[Comparison], verdict: str, notes: Sequence[str] = ()) -> str:
+    """The same table as an HTML fragment (a report section; written as summary.html)."""
+    from html import escape
+
+    head = ("transport", "scenario", "metric", "base", "head", "change", "95% CI", "p", "verdict")
+    rows = []
+    for c in comparisons:
+        ci = "-" if c.ci_low is None else f"{_num(c.ci_low, True)} … {_num(c.ci_high, True)}"
+        cells = (c.transport, c.scenario, c.metric, _num(c.base), _num(c.head),
+                 _num(c.ratio, True), ci, "-" if c.p_value is None else f"{c.p_value:.3f}",
+                 ICON[c.verdict] + (f" ({c.note})" if c.note else ""))
+        rows.append("<tr>" + "".join(f"<td>{escape(x)}</td>" for x in cells) + "</tr>")
+    refresh = (f"<p>Improvements beyond the threshold: refresh the baseline with "
+               f"<code>{REFRESH}</code>.</p>"
+               if any(c.verdict == "improvement" for c in comparisons) else "")
+    return (f'<section id="regression"><h2>Performance check: {escape(verdict.upper())}</h2>'
+            + "".join(f"<p>{escape(n)}</p>" for n in notes)
+            + "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+            + "".join(rows) + "</table>" + refresh + "</section>\n")
+
+
 def verdict_json(comparisons: Sequence[Comparison], verdict: str,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"verdict": verdict, "exit_code": EXIT[verdict],
@@ -207,8 +228,9 @@ def verdict_json(comparisons: Sequence[Comparison], verdict: str,
             **(extra or {})}
 
 
-def write_outputs(md: str, doc: dict[str, Any], json_path: Path | None) -> None:
-    """Markdown to stdout (and $GITHUB_STEP_SUMMARY), the JSON verdict to `json_path`."""
+def write_outputs(md: str, doc: dict[str, Any], json_path: Path | None,
+                  html: str | None = None) -> None:
+    """Markdown to stdout (and $GITHUB_STEP_SUMMARY); JSON verdict, summary.md/.html beside it."""
     import os
 
     sys.stdout.write(md)
@@ -219,6 +241,9 @@ def write_outputs(md: str, doc: dict[str, Any], json_path: Path | None) -> None:
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        (json_path.parent / "summary.md").write_text(md, encoding="utf-8")
+        if html is not None:
+            (json_path.parent / "summary.html").write_text(html, encoding="utf-8")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -242,5 +267,6 @@ def main(argv: Sequence[str]) -> int:
               file=sys.stderr)
         return EXIT["error"]
     v = overall(comps)
-    write_outputs(markdown(comps, v, "rtbench compare"), verdict_json(comps, v), args.json)
+    write_outputs(markdown(comps, v, "rtbench compare"), verdict_json(comps, v), args.json,
+                  html_section(comps, v))
     return EXIT[v]

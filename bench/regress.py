@@ -50,6 +50,7 @@ from bench.compare import (
     HarnessError,
     SampleSet,
     compare_sets,
+    html_section,
     load_set,
     load_thresholds,
     markdown,
@@ -341,5 +342,6 @@ def main(argv: Sequence[str]) -> int:
     notes = [*notes, f"{plan.pairs} samples per side per round, {wall:.0f} s"]
     md = markdown(comps, verdict, "rtbench regress", notes)
     write_outputs(md, verdict_json(comps, verdict, {"notes": notes, "wall_seconds": wall,
-                                                     "plan": plan.params(), **raw}), args.json)
+                                                     "plan": plan.params(), **raw}), args.json,
+                  html_section(comps, verdict, notes))
     return EXIT[verdict]

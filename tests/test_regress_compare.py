@@ -51,6 +51,9 @@ def test_compare_exit_codes(tmp_path: Path, head: list[float], lost: int, code: 
         == code
     doc = orjson.loads(out.read_bytes())
     assert doc["exit_code"] == code
+    html = (tmp_path / "summary.html").read_text()
+    assert html.startswith('<section id="regression">') and html.count("<tr>") == 4
+    assert (tmp_path / "summary.md").read_text().startswith("## rtbench compare")
     assert "rtbench compare" in capsys.readouterr().out
 
 
