@@ -15,8 +15,8 @@ from types import FrameType
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from servers import metrics
 from servers.core.auth import TokenVerifier
@@ -138,19 +138,29 @@ _ADAPTERS = {"ws": "servers.transports.ws", "sse": "servers.transports.sse",
 class App:
     """The Starlette app, with WebSocket sessions routed past its middleware stack.
 
-    Starlette's two exception middlewares keep frames alive for as long as a
-    request lasts, about 2 KiB per held WebSocket; a WebSocket has no HTTP 500 to
-    send anyway, and the adapter handles its own errors. Everything else (HTTP,
-    lifespan) goes through the full app.
+    Every coroutine frame between the server and the endpoint lives as long as
+    the connection: Starlette's two exception middlewares and its router cost
+    about 3 KiB per held WebSocket. A WebSocket has no HTTP 500 to send and the
+    adapter handles its own errors, so WebSocket routes with a fixed path whose
+    endpoint is an ASGI app are called directly; everything else (other
+    WebSocket paths, HTTP, lifespan) goes through the full app.
     """
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
+        self._ws: dict[str, ASGIApp] = {
+            r.path: r.app for r in app.routes
+            if isinstance(r, WebSocketRoute) and "{" not in r.path
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             scope["app"] = self.app
-            await self.app.router(scope, receive, send)
+            endpoint = self._ws.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+            else:
+                await self.app.router(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 

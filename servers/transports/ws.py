@@ -39,10 +39,10 @@ class _Sender:
     with the outbox's reason once what was queued has been written.
     """
 
-    __slots__ = ("conn", "task", "ws")
+    __slots__ = ("conn", "send", "task")
 
-    def __init__(self, ws: WebSocket, conn: Connection) -> None:
-        self.ws = ws
+    def __init__(self, send: Send, conn: Connection) -> None:
+        self.send = send
         self.conn = conn
         self.task: asyncio.Task[None] | None = None
 
@@ -51,7 +51,7 @@ class _Sender:
             self.task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
-        outbox, send = self.conn.outbox, self.ws.send
+        outbox, send = self.conn.outbox, self.send
         try:
             while events := outbox.take():
                 for ev in events:
@@ -63,7 +63,8 @@ class _Sender:
             if outbox.close_reason is not None:
                 reason = outbox.close_reason
                 with contextlib.suppress(Exception):
-                    await self.ws.close(int(reason), reason.text)
+                    await send({"type": "websocket.close", "code": int(reason),
+                                "reason": reason.text})
         except Exception:
             outbox.listen(None)  # the socket is gone; the reader sees the disconnect
         finally:
@@ -87,26 +88,11 @@ class _Endpoint:
         self.hub: Hub = ctx.hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ws = WebSocket(scope, receive, send)
+        conn = await self._handshake(WebSocket(scope, receive, send))
+        if conn is None:
+            return
         hub = self.hub
-        try:
-            user = self.ctx.authenticate(ws)
-        except AuthError as exc:
-            # close after accept so that browsers can read the code and reason
-            await ws.accept(_subprotocol(ws))
-            await ws.close(int(CloseReason.UNAUTHORIZED), exc.message[:120])
-            return
-        await ws.accept(_subprotocol(ws))
-        try:
-            conn = await hub.open(user, "json", _cursor(ws, hub))
-        except ProtocolError as exc:  # a bad resume cursor: refused like a bad token
-            reason = f"{exc.code}: {exc.message}".encode()[:120].decode(errors="ignore")
-            await ws.close(int(CloseReason.BAD_REQUEST), reason)  # 123 bytes at most
-            return
-        except BrokerUnavailable as exc:
-            await ws.close(int(CloseReason.INTERNAL), f"unavailable: {exc}"[:120])
-            return
-        sender = _Sender(ws, conn)
+        sender = _Sender(send, conn)
         conn.outbox.listen(sender.ready)
         try:
             while True:
@@ -122,6 +108,30 @@ class _Endpoint:
         finally:
             await sender.stop()
             await hub.close(conn)
+
+    async def _handshake(self, ws: WebSocket) -> Connection | None:
+        """Authenticate, accept, open the hub connection; None when refused (and closed).
+
+        Its own coroutine so that the Starlette WebSocket object (and what it caches)
+        is not kept for the connection's lifetime.
+        """
+        hub = self.hub
+        try:
+            user = self.ctx.authenticate(ws)
+        except AuthError as exc:
+            # close after accept so that browsers can read the code and reason
+            await ws.accept(_subprotocol(ws))
+            await ws.close(int(CloseReason.UNAUTHORIZED), exc.message[:120])
+            return None
+        await ws.accept(_subprotocol(ws))
+        try:
+            return await hub.open(user, "json", _cursor(ws, hub))
+        except ProtocolError as exc:  # a bad resume cursor: refused like a bad token
+            reason = f"{exc.code}: {exc.message}".encode()[:120].decode(errors="ignore")
+            await ws.close(int(CloseReason.BAD_REQUEST), reason)  # 123 bytes at most
+        except BrokerUnavailable as exc:
+            await ws.close(int(CloseReason.INTERNAL), f"unavailable: {exc}"[:120])
+        return None
 
 
 def _cursor(ws: WebSocket, hub: Hub) -> Cursor | None:
