@@ -361,8 +361,9 @@ class HttpCommandClient(Client):
         token_in: TokenPlacement,
         timeout: float,
         http: httpx.AsyncClient | None,
+        resume: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(timeout)
+        super().__init__(timeout, resume)
         self.base = base_url(url)
         self._owns_http = http is None
         self._http = http or new_http_client(self.base, timeout)

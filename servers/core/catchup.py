@@ -63,17 +63,21 @@ class CatchUp:
             if not table and self.holding.get(topic) is table:
                 del self.holding[topic]
 
-    def hold(self, topic: str, event: Event) -> None:
-        """Broker callback path: keep `event` for every outbox catching up on `topic`."""
+    def hold(self, topic: str, event: Event) -> int:
+        """Broker callback path: keep `event` for every outbox catching up on `topic`;
+        returns how many outboxes this closed for falling too far behind."""
         table = self.holding.get(topic)
         if not table:
-            return
+            return 0
         limit = self.limits.outbox_max_events
+        dropped = 0
         for outbox, events in table.items():
             if len(events) < limit:
                 events.append(event)
-            else:  # it could never take them all
+            elif not outbox.closed:  # it could never take them all
                 outbox.close(CloseReason.SLOW_CONSUMER)
+                dropped += 1
+        return dropped
 
     @staticmethod
     def replay(outbox: Outbox, read: Read, since: Position | None, stream: dict[str, Any],

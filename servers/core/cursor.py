@@ -129,6 +129,18 @@ class CursorTracker:
                 if len(value) > 2 and value[2] is True:
                     self.presence.add(room)
 
+    @classmethod
+    def from_cursor(cls, cursor: Cursor | None) -> CursorTracker:
+        """A tracker starting where a decoded cursor (a resumed connection) was."""
+        tracker = cls()
+        if cursor is not None:
+            tracker.inbox = cursor.inbox
+            for r in cursor.rooms:
+                tracker.rooms[r.room] = r.since
+                if r.presence:
+                    tracker.presence.add(r.room)
+        return tracker
+
     @staticmethod
     def _newer(held: Position | None, offset: Any, epoch: Any) -> Position | None:
         if not isinstance(offset, int) or not isinstance(epoch, str):

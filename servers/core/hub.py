@@ -459,7 +459,7 @@ class Hub:
         holding = self._catchup.holding  # connections catching up: rare, mostly empty
         if holding and topic in holding:
             event = Event.from_json(payload)
-            self._catchup.hold(topic, event)
+            self.stats.slow_consumers += self._catchup.hold(topic, event)
             if not targets:
                 return
         elif not targets:

@@ -279,9 +279,9 @@ class RedisBroker:
         # the epoch a script creates if the stream has none (Redis lost it)
         fresh = secrets.token_hex(4)
         try:
-            return await self._call("EVALSHA", script.sha, 3, *keys, fresh, self._meta_ttl, *args)
+            return await self._call("EVALSHA", script.sha, 2, *keys, fresh, self._meta_ttl, *args)
         except NoScriptError:  # a restarted Redis: EVAL caches it again
-            return await self._call("EVAL", script.text, 3, *keys, fresh, self._meta_ttl, *args)
+            return await self._call("EVAL", script.text, 2, *keys, fresh, self._meta_ttl, *args)
 
     async def publish_recorded(self, topic: str, body: bytes) -> Position:
         offset, epoch = await self._script(
