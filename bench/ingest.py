@@ -15,7 +15,9 @@ The gevent subscriber runs the exact delivery path of `loadgen.users.RtbenchUser
 stats); the asyncio baseline only counts messages, so the ratio is conservative.
 `--ws-validate-utf8` adds two WebSocket rows: websocket-client's own receive path
 (instead of `loadgen.clients.wsframes`), without and with its pure-Python UTF-8
-validation (`skip_utf8_validation=False`: the known trap).
+validation (`skip_utf8_validation=False`: the known trap). gRPC always has a
+second gevent row: the grpcio client (`--grpc-client grpcio`) beside the default
+h2 one (`loadgen.clients.grpc_h2`).
 
 Server pinned to core 0, subscribers and publisher to the other core(s):
 
@@ -42,6 +44,7 @@ SERVER_ARGS = ("--outbox-max-events", "1000000", "--outbox-max-bytes", str(1 << 
                "--session-ttl", "600")
 PAYLOAD_BYTES = 100
 WS_KINDS = {"gevent-wsclient": "websocket-client", "gevent-utf8": "websocket-client+utf8"}
+GRPC_KINDS = {"gevent-grpcio": "grpcio"}
 
 
 def _report(count: int, last: int) -> None:
@@ -84,7 +87,7 @@ def _gevent_subscriber(args: argparse.Namespace) -> int:
         warmup=0.0, drain=0.0, step_users=0, step_seconds=1.0, p99_limit_ms=1.0,
         conns_per_user=1, churn_interval=1.0, connect_timeout=30.0, request_events=True,
         result_file="", metrics_urls="", max_connect_failures=1, max_cpu=90.0,
-        max_lag_ms=20.0, invalid_exit_code=0, run_time=None)
+        max_lag_ms=20.0, invalid_exit_code=0, run_time=None, grpc_client=args.grpc_client)
     windows: dict[str, Any] = {}
     user = types.SimpleNamespace(rt=run)
     deliver = RtbenchUser._on_event(user, windows, args.transport)  # type: ignore[arg-type]
@@ -99,8 +102,8 @@ def _gevent_subscriber(args: argparse.Namespace) -> int:
                 seen["last"] = recv_us
                 done.set()
 
-    client = client_class(args.transport)(args.url, make_token("ingest-sub", DEV_SECRET),
-                                          on_event, 30.0)
+    cls = client_class(args.transport, args.grpc_client)
+    client = cls(args.url, make_token("ingest-sub", DEV_SECRET), on_event, 30.0)
     client.connect()
     window = run.recorder.open_window("sub", room_channel(args.room), 0)
     windows[room_channel(args.room)] = window
@@ -203,9 +206,10 @@ def _round(kind: str, transport: str, url: str, count: int, timeout: float) -> d
 
     room = f"ingest-{uuid.uuid4().hex[:8]}"
     role, recv = ("gevent", WS_KINDS[kind]) if kind in WS_KINDS else (kind, "frames")
+    role, grpc_client = ("gevent", GRPC_KINDS[kind]) if kind in GRPC_KINDS else (role, "h2")
     cmd = [sys.executable, "-m", "bench.ingest", "--role", role, "--transport", transport,
            "--url", url, "--count", str(count), "--room", room, "--timeout", str(timeout),
-           "--ws-recv", recv]
+           "--ws-recv", recv, "--grpc-client", grpc_client]
     from loadgen.measure import now_us
 
     with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -242,6 +246,7 @@ def measure(transport: str, count: int, rounds: int, utf8: bool, timeout: float,
     from bench.cluster import Cluster, load_cpus, pin_self
 
     kinds = ["aio", "gevent"] + (list(WS_KINDS) if utf8 and transport == "ws" else [])
+    kinds += list(GRPC_KINDS) if transport == "grpc" else []
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     with Cluster(transport, replicas=1, broker="memory", server_args=SERVER_ARGS) as cluster:
         pin_self(load_cpus())
@@ -258,6 +263,9 @@ def measure(transport: str, count: int, rounds: int, utf8: bool, timeout: float,
         out["gevent_utf8_rate"] = med["gevent-utf8"]
         out["utf8_slowdown"] = (med["gevent-wsclient"] / med["gevent-utf8"]
                                 if med["gevent-utf8"] else 0.0)
+    if "gevent-grpcio" in med:
+        out["gevent_grpcio_rate"] = med["gevent-grpcio"]
+        out["grpcio_ratio"] = med["gevent-grpcio"] / med["aio"] if med["aio"] else 0.0
     return out
 
 
@@ -273,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also measure websocket-client's receive path, without and with UTF-8 "
                         "validation")
     p.add_argument("--ws-recv", default="frames", help=argparse.SUPPRESS)
+    p.add_argument("--grpc-client", default="h2", help=argparse.SUPPRESS)
     p.add_argument("--target", type=float, default=0.6, help="ratio the issue asks for")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--json", help="write the results to this file")
@@ -306,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{'  websocket-client recv':<25} {r['gevent_wsclient_rate']:>13,.0f}")
             print(f"{'  + UTF-8 validation':<25} {r['gevent_utf8_rate']:>13,.0f}  "
                   f"(validation alone costs {r['utf8_slowdown']:.1f}x)")
+        if "gevent_grpcio_rate" in r:
+            print(f"{'  grpcio (gevent mode)':<25} {r['gevent_grpcio_rate']:>13,.0f} "
+                  f"{r['grpcio_ratio']:>6.2f}  (--grpc-client grpcio)")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

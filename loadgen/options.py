@@ -11,6 +11,7 @@ import argparse
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from loadgen.clients import GRPC_CLIENTS  # imports no client (nor gevent) itself
 from servers.core.auth import DEV_SECRET
 
 TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
@@ -21,6 +22,10 @@ def add_options(parser: Any) -> None:
     g = parser  # not a group: only the parser itself takes Locust's UI keywords
     g.add_argument("--transport", choices=TRANSPORTS, default="ws", env_var="LOCUST_TRANSPORT",
                    help="transport of every client (default ws)")
+    g.add_argument("--grpc-client", choices=GRPC_CLIENTS, default="h2",
+                   env_var="LOCUST_GRPC_CLIENT",
+                   help="gRPC client: h2 (HTTP/2 by h2 on a gevent socket, default) or grpcio "
+                        "(its gevent mode: a thread-pool round trip per message, ~4x slower)")
     g.add_argument("--servers", default="", env_var="LOCUST_SERVERS",
                    help="comma-separated base URLs of every replica (http://host:port; "
                         "gRPC: grpc://host:port); users are spread round-robin. Default: --host")
@@ -101,6 +106,7 @@ class Params:
     max_lag_ms: float
     invalid_exit_code: int
     run_time: float | None
+    grpc_client: str = "h2"
 
     @classmethod
     def from_options(cls, opts: argparse.Namespace) -> Params:
@@ -122,6 +128,7 @@ class Params:
             max_cpu=opts.max_cpu, max_lag_ms=opts.max_lag_ms,
             invalid_exit_code=opts.invalid_exit_code,
             run_time=float(opts.run_time) if getattr(opts, "run_time", None) else None,
+            grpc_client=getattr(opts, "grpc_client", "h2"),
         )
         p.check()
         return p
@@ -133,6 +140,8 @@ class Params:
         for name in ("publish_rate", "step_seconds", "churn_interval", "connect_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.grpc_client not in GRPC_CLIENTS:
+            raise ValueError(f"--grpc-client must be one of {', '.join(GRPC_CLIENTS)}")
         if self.payload_bytes < 0 or self.drain < 0 or self.warmup < 0:
             raise ValueError("--payload-bytes, --drain and --warmup must not be negative")
 

@@ -69,7 +69,7 @@ class RtbenchUser(User):
         p = self.rt.p
         url = p.server_for(self.index if server_index is None else server_index)
         transport = self.transport or p.transport
-        cls = client_class(transport)
+        cls = client_class(transport, p.grpc_client)
         windows = {} if windows is None else windows
         client = cls(url, make_token(user, p.secret), self._on_event(windows, transport),
                      p.connect_timeout)

@@ -1,0 +1,193 @@
+"""gRPC client (`Chat.Connect` bidirectional stream) on a plain gevent socket, HTTP/2 by `h2`.
+
+The default gRPC client of the load generator (`--grpc-client h2`): grpcio's gevent
+mode polls its completion queue in gevent's thread pool, a thread round trip
+per received message that caps a Locust process at a fraction of an asyncio
+client's ingest rate (see loadgen/README.md, bench/ingest.py). Here one reader
+greenlet per connection reads 256 KiB at a time and `grpcframes.GrpcStream`
+(sans-I/O) splits HTTP/2 frames and gRPC messages; no threads, nothing to hang
+on at shutdown.
+
+One TCP connection and one stream per client, like the other transports.
+Sends share the socket under a lock (publisher greenlets and the reader's
+WINDOW_UPDATE / PING acks); a send the server's flow-control window cannot take
+blocks until a WINDOW_UPDATE, like a full TCP buffer would.
+Frame <-> dict conversions and status -> close code are shared with the asyncio
+client (`loadgen.aio.grpc`).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, ClassVar
+
+import grpc
+import h2.exceptions
+import orjson
+from gevent.event import Event
+from gevent.lock import Semaphore
+from google.protobuf.message import DecodeError
+
+from loadgen.aio.grpc import CONNECT, close_info, event_of, frame_of, target_of
+from loadgen.clients.base import ClientError, StreamClient
+from loadgen.clients.base import split_url as _split
+from loadgen.clients.grpcframes import FRAME_OVERHEAD, GrpcFrameError, GrpcStream
+from loadgen.measure import now_us
+from servers.proto import rtbench_pb2 as pb
+
+RECV_BYTES = 256 * 1024
+_STATUS = {s.value[0]: s for s in grpc.StatusCode}
+
+
+def status_close(status: int, message: str) -> tuple[int, str]:
+    """Close code and reason of a final gRPC status (the grpcio client's mapping)."""
+    info = close_info(_STATUS.get(status, grpc.StatusCode.UNKNOWN), message)
+    return info.code, info.reason
+
+
+class GrpcH2Client(StreamClient):
+    transport: ClassVar[str] = "grpc"
+
+    _sock: socket.socket | None = None
+
+    def _open(self) -> dict[str, Any]:
+        host, port = _split(target_of(self.url), 50051)
+        self._lock = Semaphore()
+        self._writable = Event()
+        self._backlog: list[bytes] = []  # messages read with the welcome
+        self._stream = GrpcStream(f"{host}:{port}", CONNECT,
+                                  (("authorization", f"Bearer {self.token}"),))
+        try:
+            sock = socket.create_connection((host, port), timeout=self.timeout)
+        except OSError as exc:
+            raise ClientError("connect_failed", f"{self.url}: {exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)  # the caller's gevent.Timeout bounds the handshake
+        self._sock = sock
+        try:
+            sock.sendall(self._stream.start())
+            while True:
+                data = sock.recv(RECV_BYTES)
+                if not data:
+                    raise ClientError("1006", "connection closed before welcome")
+                msgs = self._stream.receive(data)
+                self._flush()
+                if msgs:
+                    self._backlog = msgs[1:]
+                    return event_of(pb.ServerFrame.FromString(msgs[0]))
+                if self._stream.ended is not None:
+                    code, reason = status_close(*self._stream.ended)
+                    raise ClientError(str(code), reason or "stream refused")
+        except (OSError, h2.exceptions.ProtocolError, GrpcFrameError, DecodeError) as exc:
+            self._abort()
+            raise ClientError("connect_failed", f"{self.url}: {exc}") from None
+        except BaseException:  # ClientError, or the connect() timeout
+            self._abort()
+            raise
+
+    def _flush(self) -> None:
+        """Write whatever h2 has queued (acks, pings, sends), in order."""
+        sock = self._sock
+        if sock is None:
+            return
+        with self._lock:
+            out = self._stream.data_to_send()
+            if out:
+                sock.sendall(out)
+
+    def _send_command(self, cmd: dict[str, Any]) -> None:
+        self._put(frame_of(cmd).SerializeToString())
+
+    def send(self, frame: bytes) -> None:
+        self._send_command(orjson.loads(frame))
+
+    def publish(self, room: str, data: bytes) -> None:
+        f = pb.ClientFrame()
+        f.publish.room = room
+        f.publish.data = data  # already the JSON encoding: no decode/re-encode
+        self._put(f.SerializeToString())
+
+    def direct(self, to: str, data: bytes) -> None:
+        f = pb.ClientFrame()
+        f.direct.to = to
+        f.direct.data = data
+        self._put(f.SerializeToString())
+
+    def _put(self, raw: bytes) -> None:
+        if self.closed.is_set() or self._sock is None:
+            raise ClientError("closed", self.close_reason or "connection is closed")
+        stream = self._stream
+        try:
+            stream.send(raw)
+            while True:
+                self._writable.clear()  # before the check: a WINDOW_UPDATE may come in _flush
+                done = stream.flush_pending()
+                self._flush()
+                if done:
+                    return
+                if self.closed.is_set() or stream.ended is not None:
+                    raise ClientError("closed", self.close_reason or "stream ended")
+                self._writable.wait()  # the server's window is full: like a full TCP buffer
+        except (OSError, h2.exceptions.ProtocolError) as exc:
+            self._ended(1006, f"send failed: {exc}")
+            raise ClientError("closed", str(exc)) from None
+
+    def _read_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        recv = sock.recv
+        stream = self._stream
+        receive = stream.receive
+        dispatch = self._dispatch
+        parse = pb.ServerFrame.FromString
+        try:
+            t = now_us()
+            for raw in self._backlog:
+                dispatch(event_of(parse(raw)), len(raw) + FRAME_OVERHEAD, t)
+            self._backlog = []
+            while True:
+                data = recv(RECV_BYTES)
+                t = now_us()  # before decoding: parsing is not latency
+                if not data:
+                    self._ended(1006, "connection closed without a gRPC status")
+                    break
+                msgs = receive(data)
+                self._flush()  # acks first: the server must not wait on our dispatching
+                for raw in msgs:
+                    dispatch(event_of(parse(raw)), len(raw) + FRAME_OVERHEAD, t)
+                if stream.window_opened:
+                    self._writable.set()
+                if stream.ended is not None:
+                    self._ended(*status_close(*stream.ended))
+                    break
+        except OSError as exc:
+            self._ended(1006, f"connection lost: {exc}")
+        except (h2.exceptions.ProtocolError, GrpcFrameError) as exc:
+            self._ended(1002, f"server broke the protocol: {exc}")
+        except (ValueError, DecodeError) as exc:  # undecodable frame, bad JSON in `data`
+            self._ended(1007, f"bad frame from server: {exc}")
+        self._writable.set()  # a blocked sender sees `closed`
+        self._abort()
+
+    def _abort(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        self._ended(1000, "closed by client")  # first: ends the reader and blocked senders
+        self._writable.set()
+        if self._reader is not None:  # a gevent socket takes one reader at a time
+            self._reader.kill(block=True, timeout=1)
+        if self._lock.acquire(timeout=1):  # a sender may hang in sendall on a stuck server
+            try:
+                sock.settimeout(1)
+                sock.sendall(self._stream.cancel())
+            except OSError:
+                pass  # the server is gone already: nothing to cancel
+            finally:
+                self._lock.release()
+        self._abort()

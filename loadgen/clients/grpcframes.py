@@ -1,0 +1,214 @@
+"""Sans-I/O gRPC over HTTP/2 for one client stream (`h2` keeps the HTTP/2 state).
+
+grpcio under gevent pays a thread-pool round trip per received message; this
+side takes whatever one large `recv()` returned, lets `h2` split the HTTP/2
+frames, and splits the gRPC messages (5-byte prefix: compressed flag,
+big-endian length) out of the DATA in one loop. `loadgen.clients.grpc_h2` does
+the socket I/O. No gevent here: tests drive it against an `h2` server.
+
+Flow control: our receive windows (stream and connection) are opened to the
+HTTP/2 maximum at once and every batch of DATA is acknowledged right after it is
+read, so the server never waits on us. Sends respect the server's windows:
+bytes it cannot take yet wait in `pending` until a WINDOW_UPDATE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import unquote
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+# gRPC message prefix (5) + one HTTP/2 DATA frame header (9) per event
+FRAME_OVERHEAD = 14
+MAX_WINDOW = 2**31 - 1
+MAX_FRAME = 1 << 20  # we accept DATA frames up to 1 MiB: fewer frames, fewer h2 events
+MAX_MESSAGE = 64 << 20
+STREAM_ID = 1
+
+# gRPC status numbers (grpc/doc/statuscodes.md) used below
+OK, CANCELLED, UNKNOWN, INTERNAL, UNAVAILABLE, RESOURCE_EXHAUSTED = 0, 1, 2, 13, 14, 8
+# RST_STREAM error -> status, as gRPC's HTTP/2 mapping (doc/PROTOCOL-HTTP2.md)
+_RESET_STATUS = {h2.errors.ErrorCodes.REFUSED_STREAM: UNAVAILABLE,
+                 h2.errors.ErrorCodes.CANCEL: CANCELLED,
+                 h2.errors.ErrorCodes.ENHANCE_YOUR_CALM: RESOURCE_EXHAUSTED}
+# HTTP status of a response that is not gRPC -> status (same document)
+_HTTP_STATUS = {400: INTERNAL, 401: 16, 403: 7, 404: 12, 429: UNAVAILABLE, 502: UNAVAILABLE,
+                503: UNAVAILABLE, 504: UNAVAILABLE}
+
+
+class GrpcFrameError(ValueError):
+    """The server broke gRPC's message framing; the connection must be closed."""
+
+
+def encode_message(raw: bytes) -> bytes:
+    """One length-prefixed, uncompressed gRPC message."""
+    return b"\0" + len(raw).to_bytes(4, "big") + raw
+
+
+class MessageReader:
+    """Feed DATA bytes, get every complete gRPC message (split or batched alike)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf + data if self._buf else data
+        n = len(buf)
+        pos = 0
+        out: list[bytes] = []
+        append = out.append
+        while n - pos >= 5:
+            if buf[pos]:
+                raise GrpcFrameError("compressed message, but no compression was negotiated")
+            length = int.from_bytes(buf[pos + 1:pos + 5], "big")
+            if length > MAX_MESSAGE:
+                raise GrpcFrameError(f"message of {length} bytes (limit {MAX_MESSAGE})")
+            end = pos + 5 + length
+            if end > n:
+                break
+            append(buf[pos + 5:end])
+            pos = end
+        self._buf = buf[pos:] if pos < n else b""
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+
+def _status_of(headers: Sequence[tuple[bytes, bytes]]) -> tuple[int, str] | None:
+    """(grpc-status, grpc-message) from trailers or a trailers-only response."""
+    status: int | None = None
+    message = ""
+    http = 200
+    for name, value in headers:
+        if name == b"grpc-status":
+            try:
+                status = int(value)
+            except ValueError:
+                status = UNKNOWN
+        elif name == b"grpc-message":
+            message = unquote(value.decode("utf-8", "replace"))
+        elif name == b":status":
+            http = int(value)
+    if status is None and http != 200:
+        return _HTTP_STATUS.get(http, UNKNOWN), f"HTTP status {http}"
+    return None if status is None else (status, message)
+
+
+class GrpcStream:
+    """One `Chat.Connect`-style bidirectional stream on its own HTTP/2 connection.
+
+    `start()` -> bytes to write first; `receive(data)` -> gRPC messages, after
+    which `ended` may hold the final `(grpc status, message)`; `send(raw)` queues a
+    message; `data_to_send()` is everything to write now (acks, pings, sends).
+    """
+
+    def __init__(self, authority: str, path: str,
+                 metadata: Sequence[tuple[str, str]] = ()) -> None:
+        cfg = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.conn = h2.connection.H2Connection(cfg)
+        self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: MAX_WINDOW,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        })
+        self.headers = [(b":method", b"POST"), (b":scheme", b"http"),
+                        (b":path", path.encode()), (b":authority", authority.encode()),
+                        (b"te", b"trailers"), (b"content-type", b"application/grpc"),
+                        (b"user-agent", b"rtbench-loadgen-h2/1")]
+        self.headers += [(k.lower().encode(), v.encode()) for k, v in metadata]
+        self.messages = MessageReader()
+        self.ended: tuple[int, str] | None = None
+        self.pending = bytearray()  # queued message bytes the server's window has no room for
+        self.window_opened = False  # set by `receive` when a WINDOW_UPDATE may unblock sends
+
+    def start(self) -> bytes:
+        conn = self.conn
+        conn.initiate_connection()
+        conn.increment_flow_control_window(MAX_WINDOW - 65535)  # the connection's window
+        conn.send_headers(STREAM_ID, self.headers)
+        return conn.data_to_send()
+
+    def data_to_send(self) -> bytes:
+        return self.conn.data_to_send()
+
+    def send(self, raw: bytes) -> bool:
+        """Queue one message; True when all queued bytes went into HTTP/2 frames."""
+        if self.ended is not None:
+            return False
+        self.pending += encode_message(raw)
+        return self.flush_pending()
+
+    def flush_pending(self) -> bool:
+        """Move queued bytes into DATA frames as the windows allow; True when none are left."""
+        conn = self.conn
+        pending = self.pending
+        while pending:
+            room = min(conn.local_flow_control_window(STREAM_ID), conn.max_outbound_frame_size)
+            if room <= 0:
+                return False
+            chunk = bytes(pending[:room])
+            del pending[:room]
+            conn.send_data(STREAM_ID, chunk)
+        return True
+
+    def receive(self, data: bytes) -> list[bytes]:
+        """Messages carried by `data` (may also set `ended` and `window_opened`)."""
+        out: list[bytes] = []
+        acked = 0
+        self.window_opened = False
+        for ev in self.conn.receive_data(data):
+            if type(ev) is h2.events.DataReceived:
+                acked += ev.flow_controlled_length
+                if ev.data:
+                    out += self.messages.feed(ev.data)
+            else:
+                self._event(ev)
+        if acked:
+            self.conn.acknowledge_received_data(acked, STREAM_ID)
+        if self.window_opened and self.pending and self.ended is None:
+            self.flush_pending()
+        return out
+
+    def _event(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.ResponseReceived | h2.events.TrailersReceived):
+            status = _status_of(ev.headers or ())
+            if status is not None:
+                self._end(*status)
+        elif isinstance(ev, h2.events.StreamEnded):
+            self._end(UNKNOWN, "stream ended without grpc-status")
+        elif isinstance(ev, h2.events.StreamReset):
+            code = _RESET_STATUS.get(ev.error_code, INTERNAL)  # type: ignore[call-overload]
+            self._end(code, f"stream reset by server ({ev.error_code!s})")
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            last = ev.last_stream_id
+            if ev.error_code or last is None or last < STREAM_ID:
+                self._end(UNAVAILABLE, f"connection terminated by server (GOAWAY "
+                                       f"{ev.error_code!s})")
+        elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self.window_opened = True
+
+    def _end(self, status: int, message: str) -> None:
+        if self.ended is None:
+            self.ended = (status, message)
+
+    def cancel(self) -> bytes:
+        """RST_STREAM(CANCEL) and GOAWAY: the bytes that end the call from our side."""
+        conn = self.conn
+        try:
+            if self.ended is None:
+                conn.reset_stream(STREAM_ID, h2.errors.ErrorCodes.CANCEL)
+            conn.close_connection()
+        except h2.exceptions.ProtocolError:
+            pass  # already closed on the HTTP/2 level: nothing left to say
+        self._end(CANCELLED, "cancelled by client")
+        return conn.data_to_send()
