@@ -141,8 +141,9 @@ async def _sample(url: str, transport: str, node_cpu: Any, plan: Plan) -> dict[s
             await opts["http"].aclose()
     expected = n * members
     h = sink.hist
-    return {"cpu_per_delivery": cpu / delivered * 1e6 if delivered else float("nan"),
-            "throughput": delivered / cpu if cpu > 0 else float("nan"),
+    measured = cpu > 0 and delivered > 0  # else too short for psutil's 10 ms CPU ticks
+    return {"cpu_per_delivery": cpu / delivered * 1e6 if measured else float("nan"),
+            "throughput": delivered / cpu if measured else float("nan"),
             "p50": h.percentile(50) / 1000, "p95": h.percentile(95) / 1000,
             "p99": h.percentile(99) / 1000,
             "lost": max(0, expected - delivered), "duplicates": max(0, delivered - expected)}

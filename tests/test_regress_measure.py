@@ -1,0 +1,49 @@
+"""The regress signal on real processes: the slowdown knob costs CPU, a sample measures sanely."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bench.regress import Plan, Side, measure
+from servers.fanout import make_broker
+from servers.fanout.slowdown import SlowBroker
+
+
+async def test_inject_work_burns_cpu_per_message() -> None:
+    got: list[bytes] = []
+    broker = make_broker("memory", inject_work_us=2000)
+    assert isinstance(broker, SlowBroker)
+    await broker.start(lambda topic, payload: got.append(payload))
+    try:
+        await broker.subscribe("room")
+        cpu0, wall0 = time.thread_time(), time.perf_counter()
+        for i in range(20):
+            await broker.publish("room", b"m%d" % i)
+        burnt, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+    finally:
+        await broker.close()
+    assert got == [b"m%d" % i for i in range(20)]  # delivered, in order, once
+    assert wall >= 20 * 0.002
+    # a busy spin (a sleep would cost ~0 CPU); not all of it when other processes share the core
+    assert burnt >= 0.5 * wall
+
+
+def test_knob_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RTBENCH_INJECT_WORK_US", raising=False)
+    assert not isinstance(make_broker("memory"), SlowBroker)
+    monkeypatch.setenv("RTBENCH_INJECT_WORK_US", "150")
+    broker = make_broker("memory")
+    assert isinstance(broker, SlowBroker) and broker.work_us == 150
+
+
+def test_one_sample_on_a_real_server() -> None:
+    # ~1000 deliveries: several of psutil's 10 ms CPU ticks, so the CPU figure is not 0
+    plan = Plan(subscribers=50, rate=20, seconds=1, warmup=0.3, pairs=1, broker="memory")
+    rows = measure([Side("head")], plan)["head"]
+    assert len(rows) == 1
+    m = rows[0]["metrics"]
+    assert m["lost"] == 0 and m["duplicates"] == 0
+    assert m["cpu_per_delivery"] > 0 and m["throughput"] > 0
+    assert 0 < m["p50"] <= m["p95"] <= m["p99"]
