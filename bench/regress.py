@@ -319,7 +319,7 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     t0 = time.monotonic()
     # CI cancels with SIGTERM: unwind through the context managers (servers, worktree)
-    signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.pairs < 3:
             raise HarnessError("--pairs must be at least 3 (fewer cannot reach significance)")
@@ -339,6 +339,8 @@ def main(argv: Sequence[str]) -> int:
             KeyboardInterrupt) as exc:
         print(f"rtbench regress: harness error: {exc}", file=sys.stderr)
         return EXIT["error"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     wall = time.monotonic() - t0
     notes = [*notes, f"{plan.pairs} samples per side per round, {wall:.0f} s"]
     md = markdown(comps, verdict, "rtbench regress", notes)
