@@ -30,6 +30,8 @@ MAX_WINDOW = 2**31 - 1
 MAX_FRAME = 1 << 20  # we accept DATA frames up to 1 MiB: fewer frames, fewer h2 events
 MAX_MESSAGE = 64 << 20
 STREAM_ID = 1
+_STREAM_ID = STREAM_ID.to_bytes(4, "big")
+ACK_BYTES = 1 << 20  # fast-path DATA given back in WINDOW_UPDATEs of at least this much
 
 # gRPC status numbers (grpc/doc/statuscodes.md) used below
 OK, CANCELLED, UNKNOWN, INTERNAL, UNAVAILABLE, RESOURCE_EXHAUSTED = 0, 1, 2, 13, 14, 8
@@ -84,6 +86,10 @@ class MessageReader:
         return len(self._buf)
 
 
+def _window_update(stream_id: int, increment: int) -> bytes:
+    return b"\x00\x00\x04\x08\x00" + stream_id.to_bytes(4, "big") + increment.to_bytes(4, "big")
+
+
 def _status_of(headers: Sequence[tuple[bytes, bytes]]) -> tuple[int, str] | None:
     """(grpc-status, grpc-message) from trailers or a trailers-only response."""
     status: int | None = None
@@ -130,6 +136,10 @@ class GrpcStream:
         self.ended: tuple[int, str] | None = None
         self.pending = bytearray()  # queued message bytes the server's window has no room for
         self.window_opened = False  # set by `receive` when a WINDOW_UPDATE may unblock sends
+        self._buf = b""  # an incomplete HTTP/2 frame
+        self._fast = False  # DATA frames bypass h2 (response headers in, stream not ended)
+        self._unacked = 0  # fast-path DATA bytes not yet given back by WINDOW_UPDATE
+        self._extra = b""  # our own WINDOW_UPDATE frames, written after h2's bytes
 
     def start(self) -> bytes:
         conn = self.conn
@@ -139,7 +149,10 @@ class GrpcStream:
         return conn.data_to_send()
 
     def data_to_send(self) -> bytes:
-        return self.conn.data_to_send()
+        out = self.conn.data_to_send()
+        if self._extra:
+            out, self._extra = out + self._extra, b""
+        return out
 
     def send(self, raw: bytes) -> bool:
         """Queue one message; True when all queued bytes went into HTTP/2 frames."""
@@ -162,11 +175,57 @@ class GrpcStream:
         return True
 
     def receive(self, data: bytes) -> list[bytes]:
-        """Messages carried by `data` (may also set `ended` and `window_opened`)."""
+        """Messages carried by `data` (may also set `ended` and `window_opened`).
+
+        Plain DATA frames of our stream (no END_STREAM, no padding) once the
+        response headers are in take the fast path: h2 spends ~14 µs on each, and
+        grpcio servers send one DATA frame per message. Every other frame goes to
+        h2, in order. h2 never sees the fast frames, so their flow control is ours.
+        """
+        buf = self._buf + data if self._buf else data
+        n = len(buf)
+        pos = 0
+        slow = -1  # start of a run of frames for h2
         out: list[bytes] = []
-        acked = 0
+        feed = self.messages.feed
+        fast = 0
         self.window_opened = False
-        for ev in self.conn.receive_data(data):
+        while n - pos >= 9:
+            length = int.from_bytes(buf[pos:pos + 3], "big")
+            end = pos + 9 + length
+            if length > MAX_FRAME:  # h2 raises the right error for it
+                slow, pos = pos if slow < 0 else slow, n
+                break
+            if end > n:
+                break
+            if buf[pos + 3] == 0 and buf[pos + 4] == 0 and buf[pos + 5:pos + 9] == _STREAM_ID:
+                if slow >= 0:  # in order: h2 may end the stream before this frame
+                    self._slow(buf[slow:pos], out)
+                    slow = -1
+                if self._fast:
+                    out += feed(buf[pos + 9:end])
+                    fast += length
+                    pos = end
+                    continue
+            if slow < 0:
+                slow = pos
+            pos = end
+        if slow >= 0:
+            self._slow(buf[slow:pos], out)
+        self._buf = buf[pos:] if pos < n else b""
+        if fast:
+            self._unacked += fast
+            if self._unacked >= ACK_BYTES:
+                self._extra += _window_update(0, self._unacked) + _window_update(
+                    STREAM_ID, self._unacked)
+                self._unacked = 0
+        if self.window_opened and self.pending and self.ended is None:
+            self.flush_pending()
+        return out
+
+    def _slow(self, frames: bytes, out: list[bytes]) -> None:
+        acked = 0
+        for ev in self.conn.receive_data(frames):
             if type(ev) is h2.events.DataReceived:
                 acked += ev.flow_controlled_length
                 if ev.data:
@@ -175,15 +234,14 @@ class GrpcStream:
                 self._event(ev)
         if acked:
             self.conn.acknowledge_received_data(acked, STREAM_ID)
-        if self.window_opened and self.pending and self.ended is None:
-            self.flush_pending()
-        return out
 
     def _event(self, ev: h2.events.Event) -> None:
         if isinstance(ev, h2.events.ResponseReceived | h2.events.TrailersReceived):
             status = _status_of(ev.headers or ())
             if status is not None:
                 self._end(*status)
+            elif isinstance(ev, h2.events.ResponseReceived):
+                self._fast = True
         elif isinstance(ev, h2.events.StreamEnded):
             self._end(UNKNOWN, "stream ended without grpc-status")
         elif isinstance(ev, h2.events.StreamReset):
@@ -198,6 +256,7 @@ class GrpcStream:
             self.window_opened = True
 
     def _end(self, status: int, message: str) -> None:
+        self._fast = False
         if self.ended is None:
             self.ended = (status, message)
 
