@@ -88,13 +88,10 @@ async def measure(target: str, subscribers: int, rate: float, seconds: float, br
         node = cluster.nodes[0]
         pin_self(load_cpus())
         opts: dict[str, Any] = {}
-        if transport in ("sse", "longpoll"):
-            import httpx
+        if transport in ("sse", "longpoll"):  # one keep-alive pool for every client's commands
+            from loadgen.aio.http11 import Pool
 
-            opts["http"] = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-                timeout=httpx.Timeout(30.0),
-            )
+            opts["http"] = Pool()
         sink = Sink()
         subs = await _connect_many(transport, node.url, subscribers, opts)
         pub = await connect(transport, node.url, make_token("publisher", DEV_SECRET), **opts)

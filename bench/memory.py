@@ -67,13 +67,10 @@ async def measure(transport: str, connections: int, warmup: int) -> dict[str, An
         node = cluster.nodes[0]
         pin_self(load_cpus())
         opts: dict[str, Any] = {}
-        if transport in ("sse", "longpoll"):
-            import httpx
+        if transport in ("sse", "longpoll"):  # one keep-alive pool for every client's commands
+            from loadgen.aio.http11 import Pool
 
-            opts["http"] = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-                timeout=httpx.Timeout(60.0),
-            )
+            opts["http"] = Pool()
         clients: list[Client] = []
         try:
             clients += await _open(transport, node.url, 0, warmup, opts)

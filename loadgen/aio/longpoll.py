@@ -1,5 +1,10 @@
 """Long-polling client (docs/protocol.md 7.3): POST /lp/connect, a poll loop, one
-POST per command, DELETE to close."""
+POST per command, DELETE to close.
+
+The session is created on the connection that then carries the poll loop, so an
+idle client holds one connection; commands go through a keep-alive pool, never
+behind a held poll.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +12,25 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
-from loadgen.aio.base import (
-    ABNORMAL,
-    CloseInfo,
-    HttpCommandClient,
-    TokenPlacement,
-    decode_body,
-    refused,
-)
+from loadgen.aio.base import ABNORMAL, CloseInfo, ServerClosed, TokenPlacement
+from loadgen.aio.http11 import Connection, HttpSessionClient, decode_body, refused
+
+if TYPE_CHECKING:
+    import httpx
+
+    from loadgen.aio.http11 import Pool
 
 
-class LongPollClient(HttpCommandClient):
+class LongPollClient(HttpSessionClient):
     transport = "longpoll"
 
     poll_timeout = 25.0
-    _conn_url = ""
+    _conn_path = ""
+    _polling: Connection | None = None
     _poller: asyncio.Task[None] | None = None
 
     @classmethod
@@ -38,25 +42,27 @@ class LongPollClient(HttpCommandClient):
         timeout: float = 10.0,  # noqa: ASYNC109 - kept as the per-command reply timeout
         token_in: TokenPlacement = "header",
         first: Sequence[dict[str, Any]] = (),
-        http: httpx.AsyncClient | None = None,
+        http: Pool | httpx.AsyncClient | None = None,
         poll_timeout: float = 25.0,
     ) -> LongPollClient:
-        """Create the session (its response carries `welcome`), send `first`, start polling."""
+        """Create the session (its response carries `welcome`), send `first`, start polling.
+
+        `http`: a shared `http11.Pool` for the commands; an httpx client is ignored."""
         self = cls(url, token, token_in, timeout, http)
         self.poll_timeout = poll_timeout
         try:
-            resp = await self._http.post(
-                self.base + "/lp/connect", headers=self._headers, params=self._params
-            )
+            self._polling = await self.connection()
+            resp = await self._polling.request("POST", self.target("/lp/connect"),
+                                               self._headers, b"", timeout)
         except BaseException:
-            await self._close_http()
+            await self._abandon()
             raise
-        if resp.status_code != 200:
-            await self._close_http()
+        if resp.status != 200:
+            await self._abandon()
             raise refused(resp)
         body = decode_body(resp)
-        self._conn_url = f"{self.base}/lp/{body['conn']}"
-        self.command_url = self._conn_url
+        self._conn_path = f"/lp/{body['conn']}"
+        self.command_path = self._conn_path
         events = body.get("events") or [{}]
         self._set_welcome(events[0])
         if self._welcomed.exception() is not None:
@@ -71,9 +77,8 @@ class LongPollClient(HttpCommandClient):
         return self
 
     async def _poll(self) -> None:
-        get = self._http.get
-        url = self._conn_url + "/poll"
-        params = {**self._params, "timeout": str(self.poll_timeout)}
+        target = self.target(self._conn_path + "/poll", timeout=str(self.poll_timeout))
+        headers = self._headers
         timeout = self.poll_timeout + self.timeout
         loads = orjson.loads
         deliver = self._deliver
@@ -81,22 +86,29 @@ class LongPollClient(HttpCommandClient):
         info: CloseInfo | None = None
         try:
             while True:
-                resp = await get(url, headers=self._headers, params=params, timeout=timeout)
-                if resp.status_code != 200:
+                conn = self._polling
+                if conn is None or not conn.usable:  # the server ended the keep-alive
+                    conn = self._polling = await self.connection()
+                resp = await conn.request("GET", target, headers, b"", timeout)
+                if resp.status != 200:
                     err = decode_body(resp)
-                    info = CloseInfo(ABNORMAL, f"poll answered {resp.status_code}: "
+                    info = CloseInfo(ABNORMAL, f"poll answered {resp.status}: "
                                                f"{err.get('code')} {err.get('message', '')}")
                     break
                 recv_us = clock() // 1000
-                body = loads(resp.content)
-                for ev in body["events"]:
+                try:
+                    body = loads(resp.body)
+                    events, closed = body["events"], body.get("closed")
+                except (ValueError, KeyError, TypeError) as exc:  # not the documented body
+                    info = CloseInfo(ABNORMAL, f"bad poll response: {exc!r}")
+                    break
+                for ev in events:
                     deliver(ev, recv_us)
-                closed = body.get("closed")
                 if closed:
                     info = CloseInfo(int(closed["code"]), str(closed.get("reason", "")))
                     break
-        except httpx.HTTPError as exc:
-            info = CloseInfo(ABNORMAL, f"poll failed: {exc!r}")
+        except (ServerClosed, TimeoutError) as exc:
+            info = CloseInfo(ABNORMAL, f"poll failed: {exc}")
         finally:
             self._finish(info)
 
@@ -108,9 +120,10 @@ class LongPollClient(HttpCommandClient):
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        if self._polling is not None:
+            await self._polling.aclose()
         self._finish(None)
-        if self._conn_url and not already_done:
-            with contextlib.suppress(httpx.HTTPError):
-                await self._http.delete(self._conn_url, headers=self._headers,
-                                        params=self._params, timeout=self.timeout)
-        await self._close_http()
+        if self._conn_path and not already_done:
+            with contextlib.suppress(ServerClosed, TimeoutError):
+                await self._send("DELETE", self._conn_path)
+        await self._close_pool()

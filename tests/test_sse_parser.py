@@ -1,0 +1,85 @@
+"""The sans-I/O event-stream parser of the asyncio SSE client, fed raw bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadgen.aio.sse_parser import SseError, SseParser
+
+Event = tuple[bytes, bytes, int]
+
+STREAM = (b": ping\n\n"
+          b"event: welcome\ndata: {\"type\":\"welcome\"}\n\n"
+          b"data: {\"a\":\ndata: 1}\n\n"
+          b"event: message\nid: 7\ndata:no-space\n\n")
+EXPECTED = [(b"welcome", b'{"type":"welcome"}'), (b"message", b'{"a":\n1}'),
+            (b"message", b"no-space")]
+
+
+def parse(*chunks: bytes) -> tuple[SseParser, list[Event]]:
+    out: list[Event] = []
+    p = SseParser(lambda event, data, recv_us: out.append((event, data, recv_us)))
+    for i, chunk in enumerate(chunks):
+        p.feed(chunk, i)
+    return p, out
+
+
+def events(*chunks: bytes) -> list[tuple[bytes, bytes]]:
+    return [(e, d) for e, d, _ in parse(*chunks)[1]]
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
+def test_every_split_point_gives_the_same_events(eol: bytes) -> None:
+    stream = STREAM.replace(b"\n", eol)
+    assert events(stream) == EXPECTED
+    for cut in range(1, len(stream)):
+        assert events(stream[:cut], stream[cut:]) == EXPECTED, cut
+    assert events(*(stream[i:i + 1] for i in range(len(stream)))) == EXPECTED
+
+
+def test_cr_ending_a_chunk_then_lf_is_one_line_end() -> None:
+    # the LF opening the second chunk completes "data: a\r": not a blank line
+    assert events(b"data: a\r", b"\ndata: b\r\n\r\n") == [(b"message", b"a\nb")]
+    # a lone CR is a line end of its own: the event is complete without any LF
+    assert events(b"data: a\r\r") == [(b"message", b"a")]
+
+
+def test_event_completes_with_the_receive_time_of_its_last_chunk() -> None:
+    _, out = parse(b"data: x", b"\n", b"\ndata: y\n\n")
+    assert out == [(b"message", b"x", 2), (b"message", b"y", 2)]
+
+
+def test_id_and_retry_fields() -> None:
+    p, out = parse(b"id: 1\ndata: a\n\nretry: 2500\ndata: b\n\nid: x\0y\nretry: soon\ndata: c\n\n")
+    assert [d for _, d, _ in out] == [b"a", b"b", b"c"]
+    assert p.last_id == b"1"  # persists across events; an id with NUL is ignored
+    assert p.retry_ms == 2500  # a non-numeric retry is ignored
+
+
+def test_events_without_data_are_not_dispatched_and_reset_the_type() -> None:
+    assert events(b"event: close\n\ndata: after\n\n") == [(b"message", b"after")]
+    assert events(b"data\n\n") == [(b"message", b"")]  # a field name alone: empty value
+    assert events(b"data:\ndata:\n\n") == [(b"message", b"\n")]
+
+
+def test_comments_and_unknown_fields_are_ignored() -> None:
+    assert events(b":\n: ping\nfoo: bar\nbaz\ndata: 1\n\n") == [(b"message", b"1")]
+
+
+def test_a_leading_bom_is_skipped_even_when_split() -> None:
+    bom = b"\xef\xbb\xbf"
+    assert events(bom + b"data: 1\n\n") == [(b"message", b"1")]
+    assert events(bom[:1], bom[1:2], bom[2:] + b"data: 1\n\n") == [(b"message", b"1")]
+    # only at the start: a later BOM is part of a field name, an unknown field
+    assert events(b"data: 1\n\n" + bom + b"data: 2\n\n") == [(b"message", b"1")]
+
+
+def test_an_incomplete_event_is_not_dispatched() -> None:
+    assert events(b"data: 1\n\ndata: 2\n") == [(b"message", b"1")]
+
+
+def test_an_over_long_line_raises() -> None:
+    p = SseParser(lambda *_: None, max_line=10)
+    p.feed(b"data: 1234\n\n")  # 10 bytes: fine
+    with pytest.raises(SseError):
+        p.feed(b"data: 12345")
