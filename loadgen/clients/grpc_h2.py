@@ -114,19 +114,20 @@ class GrpcH2Client(StreamClient):
         self._put(f.SerializeToString())
 
     def _put(self, raw: bytes) -> None:
-        if self.closed.is_set() or self._sock is None:
+        if self._sock is None:
             raise ClientError("closed", self.close_reason or "connection is closed")
         stream = self._stream
         try:
             stream.send(raw)
             while True:
+                if self.closed.is_set() or self._sock is None or not stream.accepting:
+                    raise ClientError("closed", self.close_reason or "stream ended or "
+                                      "server going away")
                 self._writable.clear()  # before the check: a WINDOW_UPDATE may come in _flush
                 done = stream.flush_pending()
                 self._flush()
                 if done:
                     return
-                if self.closed.is_set() or stream.ended is not None:
-                    raise ClientError("closed", self.close_reason or "stream ended")
                 self._writable.wait()  # the server's window is full: like a full TCP buffer
         except (OSError, h2.exceptions.ProtocolError) as exc:
             self._ended(1006, f"send failed: {exc}")

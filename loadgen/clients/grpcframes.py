@@ -31,6 +31,10 @@ MAX_FRAME = 1 << 20  # we accept DATA frames up to 1 MiB: fewer frames, fewer h2
 MAX_MESSAGE = 64 << 20
 STREAM_ID = 1
 _STREAM_ID = STREAM_ID.to_bytes(4, "big")
+# HTTP/2 frame types and flags (RFC 9113 section 6) read after a GOAWAY
+_DATA, _HEADERS, _RST_STREAM, _PING, _GOAWAY, _CONTINUATION = 0, 1, 3, 6, 7, 9
+_ACK = _END_STREAM = 0x1
+_END_HEADERS, _PADDED, _PRIORITY = 0x4, 0x8, 0x20
 ACK_BYTES = 1 << 20  # fast-path DATA given back in WINDOW_UPDATEs of at least this much
 
 # gRPC status numbers (grpc/doc/statuscodes.md) used below
@@ -139,7 +143,10 @@ class GrpcStream:
         self._buf = b""  # an incomplete HTTP/2 frame
         self._fast = False  # DATA frames bypass h2 (response headers in, stream not ended)
         self._unacked = 0  # fast-path DATA bytes not yet given back by WINDOW_UPDATE
-        self._extra = b""  # our own WINDOW_UPDATE frames, written after h2's bytes
+        self._extra = b""  # our own frames (WINDOW_UPDATE, PING ack), written after h2's
+        self._goaway = False  # h2 saw a GOAWAY: we read the frames that follow
+        self._block = b""  # header block of trailers after a GOAWAY (HEADERS + CONTINUATION)
+        self._block_ends = False
 
     def start(self) -> bytes:
         conn = self.conn
@@ -154,9 +161,14 @@ class GrpcStream:
             out, self._extra = out + self._extra, b""
         return out
 
+    @property
+    def accepting(self) -> bool:
+        """False once the stream ended or the server sent GOAWAY (h2 then sends nothing)."""
+        return self.ended is None and not self._goaway
+
     def send(self, raw: bytes) -> bool:
         """Queue one message; True when all queued bytes went into HTTP/2 frames."""
-        if self.ended is not None:
+        if not self.accepting:
             return False
         self.pending += encode_message(raw)
         return self.flush_pending()
@@ -188,7 +200,6 @@ class GrpcStream:
         slow = -1  # start of a run of frames for h2
         out: list[bytes] = []
         feed = self.messages.feed
-        fast = 0
         self.window_opened = False
         while n - pos >= 9:
             length = int.from_bytes(buf[pos:pos + 3], "big")
@@ -198,30 +209,89 @@ class GrpcStream:
                 break
             if end > n:
                 break
-            if buf[pos + 3] == 0 and buf[pos + 4] == 0 and buf[pos + 5:pos + 9] == _STREAM_ID:
+            kind = buf[pos + 3]
+            if self._goaway:
+                self._after_goaway(kind, buf[pos + 4], buf[pos + 5:pos + 9], buf[pos + 9:end],
+                                   out)
+                pos = end
+                continue
+            if kind == 0 and buf[pos + 4] == 0 and buf[pos + 5:pos + 9] == _STREAM_ID:
                 if slow >= 0:  # in order: h2 may end the stream before this frame
                     self._slow(buf[slow:pos], out)
                     slow = -1
                 if self._fast:
                     out += feed(buf[pos + 9:end])
-                    fast += length
+                    self._unacked += length
                     pos = end
                     continue
             if slow < 0:
                 slow = pos
             pos = end
+            if kind == _GOAWAY:  # h2 refuses every later frame (see `_after_goaway`)
+                self._slow(buf[slow:pos], out)
+                slow = -1
+                self._goaway = True
         if slow >= 0:
             self._slow(buf[slow:pos], out)
         self._buf = buf[pos:] if pos < n else b""
-        if fast:
-            self._unacked += fast
-            if self._unacked >= ACK_BYTES:
-                self._extra += _window_update(0, self._unacked) + _window_update(
-                    STREAM_ID, self._unacked)
-                self._unacked = 0
-        if self.window_opened and self.pending and self.ended is None:
+        if self._unacked >= ACK_BYTES:
+            self._extra += _window_update(0, self._unacked) + _window_update(
+                STREAM_ID, self._unacked)
+            self._unacked = 0
+        if self.window_opened and self.pending and self.accepting:
             self.flush_pending()
         return out
+
+    def _after_goaway(self, kind: int, flags: int, sid: bytes, payload: bytes,
+                      out: list[bytes]) -> None:
+        """A frame after a GOAWAY, which h2 no longer takes (its connection is CLOSED).
+
+        A graceful server shutdown (grpcio: GOAWAY for every stream, PING, a last
+        GOAWAY) still ends our stream properly: the trailers carry `going_away`.
+        So DATA, trailers (HPACK by h2's decoder: its table stays in sync) and
+        RST_STREAM of our stream are still read, and PINGs answered.
+        """
+        ours = sid == _STREAM_ID
+        if kind == _PING and not flags & _ACK:
+            self._extra += b"\x00\x00\x08\x06\x01\x00\x00\x00\x00" + payload
+        elif kind == _GOAWAY:
+            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            error = int.from_bytes(payload[4:8], "big")
+            if error or last < STREAM_ID:
+                self._end(UNAVAILABLE, f"connection terminated by server (GOAWAY {error})")
+        elif kind == _RST_STREAM and ours:
+            number = int.from_bytes(payload[:4], "big")
+            try:
+                code = h2.errors.ErrorCodes(number)
+            except ValueError:  # an unknown code is a valid one (RFC 9113 section 7)
+                self._end(INTERNAL, f"stream reset by server (error {number})")
+            else:
+                self._end(_RESET_STATUS.get(code, INTERNAL), f"stream reset by server ({code!s})")
+        elif not ours or self.ended is not None:
+            return
+        elif kind == _DATA:
+            if flags & _PADDED:
+                payload = payload[1:len(payload) - payload[0]]
+            out += self.messages.feed(payload)
+            self._unacked += len(payload)
+            if flags & _END_STREAM:
+                self._end(UNKNOWN, "stream ended without grpc-status")
+        elif kind in (_HEADERS, _CONTINUATION):
+            if kind == _HEADERS:
+                if flags & _PADDED:
+                    payload = payload[1:len(payload) - payload[0]]
+                if flags & _PRIORITY:
+                    payload = payload[5:]
+                self._block, self._block_ends = payload, bool(flags & _END_STREAM)
+            else:
+                self._block += payload
+            if flags & _END_HEADERS:
+                headers = self.conn.decoder.decode(self._block, raw=True)
+                status = _status_of(headers)  # type: ignore[arg-type]
+                if status is not None:
+                    self._end(*status)
+                elif self._block_ends:
+                    self._end(UNKNOWN, "stream ended without grpc-status")
 
     def _slow(self, frames: bytes, out: list[bytes]) -> None:
         acked = 0
