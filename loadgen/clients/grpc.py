@@ -1,4 +1,7 @@
-"""gRPC client (`Chat.Connect` bidirectional stream) for gevent processes.
+"""gRPC client (`Chat.Connect` bidirectional stream) on grpcio, for gevent processes.
+
+Not the default (`--grpc-client grpcio` picks it): `grpc_h2` ingests ~4x more,
+see below for why.
 
 grpcio runs its own threads; `grpc.experimental.gevent.init_gevent()` (called at
 import, before any channel exists) makes its completion queue cooperate with the
@@ -30,13 +33,12 @@ from gevent.queue import Queue
 
 from loadgen.aio.grpc import CONNECT, close_info, event_of, frame_of, target_of
 from loadgen.clients.base import ClientError, StreamClient
+from loadgen.clients.grpcframes import FRAME_OVERHEAD
 from loadgen.measure import now_us
 from servers.proto import rtbench_pb2 as pb
 
 importlib.import_module("grpc.experimental.gevent").init_gevent()  # untyped in grpc-stubs
 
-# gRPC message prefix (5) + one HTTP/2 DATA frame header (9) per event
-FRAME_OVERHEAD = 14
 POOL_HEADROOM = 8  # pool threads beyond one per live channel (unary calls, shutdown)
 _END = b""  # request-iterator sentinel (a real frame is never empty: it has a oneof)
 
