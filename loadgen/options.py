@@ -25,7 +25,7 @@ def add_options(parser: Any) -> None:
     g.add_argument("--grpc-client", choices=GRPC_CLIENTS, default="h2",
                    env_var="LOCUST_GRPC_CLIENT",
                    help="gRPC client: h2 (HTTP/2 by h2 on a gevent socket, default) or grpcio "
-                        "(its gevent mode: a thread-pool round trip per message, ~4x slower)")
+                        "(its gevent mode: a thread-pool round trip per message, ~6x slower)")
     g.add_argument("--servers", default="", env_var="LOCUST_SERVERS",
                    help="comma-separated base URLs of every replica (http://host:port; "
                         "gRPC: grpc://host:port); users are spread round-robin. Default: --host")

@@ -1,6 +1,6 @@
 """gRPC client (`Chat.Connect` bidirectional stream) on grpcio, for gevent processes.
 
-Not the default (`--grpc-client grpcio` picks it): `grpc_h2` ingests ~4x more,
+Not the default (`--grpc-client grpcio` picks it): `grpc_h2` ingests ~6x more (bench/ingest.py),
 see below for why.
 
 grpcio runs its own threads; `grpc.experimental.gevent.init_gevent()` (called at
