@@ -25,9 +25,8 @@ async def test_inject_work_burns_cpu_per_message() -> None:
     finally:
         await broker.close()
     assert got == [b"m%d" % i for i in range(20)]  # delivered, in order, once
-    assert wall >= 20 * 0.002
-    # a busy spin (a sleep would cost ~0 CPU); not all of it when other processes share the core
-    assert burnt >= 0.5 * wall
+    assert burnt >= 20 * 0.002  # CPU, not wall time: a sleep would cost ~0 CPU
+    assert wall >= burnt
 
 
 def test_knob_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:

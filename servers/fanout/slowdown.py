@@ -16,9 +16,13 @@ from servers.core.types import DEFAULT_RETENTION, Broker, OnMessage, Retention
 
 
 def burn(us: float) -> None:
-    """Spin on the CPU for `us` microseconds (busy work, not a sleep: it must cost CPU)."""
-    end = time.perf_counter_ns() + int(us * 1000)
-    while time.perf_counter_ns() < end:
+    """Spin until this thread has used `us` more microseconds of CPU.
+
+    The thread's CPU clock, not the wall clock: when another process shares the
+    core the injected cost stays `us` of CPU, so the slowdown is the known amount.
+    """
+    end = time.thread_time_ns() + int(us * 1000)
+    while time.thread_time_ns() < end:
         pass
 
 
