@@ -22,7 +22,7 @@ from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFra
 
 from loadgen.clients.grpcframes import (
     ACK_BYTES,
-    MAX_WINDOW,
+    RECV_WINDOW,
     STREAM_ID,
     GrpcFrameError,
     GrpcStream,
@@ -138,16 +138,18 @@ def test_ping_is_answered() -> None:
 def test_receive_windows_are_given_back() -> None:
     client, server, _ = pair()
     client.receive(respond(server))
-    assert server.local_flow_control_window(STREAM_ID) == MAX_WINDOW
+    assert server.local_flow_control_window(STREAM_ID) == RECV_WINDOW
+    assert server.outbound_flow_control_window == RECV_WINDOW  # the connection's, too
     sent = 0
     while sent <= ACK_BYTES:
         block = encode_message(b"z" * 16000)
         server.send_data(STREAM_ID, block)
         sent += len(block)
     assert len(client.receive(server.data_to_send())) == sent // len(block)
-    assert server.local_flow_control_window(STREAM_ID) == MAX_WINDOW - sent
+    assert server.local_flow_control_window(STREAM_ID) == RECV_WINDOW - sent
     server.receive_data(client.data_to_send())
-    assert server.local_flow_control_window(STREAM_ID) == MAX_WINDOW
+    assert server.local_flow_control_window(STREAM_ID) == RECV_WINDOW
+    assert server.outbound_flow_control_window == RECV_WINDOW
 
 
 def test_send_waits_for_the_servers_window() -> None:

@@ -1,15 +1,19 @@
 """Sans-I/O gRPC over HTTP/2 for one client stream (`h2` keeps the HTTP/2 state).
 
 grpcio under gevent pays a thread-pool round trip per received message; this
-side takes whatever one large `recv()` returned, lets `h2` split the HTTP/2
-frames, and splits the gRPC messages (5-byte prefix: compressed flag,
-big-endian length) out of the DATA in one loop. `loadgen.clients.grpc_h2` does
-the socket I/O. No gevent here: tests drive it against an `h2` server.
+side takes whatever one large `recv()` returned, splits the HTTP/2 frames and
+the gRPC messages (5-byte prefix: compressed flag, big-endian length) in one
+loop, and hands every frame but our stream's plain DATA to `h2`, in order
+(`GrpcStream.receive` says why). `loadgen.clients.grpc_h2` does the socket I/O.
+No gevent here: tests drive it against an `h2` server.
 
-Flow control: our receive windows (stream and connection) are opened to the
-HTTP/2 maximum at once and every batch of DATA is acknowledged right after it is
-read, so the server never waits on us. Sends respect the server's windows:
-bytes it cannot take yet wait in `pending` until a WINDOW_UPDATE.
+Flow control: our receive windows (stream and connection) are RECV_WINDOW
+(16 MiB) from the start and given back every ACK_BYTES (1 MiB) read, so a
+client that keeps up never makes the server wait. Not the HTTP/2 maximum
+(2 GiB): a stalled client must still fill the server's window, as the
+protocol's slow-consumer rule (section 7.4) expects of gRPC clients. Sends
+respect the server's windows: bytes it cannot take yet wait in `pending` until
+a WINDOW_UPDATE.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import h2.settings
 
 # gRPC message prefix (5) + one HTTP/2 DATA frame header (9) per event
 FRAME_OVERHEAD = 14
-MAX_WINDOW = 2**31 - 1
+RECV_WINDOW = 16 << 20
 MAX_FRAME = 1 << 20  # we accept DATA frames up to 1 MiB: fewer frames, fewer h2 events
 MAX_MESSAGE = 64 << 20
 STREAM_ID = 1
@@ -127,7 +131,7 @@ class GrpcStream:
         cfg = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.conn = h2.connection.H2Connection(cfg)
         self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: MAX_WINDOW,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: RECV_WINDOW,
             h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
         })
@@ -151,7 +155,7 @@ class GrpcStream:
     def start(self) -> bytes:
         conn = self.conn
         conn.initiate_connection()
-        conn.increment_flow_control_window(MAX_WINDOW - 65535)  # the connection's window
+        conn.increment_flow_control_window(RECV_WINDOW - 65535)  # the connection's window
         conn.send_headers(STREAM_ID, self.headers)
         return conn.data_to_send()
 
