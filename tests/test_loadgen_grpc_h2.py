@@ -315,3 +315,51 @@ def test_broadcast_over_grpc_h2_delivers_everything(tmp_path: Path) -> None:
     assert_all_delivered(o, min_expected=4 * 100)
     assert o.counter("connects") == 4 and o.counter("connect_failures") == 0
     assert o.result["wire_bytes_per_delivery"] > 100
+
+
+SLOW = """
+import sys
+from gevent import monkey; monkey.patch_all()
+import gevent
+from loadgen.clients import client_class
+from servers.core.auth import DEV_SECRET, make_token
+
+C = client_class("grpc", "h2")
+stalled = []
+
+
+def on_event(ev, nbytes, recv_us):
+    if not stalled:  # the reader stops reading: windows, buffers and the outbox fill
+        stalled.append(ev)
+        gevent.sleep(4)
+
+
+slow = C(sys.argv[1], make_token("slow", DEV_SECRET), on_event, 5.0)
+slow.connect()
+slow.join("r")
+pub = C(sys.argv[1], make_token("pub", DEV_SECRET), None, 5.0)
+pub.connect()
+pub.join("r")
+big = b'"' + b"x" * 30000 + b'"'
+for i in range(1200):  # 36 MB: more than the 16 MiB window, socket buffers and outbox
+    if slow.closed.is_set():
+        break
+    pub.publish("r", big)
+print("SLOW", slow.closed.wait(15), slow.close_code, slow.close_reason, flush=True)
+pub.close()
+"""
+
+
+def test_slow_consumer_ends_with_4408(tmp_path: Path) -> None:
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW)
+    server = ServerProcess("grpc", free_port(), args=[
+        "--broker", "memory", "--metrics-port", str(free_port()), "--outbox-max-events", "50"])
+    try:
+        server.start()
+        done = subprocess.run([sys.executable, str(script), server.url], cwd=ROOT,
+                              capture_output=True, text=True, timeout=40)
+    finally:
+        server.stop()
+    assert "SLOW True 4408 slow_consumer:" in done.stdout, done.stdout[-2000:] + done.stderr[
+        -2000:]
