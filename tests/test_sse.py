@@ -174,11 +174,16 @@ async def test_join_publish_reach_every_member_stream(http: httpx.AsyncClient) -
     async with opened(http, alice) as (a, a_conn), opened(http, bob) as (b, b_conn):
         for user, conn in ((alice, a_conn), (bob, b_conn)):
             resp = await command(http, user, conn, {"type": "join", "room": room, "id": 1})
-            assert resp.status_code == 200 and resp.json() == {"type": "ack", "ref": 1}
+            ack = resp.json()
+            # acks carry the stream position (docs/protocol.md 4.1)
+            assert resp.status_code == 200 and ack.pop("epoch") and ack.pop("offset") >= 0
+            assert ack == {"type": "ack", "ref": 1}
         for i in range(3):
             resp = await command(http, alice, a_conn,
                                  {"type": "publish", "room": room, "data": {"i": i}})
-            assert resp.status_code == 200 and resp.json() == {"type": "ack"}
+            ack = resp.json()
+            assert resp.status_code == 200 and ack.pop("epoch") and ack.pop("offset") == i + 1
+            assert ack == {"type": "ack"}
         for stream in (a, b):
             got = [(await stream.until("message"))["data"]["i"] for _ in range(3)]
             assert got == [0, 1, 2]
