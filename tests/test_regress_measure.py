@@ -28,7 +28,7 @@ async def test_inject_work_burns_cpu_per_message() -> None:
         await broker.close()
     assert got == [b"m%d" % i for i in range(20)]  # delivered, in order, once
     assert burnt >= 20 * 2_000_000  # CPU, not wall time: a sleep would cost ~0 CPU
-    assert wall >= burnt
+    assert wall >= burnt * 0.99  # two clocks: CPU accounting may run a hair ahead of wall
 
 
 def test_knob_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
