@@ -24,10 +24,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 import psutil
 
 from bench.cluster import Cluster, load_cpus, pin_self
+from bench.output import run_each, write_json
 from loadgen.aio import Client, Received, connect
 from loadgen.measure import Histogram, now_us, parse_stamp
 from servers.core.auth import DEV_SECRET, make_token
@@ -147,11 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--broker", default="redis", choices=("redis", "memory"))
     p.add_argument("--json", help="write results to this file")
     args = p.parse_args(argv)
-    results = []
-    for target in args.targets.split(","):
-        r = asyncio.run(measure(target, args.subscribers, args.rate, args.seconds, args.broker))
-        results.append(r)
-        print(orjson.dumps(r).decode(), flush=True)
+    results = run_each(args.targets, lambda t: measure(
+        t, args.subscribers, args.rate, args.seconds, args.broker))
     ref = next((r for r in results if r["target"] == "reference"), None)
     print(f"\n{'target':<10} {'deliv/cpu-s':>12} {'ratio':>6} {'cpu us/deliv':>13} "
           f"{'obs/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'complete':>8} {'load%':>6}")
@@ -162,9 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{(f'{ratio:.2f}' if ratio else '-'):>6} {r['cpu_us_per_delivery'] or 0:>13} "
               f"{r['observed_per_s']:>8} {r['p50_us'] / 1000:>7.2f} {r['p99_us'] / 1000:>7.2f} "
               f"{r['complete']!s:>8} {r['load_cpu_percent']:>6}")
-    if args.json:
-        with open(args.json, "wb") as f:
-            f.write(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    write_json(args.json, results)
     return 0
 
 

@@ -19,9 +19,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from bench.cluster import Cluster, load_cpus, pin_self
+from bench.output import run_each, write_json
 from loadgen.aio import Received, connect
 from loadgen.measure import Histogram, now_us, parse_stamp
 from servers.core.auth import DEV_SECRET, make_token
@@ -81,19 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=100.0, help="messages per second")
     p.add_argument("--json", help="write results to this file")
     args = p.parse_args(argv)
-    results = []
-    for t in args.transports.split(","):
-        r = asyncio.run(measure(t, args.messages, args.rate))
-        results.append(r)
-        print(orjson.dumps(r).decode(), flush=True)
+    results = run_each(args.transports, lambda t: measure(t, args.messages, args.rate))
     print(f"\n{'transport':<10} {'recv':>6} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
           f"{'max ms':>7}")
     for r in results:
         print(f"{r['transport']:<10} {r['received']:>6} {r['p50_us'] / 1e3:>7.3f} "
               f"{r['p90_us'] / 1e3:>7.3f} {r['p99_us'] / 1e3:>7.3f} {r['max_us'] / 1e3:>7.3f}")
-    if args.json:
-        with open(args.json, "wb") as f:
-            f.write(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    write_json(args.json, results)
     return 0
 
 

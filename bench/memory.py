@@ -20,9 +20,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from bench.cluster import Cluster, Replica, load_cpus, pin_self
+from bench.output import run_each, write_json
 from loadgen.aio import Client, connect
 from servers.core.auth import DEV_SECRET, make_token
 
@@ -102,19 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    results = []
-    for t in args.transports.split(","):
-        r = asyncio.run(measure(t, args.connections, args.warmup))
-        results.append(r)
-        print(orjson.dumps(r).decode(), flush=True)
+    results = run_each(args.transports, lambda t: measure(t, args.connections, args.warmup))
     print(f"\n{'transport':<10} {'held':>6} {'KB/conn':>8} {'RSS before MB':>14} "
           f"{'after MB':>9} {'conn/s':>7}")
     for r in results:
         print(f"{r['transport']:<10} {r['held']:>6} {r['bytes_per_connection'] / 1024:>8.1f} "
               f"{r['rss_before_mb']:>14} {r['rss_after_mb']:>9} {r['connect_rate_per_s']:>7}")
-    if args.json:
-        with open(args.json, "wb") as f:
-            f.write(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    write_json(args.json, results)
     return 0
 
 

@@ -21,11 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import httpx
-import orjson
-
 from servers.core.cursor import CursorTracker
-from servers.core.types import now_us
 
 # events that answer a command; matched to the waiting command by `ref`
 REPLY_TYPES = frozenset({"ack", "pong", "presence_state", "error"})
@@ -319,84 +315,3 @@ def check_reply(reply: dict[str, Any], status: int | None = None) -> dict[str, A
     return reply
 
 
-def new_http_client(url: str, timeout: float) -> httpx.AsyncClient:
-    """An httpx client without connection limits (one stream or poll per connection).
-
-    Plain http gets no TLS context: building the default one costs ~40 ms per client.
-    """
-    return httpx.AsyncClient(
-        timeout=timeout,
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-        trust_env=False,
-        verify=not url.startswith("http://"),
-    )
-
-
-def decode_body(resp: httpx.Response) -> dict[str, Any]:
-    """The JSON object of a response, or an `error` body describing what came instead."""
-    try:
-        body = orjson.loads(resp.content)
-    except orjson.JSONDecodeError:
-        body = None
-    if isinstance(body, dict):
-        return body
-    text = resp.content[:200].decode(errors="replace")
-    return {"type": "error", "code": f"http_{resp.status_code}", "message": text}
-
-
-def refused(resp: httpx.Response) -> ServerClosed:
-    """ServerClosed for a refused HTTP connect (401 maps to close code 4401)."""
-    body = decode_body(resp)
-    code = UNAUTHORIZED if resp.status_code == 401 else 1011
-    return ServerClosed(code, str(body.get("message", "")), resp.status_code)
-
-
-class HttpCommandClient(Client):
-    """SSE and long-poll: each command is one POST to `command_url`; its reply is the body."""
-
-    def __init__(
-        self,
-        url: str,
-        token: str | None,
-        token_in: TokenPlacement,
-        timeout: float,
-        http: httpx.AsyncClient | None,
-        resume: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(timeout, resume)
-        self.base = base_url(url)
-        self._owns_http = http is None
-        self._http = http or new_http_client(self.base, timeout)
-        self._headers: Mapping[str, str] = auth_headers(token, token_in)
-        self._params: Mapping[str, str] = auth_params(token, token_in)
-        self._post_headers = {**self._headers, "content-type": "application/json"}
-        self.command_url = ""
-
-    async def _post(self, content: bytes) -> httpx.Response:
-        return await self._http.post(
-            self.command_url,
-            content=content,
-            headers=self._post_headers,
-            params=self._params,
-            timeout=self.timeout,
-        )
-
-    async def _request(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        resp = await self._post(orjson.dumps(cmd))
-        body = decode_body(resp)
-        if resp.status_code >= 400:
-            body.setdefault("type", "error")
-            if body["type"] != "error":
-                body = {"type": "error", "code": f"http_{resp.status_code}", "message": ""}
-        return check_reply(body, resp.status_code)
-
-    async def send_raw(self, data: bytes | str) -> int | None:
-        resp = await self._post(data.encode() if isinstance(data, str) else data)
-        if resp.content:
-            self._deliver(decode_body(resp), now_us())
-        return resp.status_code
-
-    async def _close_http(self) -> None:
-        if self._owns_http:
-            self._owns_http = False
-            await self._http.aclose()

@@ -1,0 +1,27 @@
+"""What the standalone benchmarks share: run one measurement per target, print and save."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+
+Result = dict[str, Any]
+
+
+def run_each(targets: str, measure: Callable[[str], Coroutine[Any, Any, Result]]) -> list[Result]:
+    """Measure each comma-separated target in its own event loop; print each result as JSON."""
+    results = []
+    for target in targets.split(","):
+        result = asyncio.run(measure(target))
+        results.append(result)
+        print(orjson.dumps(result).decode(), flush=True)
+    return results
+
+
+def write_json(path: str | None, results: list[Result]) -> None:
+    if path:
+        with open(path, "wb") as f:
+            f.write(orjson.dumps(results, option=orjson.OPT_INDENT_2))
