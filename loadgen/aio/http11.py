@@ -41,8 +41,9 @@ from loadgen.aio.base import (
     base_url,
     check_reply,
 )
-from servers.core.types import now_us
+from servers.core.types import CloseReason, now_us
 
+BAD_REQUEST = int(CloseReason.BAD_REQUEST)  # 4400: a refused resume cursor
 BodyCallback = Callable[[bytes, int], None]  # a body chunk, its local receive time (us)
 EndCallback = Callable[[BaseException | None], None]  # None: the response ended normally
 
@@ -368,9 +369,14 @@ def decode_body(resp: Response) -> dict[str, Any]:
 
 
 def refused(resp: Response) -> ServerClosed:
-    """ServerClosed for a refused HTTP connect (401 maps to close code 4401)."""
+    """ServerClosed for a refused HTTP connect: 401 maps to close code 4401, a refused
+    resume cursor (400 `bad_cursor`) to 4400 with reason `bad_cursor: <message>`."""
+    body = decode_body(resp)
+    message = str(body.get("message", ""))
+    if resp.status == 400 and body.get("code") == "bad_cursor":
+        return ServerClosed(BAD_REQUEST, f"bad_cursor: {message}", resp.status)
     code = UNAUTHORIZED if resp.status == 401 else 1011
-    return ServerClosed(code, str(decode_body(resp).get("message", "")), resp.status)
+    return ServerClosed(code, message, resp.status)
 
 
 class HttpSessionClient(Client):

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from loadgen.aio.base import ABNORMAL, CloseInfo, ServerClosed, TokenPlacement
 from loadgen.aio.http11 import Connection, HttpSessionClient, decode_body, refused
+from servers.core.cursor import RESUME_PARAM, encode_cursor
 
 if TYPE_CHECKING:
     import httpx
@@ -44,15 +45,19 @@ class LongPollClient(HttpSessionClient):
         first: Sequence[dict[str, Any]] = (),
         http: Pool | httpx.AsyncClient | None = None,
         poll_timeout: float = 25.0,
+        resume: Mapping[str, Any] | None = None,
     ) -> LongPollClient:
         """Create the session (its response carries `welcome`), send `first`, start polling.
 
-        `http`: a shared `http11.Pool` for the commands; an httpx client is ignored."""
-        self = cls(url, token, token_in, timeout, http)
+        `http`: a shared `http11.Pool` for the commands; an httpx client is ignored.
+        `resume`: a `cursor` of an earlier connection; the session first gets what was
+        missed since (ServerClosed 4400 if the cursor is refused)."""
+        self = cls(url, token, token_in, timeout, http, resume)
         self.poll_timeout = poll_timeout
+        params = {} if resume is None else {RESUME_PARAM: encode_cursor(resume)}
         try:
             self._polling = await self.connection()
-            resp = await self._polling.request("POST", self.target("/lp/connect"),
+            resp = await self._polling.request("POST", self.target("/lp/connect", **params),
                                                self._headers, b"", timeout)
         except BaseException:
             await self._abandon()

@@ -3,11 +3,15 @@ connection of its own, one POST per command through a keep-alive pool.
 
 The event stream needs no task: body chunks are parsed as the connection
 receives them (`http11.Connection.stream` -> `SseParser` -> `_on_sse`).
+
+`resume=` (a `client.cursor`) goes as `?resume=`; the server also writes the cursor
+after each event that moves it as the event's `id:`, kept in `last_id` (what a
+browser's EventSource would send back as `Last-Event-ID`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -15,6 +19,7 @@ import orjson
 from loadgen.aio.base import ABNORMAL, CloseInfo, TokenPlacement
 from loadgen.aio.http11 import Connection, HttpSessionClient, refused
 from loadgen.aio.sse_parser import SseParser
+from servers.core.cursor import RESUME_PARAM, encode_cursor
 
 if TYPE_CHECKING:
     import httpx
@@ -27,6 +32,7 @@ class SseClient(HttpSessionClient):
     _stream: Connection | None = None
     _close_info: CloseInfo | None = None  # from the server's `close` event
     _welcome_seen = False
+    _parser: SseParser | None = None
 
     @classmethod
     async def open(
@@ -38,16 +44,21 @@ class SseClient(HttpSessionClient):
         token_in: TokenPlacement = "header",
         first: Sequence[dict[str, Any]] = (),
         http: Pool | httpx.AsyncClient | None = None,
+        resume: Mapping[str, Any] | None = None,
     ) -> SseClient:
         """Open the event stream, wait for `welcome`, then send `first`.
 
-        `http`: a shared `http11.Pool` for the commands; an httpx client is ignored."""
-        self = cls(url, token, token_in, timeout, http)
+        `http`: a shared `http11.Pool` for the commands; an httpx client is ignored.
+        `resume`: a `cursor` of an earlier connection; the server sends what was missed
+        since, then the live stream (ServerClosed 4400 if the cursor is refused)."""
+        self = cls(url, token, token_in, timeout, http, resume)
+        params = {} if resume is None else {RESUME_PARAM: encode_cursor(resume)}
         try:
             self._stream = await self.connection()
-            parser = SseParser(self._on_sse)
+            parser = self._parser = SseParser(self._on_sse)
             head = await self._stream.stream(
-                "GET", self.target("/sse"), {**self._headers, "accept": "text/event-stream"},
+                "GET", self.target("/sse", **params),
+                {**self._headers, "accept": "text/event-stream"},
                 parser.feed, self._on_end, timeout)
         except BaseException:
             await self._abandon()
@@ -60,6 +71,11 @@ class SseClient(HttpSessionClient):
         for cmd in first:
             await self.send_raw(orjson.dumps(cmd))
         return self
+
+    @property
+    def last_id(self) -> str:
+        """The last `id:` the stream carried (the server's cursor, encoded), or ""."""
+        return self._parser.last_id.decode() if self._parser is not None else ""
 
     def _on_sse(self, event: bytes, data: bytes, recv_us: int) -> None:
         body = orjson.loads(data)
