@@ -1,4 +1,4 @@
-"""Resume end to end (WebSocket and gRPC): real server processes, a private Redis, the
+"""Resume end to end on all four transports: real server processes, a private Redis, the
 loadgen.aio clients and their cursors (docs/protocol.md, "Offsets and resume").
 
 Per transport, five servers started once: two Redis replicas sharing a namespace,
@@ -39,7 +39,7 @@ class Servers:
     off: ServerProcess  # memory broker, --history-size 0
 
 
-@pytest.fixture(scope="module", params=["ws", "grpc"])
+@pytest.fixture(scope="module", params=["ws", "sse", "longpoll", "grpc"])
 def servers(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[Servers]:
     transport = request.param
     ns = f"resume-{transport}-{uuid.uuid4().hex[:8]}"
@@ -244,3 +244,5 @@ async def test_a_bad_cursor_is_refused(servers: Servers, clients: Any,
     assert info.value.reason.startswith("bad_cursor: ") and fragment in info.value.reason
     if servers.transport == "grpc":
         assert info.value.status == "INVALID_ARGUMENT"
+    elif servers.transport in ("sse", "longpoll"):
+        assert info.value.status == 400

@@ -27,6 +27,7 @@ from servers.transports.sessions import (
     Session,
     SessionRegistry,
     close_body,
+    requested_cursor,
     unknown_session,
 )
 
@@ -82,10 +83,12 @@ def poll_timeout(raw: str | None, limit: float) -> float:
 
 
 def routes(ctx: Context) -> list[BaseRoute]:
-    sessions: SessionRegistry[PollSession] = SessionRegistry(ctx, PollSession)
+    sessions: SessionRegistry[PollSession] = SessionRegistry(
+        ctx, lambda conn, now, cursor: PollSession(conn, now))
 
     async def connect(request: Request) -> Response:
-        opened = await sessions.open(request)
+        """The session's first events (`welcome`, then what a resumed one missed)."""
+        opened = await sessions.open(request, requested_cursor(request))
         if isinstance(opened, Response):
             return opened
         body = connect_body(opened.conn.id, opened.conn.outbox.take())

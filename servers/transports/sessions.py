@@ -19,9 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from servers.core.codec import parse_command
+from servers.core.cursor import RESUME_HEADER, RESUME_PARAM, Cursor, decode_cursor
 from servers.core.errors import AuthError, BrokerUnavailable, ErrorCode, ProtocolError
 from servers.core.hub import Connection, Hub
-from servers.core.types import CloseReason
+from servers.core.types import CloseReason, Command, Event
 from servers.transports.http import Context, auth_failed, protocol_failed, read_body
 
 log = logging.getLogger("rtbench.sessions")
@@ -42,6 +43,11 @@ class Session:
     def __init__(self, conn: Connection, idle_since: float | None) -> None:
         self.conn = conn
         self.idle_since = idle_since
+
+    def replied(self, cmd: Command, reply: Event) -> bool:
+        """`cmd` succeeded with `reply` (a hook for the stream); True if that overflowed
+        the outbox (a slow consumer the hook dropped)."""
+        return False
 
 
 S = TypeVar("S", bound=Session)
@@ -66,6 +72,18 @@ def unknown_session(conn_id: str) -> Response:
     return error_response(str(ErrorCode.UNKNOWN_SESSION), message, 404)
 
 
+def requested_cursor(request: Request, last_event_id: bool = False) -> str | None:
+    """The raw resume cursor of a connect request, if any: `?resume=`, else the
+    `X-Rtbench-Resume` header. With `last_event_id` (SSE) a non-empty `Last-Event-ID`
+    comes first: a browser's EventSource sends back the last `id:` it saw when it
+    reconnects, to the URL it was made with, whose `?resume=` is then stale."""
+    if last_event_id:
+        raw = request.headers.get("last-event-id")
+        if raw:
+            return raw
+    return request.query_params.get(RESUME_PARAM) or request.headers.get(RESUME_HEADER) or None
+
+
 class Held:
     """A route endpoint for requests held open (SSE streams, waiting polls).
 
@@ -87,8 +105,8 @@ class Held:
 class SessionRegistry(Generic[S]):
     """The sessions of one transport: open, find (auth + owner), close, reap, drain."""
 
-    def __init__(self, ctx: Context, make: Callable[[Connection, float], S], reap: bool = True,
-                 ) -> None:
+    def __init__(self, ctx: Context, make: Callable[[Connection, float, Cursor | None], S],
+                 reap: bool = True) -> None:
         self.ctx = ctx
         self.hub: Hub = ctx.hub
         self._make = make
@@ -98,19 +116,24 @@ class SessionRegistry(Generic[S]):
         self._draining = False
         ctx.on_exit_signal.append(self.drain)
 
-    async def open(self, request: Request) -> S | Response:
-        """Authenticate and open a hub connection; an error response if that fails."""
+    async def open(self, request: Request, raw_cursor: str | None = None) -> S | Response:
+        """Authenticate and open a hub connection, resumed from `raw_cursor` (the wire form)
+        when given; an error response if that fails (400 `bad_cursor` for a bad cursor)."""
         try:
             user = self.ctx.authenticate(request)
         except AuthError as exc:
             return auth_failed(exc)
         try:
-            conn = await self.hub.open(user, "json")
+            cursor = decode_cursor(raw_cursor, self.hub.limits) if raw_cursor else None
+            conn = await self.hub.open(user, "json", cursor)
+        except ProtocolError as exc:  # a bad cursor: refused, nothing opened
+            self.hub.stats.errors += 1
+            return protocol_failed(exc)
         except BrokerUnavailable as exc:
             return protocol_failed(
                 ProtocolError(ErrorCode.UNAVAILABLE, f"fanout layer unavailable: {exc}")
             )
-        session = self._make(conn, asyncio.get_running_loop().time())
+        session = self._make(conn, asyncio.get_running_loop().time(), cursor)
         self._sessions[conn.id] = session
         if self._draining:  # opened between the exit signal and the listener closing
             conn.outbox.close(CloseReason.GOING_AWAY)
@@ -157,7 +180,10 @@ class SessionRegistry(Generic[S]):
         hub = self.hub
         try:
             body = await read_body(request, hub.limits.max_frame_bytes)
-            reply = await hub.execute(found.conn, parse_command(body, hub.limits))
+            cmd = parse_command(body, hub.limits)
+            reply = await hub.execute(found.conn, cmd)
+            if found.replied(cmd, reply):
+                hub.stats.slow_consumers += 1
         except ProtocolError as exc:
             hub.stats.errors += 1
             return protocol_failed(exc)

@@ -7,29 +7,56 @@ and measured 46 KiB of server RSS per idle stream against 17 KiB for this one.
 Here the request's own task pumps the outbox and one small task waits for the
 client to go away. Each event is SSE-framed once, whatever the number of
 recipients: the frame is cached on the shared Event.
+
+Resume: every event that moves the connection's cursor (docs/protocol.md 4.1) is
+written after an `id: <cursor>` line, so that a browser's EventSource sends it
+back as `Last-Event-ID` when it reconnects and gets what it missed, with no
+client code. The `id:` line is the stream's own (one CursorTracker per stream);
+the frame after it is the shared one. Joins and leaves, whose acks travel in
+command responses, reach the stream as marks in its outbox (in order with the
+events) and are written as `id:`-only blocks.
+
+A send that stays blocked (the client stopped reading and the socket buffers are
+full) for `heartbeat` seconds drops the stream as a slow consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servers.core.cursor import Cursor, CursorTracker
 from servers.core.errors import AuthError
-from servers.core.types import CloseReason, Event
+from servers.core.hub import Connection, HubStats
+from servers.core.types import CloseReason, Command, Event, Join, Leave
 from servers.transports.http import Context, auth_failed
-from servers.transports.sessions import Held, Session, SessionRegistry, close_body
+from servers.transports.sessions import (
+    Held,
+    Session,
+    SessionRegistry,
+    close_body,
+    requested_cursor,
+)
+
+log = logging.getLogger("rtbench.sse")
 
 PING = b": ping\n\n"
+RETRY_MS = 1000  # the reconnection delay a browser's EventSource is told to use
+RETRY = b"retry: %d\n\n" % RETRY_MS
 _HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
 ]
+# events whose offset (welcome: inbox position) CursorTracker follows
+_MOVING = frozenset({"welcome", "message", "direct", "gap"})
 
 
 def frame(event: Event) -> bytes:
@@ -42,29 +69,100 @@ def encode(event: Event) -> bytes:
     return event.encoded("sse", frame)
 
 
+def id_line(cursor: str) -> bytes:
+    """The `id:` line put before a frame (alone, followed by a blank line, it is an
+    `id:`-only block: a browser takes the id without dispatching an event)."""
+    return b"id: " + cursor.encode() + b"\n"
+
+
 def close_frame(reason: CloseReason) -> bytes:
     """The last event of a stream the server ends: `close` with the section 6 code."""
     body = {"type": "close", **close_body(reason)}
     return b"event: close\ndata: " + orjson.dumps(body) + b"\n\n"
 
 
+class CursorMark(Event):
+    """Not for the client: a join or leave of the stream's connection, queued in its
+    outbox so that the stream's cursor takes it in order with the events."""
+
+    __slots__ = ()
+
+
+class SseSession(Session):
+    """A session plus the cursor its stream writes in `id:` lines."""
+
+    __slots__ = ("tracker",)
+
+    def __init__(self, conn: Connection, cursor: Cursor | None) -> None:
+        super().__init__(conn, None)
+        self.tracker = CursorTracker.from_cursor(cursor)
+
+    def replied(self, cmd: Command, reply: Event) -> bool:
+        if isinstance(cmd, Join):
+            body: dict[str, Any] = {"type": "joined", "room": cmd.room,
+                                    "presence": cmd.presence, "ack": reply.body}
+        elif isinstance(cmd, Leave):
+            body = {"type": "left", "room": cmd.room}
+        else:
+            return False
+        outbox = self.conn.outbox
+        was_open = outbox.close_reason is None
+        return not outbox.push(CursorMark(body)) and was_open
+
+    def chunk(self, events: list[Event]) -> bytes:
+        """The bytes of `events`, each that moves the cursor after its `id:` line."""
+        tracker = self.tracker
+        parts: list[bytes] = []
+        for ev in events:
+            if type(ev) is CursorMark:
+                body = ev.body
+                if body["type"] == "joined":
+                    tracker.joined(body["room"], body["ack"], body["presence"])
+                else:
+                    tracker.left(body["room"])
+                parts.append(id_line(tracker.encode()) + b"\n")
+            elif ev.type in _MOVING and tracker.observe(ev.body):
+                parts.append(id_line(tracker.encode()) + encode(ev))
+            else:
+                parts.append(encode(ev))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _abort(receive: Receive) -> bool:
+    """Cut the TCP connection under an ASGI request; False if this server does not let us.
+
+    uvicorn (httptools and h11 alike) passes the bound `receive` of its request cycle,
+    which holds the transport. Ending the response instead would close the transport
+    gracefully: it waits for the unsent data, which a client that does not read never
+    takes.
+    """
+    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    abort = getattr(transport, "abort", None)
+    if not callable(abort):
+        return False
+    abort()
+    return True
+
+
 class EventStream:
     """The `text/event-stream` body of one session, for as long as the client stays."""
 
-    __slots__ = ("disconnected", "heartbeat", "session", "sessions")
+    __slots__ = ("disconnected", "heartbeat", "session", "sessions", "stats")
 
-    def __init__(self, sessions: SessionRegistry[Session], session: Session, heartbeat: float,
-                 ) -> None:
+    def __init__(self, sessions: SessionRegistry[SseSession], session: SseSession,
+                 heartbeat: float) -> None:
         self.sessions = sessions
         self.session = session
-        self.heartbeat = heartbeat
+        self.heartbeat = heartbeat  # also the bound on a blocked send (0: none)
+        self.stats: HubStats = sessions.hub.stats
         self.disconnected = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         watch = asyncio.create_task(self._watch(receive))
         try:
-            await self._pump(send)
+            if not await self._pump(send):
+                self._stalled(receive)
         finally:
             watch.cancel()
             await self.sessions.close(self.session)
@@ -76,29 +174,59 @@ class EventStream:
         self.disconnected = True
         await self.sessions.close(self.session)
 
-    async def _pump(self, send: Send) -> None:
-        outbox = self.session.conn.outbox
+    async def _send(self, send: Send, message: Message) -> bool:
+        """`send(message)`; False if it stayed blocked for `heartbeat` seconds."""
+        if not self.heartbeat:
+            await send(message)
+            return True
+        try:
+            async with asyncio.timeout(self.heartbeat):
+                await send(message)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _pump(self, send: Send) -> bool:
+        """Write the outbox until it closes; False if the client stopped taking data."""
+        session = self.session
+        outbox = session.conn.outbox
         wait = self.heartbeat or None
+        first = RETRY
         while True:
             events = await outbox.get(max_wait=wait)
             if events:
-                chunk = encode(events[0]) if len(events) == 1 else b"".join(map(encode, events))
+                chunk = first + session.chunk(events) if first else session.chunk(events)
+                first = b""
             elif outbox.closed:
                 break
             else:  # `heartbeat` seconds without an event
                 chunk = PING
             del events  # an idle stream must not pin its last batch while it waits
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not await self._send(send, {"type": "http.response.body", "body": chunk,
+                                           "more_body": True}):
+                return False
             del chunk
         if not self.disconnected:
             last = close_frame(outbox.close_reason or CloseReason.NORMAL)
-            await send({"type": "http.response.body", "body": last, "more_body": False})
+            return await self._send(send, {"type": "http.response.body", "body": last,
+                                           "more_body": False})
+        return True
+
+    def _stalled(self, receive: Receive) -> None:
+        """The client took nothing for `heartbeat` seconds: drop it as a slow consumer."""
+        outbox = self.session.conn.outbox
+        if outbox.close_reason is None:  # not already counted by an outbox overflow
+            outbox.close(CloseReason.SLOW_CONSUMER)
+            self.stats.slow_consumers += 1
+        aborted = _abort(receive)
+        log.info("sse stream %s: no data taken for %.1f s, dropped as a slow consumer%s",
+                 self.session.conn.id, self.heartbeat, "" if aborted else " (not aborted)")
 
 
 def routes(ctx: Context) -> list[BaseRoute]:
     # a stream holds its session for its whole life: nothing to reap
-    sessions: SessionRegistry[Session] = SessionRegistry(
-        ctx, lambda conn, now: Session(conn, None), reap=False
+    sessions: SessionRegistry[SseSession] = SessionRegistry(
+        ctx, lambda conn, now, cursor: SseSession(conn, cursor), reap=False
     )
 
     async def stream(request: Request) -> ASGIApp:
@@ -108,7 +236,7 @@ def routes(ctx: Context) -> list[BaseRoute]:
             except AuthError as exc:
                 return auth_failed(exc)
             return Response(headers={"cache-control": "no-cache"}, media_type="text/event-stream")
-        opened = await sessions.open(request)
+        opened = await sessions.open(request, requested_cursor(request, last_event_id=True))
         if isinstance(opened, Response):
             return opened
         return EventStream(sessions, opened, ctx.settings.heartbeat)
