@@ -53,32 +53,50 @@ class Sink:
                 self.hist.record(ev.recv_us - stamp.intended_us)
 
 
-async def _connect_many(transport: str, url: str, n: int, opts: dict[str, Any]) -> list[Client]:
+async def _connect_many(transport: str, url: str, n: int, opts: dict[str, Any],
+                        room: str = "fan", user: str = "sub") -> list[Client]:
+    """`n` clients (users `{user}0`...) that joined `room`, 100 handshakes at a time."""
     sem = asyncio.Semaphore(100)
 
     async def one(i: int) -> Client:
         async with sem:
-            c = await connect(transport, url, make_token(f"sub{i}", DEV_SECRET), **opts)
-            await c.join("fan")
+            c = await connect(transport, url, make_token(f"{user}{i}", DEV_SECRET), **opts)
+            await c.join(room)
             return c
 
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def _publish(pub: Client, rate: float, seconds: float, start_seq: int) -> int:
-    """Open-loop: message k is due at t0 + k/rate whatever happened before; returns the count."""
+async def publish_open_loop(pub: Client, room: str, rate: float, count: int,
+                            start_seq: int = 0) -> int:
+    """Open-loop: message k is due at t0 + k/rate whatever happened before, stamped with
+    that intended time (sequence numbers from `start_seq`); returns `count`."""
     interval = 1.0 / rate
-    n = int(rate * seconds)
     t0 = time.perf_counter()
     wall0 = now_us()
-    for k in range(n):
+    for k in range(count):
         due = t0 + k * interval
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         data = {"p": "pub", "s": start_seq + k, "t": wall0 + int(k * interval * 1e6), "x": ""}
-        await pub.publish("fan", data, ack=False)
-    return n
+        await pub.publish(room, data, ack=False)
+    return count
+
+
+async def _publish(pub: Client, rate: float, seconds: float, start_seq: int,
+                   room: str = "fan") -> int:
+    """`rate` x `seconds` messages to `room`, open-loop; returns the count."""
+    return await publish_open_loop(pub, room, rate, int(rate * seconds), start_seq)
+
+
+def http_opts(transport: str) -> dict[str, Any]:
+    """Connect options for many clients: SSE/long-poll share one keep-alive pool."""
+    if transport not in ("sse", "longpoll"):
+        return {}
+    from loadgen.aio.http11 import Pool
+
+    return {"http": Pool()}
 
 
 async def measure(target: str, subscribers: int, rate: float, seconds: float, broker: str,
@@ -87,11 +105,7 @@ async def measure(target: str, subscribers: int, rate: float, seconds: float, br
     with Cluster(target, broker=broker) as cluster:
         node = cluster.nodes[0]
         pin_self(load_cpus())
-        opts: dict[str, Any] = {}
-        if transport in ("sse", "longpoll"):  # one keep-alive pool for every client's commands
-            from loadgen.aio.http11 import Pool
-
-            opts["http"] = Pool()
+        opts = http_opts(transport)
         sink = Sink()
         subs = await _connect_many(transport, node.url, subscribers, opts)
         pub = await connect(transport, node.url, make_token("publisher", DEV_SECRET), **opts)

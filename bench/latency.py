@@ -15,14 +15,14 @@ import argparse
 import asyncio
 import contextlib
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from bench.cluster import Cluster, load_cpus, pin_self
+from bench.fanout import publish_open_loop
 from bench.output import run_each, write_json
 from loadgen.aio import Received, connect
-from loadgen.measure import Histogram, now_us, parse_stamp
+from loadgen.measure import Histogram, parse_stamp
 from servers.core.auth import DEV_SECRET, make_token
 
 TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
@@ -53,14 +53,7 @@ async def measure(transport: str, messages: int, rate: float) -> dict[str, Any]:
             await sub.join("lat")
             await pub.join("lat")
             sub.on_event = on_event
-            interval = 1.0 / rate
-            t0, wall0 = time.perf_counter(), now_us()
-            for k in range(messages):
-                delay = t0 + k * interval - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                data = {"p": "pub", "s": k, "t": wall0 + int(k * interval * 1e6), "x": ""}
-                await pub.publish("lat", data, ack=False)
+            await publish_open_loop(pub, "lat", rate, messages)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done, 10)
         finally:

@@ -1,0 +1,284 @@
+"""The cost of the delivery guarantees, per transport: history on vs off, and the time
+a client takes to catch up after a 5-second outage.
+
+Per transport, two single-replica servers share one private Redis, all pinned to
+core 0 (this process, the load, to the other core): one with history on (the
+default size), one with `--history-size 0`. Each serves its own room of
+`--subscribers` subscribers plus the publisher (a member, so it receives its own
+messages too). Measured windows alternate on, off, off, on, ... (ABBA, `--rounds`
+pairs), so both sides meet the same machine conditions in the same run. In each
+window the publisher sends `--rate` messages/s open-loop (a fixed load below
+saturation) for `--seconds`, then we wait until every member got every message,
+and read per side:
+
+- publish-to-deliver p50/p99: receive time - the intended send time stamped in the
+  payload (HDR histogram, µs; one clock, both ends are this process);
+- deliveries per wall second (window start to the last delivery) and whether every
+  expected delivery came (`complete`);
+- server CPU µs per delivery (the replica's threads' /proc schedstat run time) and
+  Redis CPU µs per published message (history on costs Lua scripts in Redis).
+
+Outage (history-on server only; with history off a resume can only report a gap):
+a subscriber `victim` in the room, messages flowing at `--rate`; it takes its
+cursor and closes; `--outage` seconds later, while publishing goes on, it
+reconnects with the cursor. The target is the room's last offset the publisher's
+own connection had received when the reconnect starts (the last message fanned
+out before it). Reconnect-to-caught-up = from just before `connect(resume=cursor)`
+to the receipt of the message with the target offset; we also check the offsets
+received from the cursor to the target have no hole and no duplicate.
+
+    python -m bench.guarantees --subscribers 50 --rate 100 --seconds 3 --outage 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from bench.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
+from bench.fanout import Sink, _connect_many, _drain, http_opts, publish_open_loop
+from bench.output import run_each, write_json
+from bench.regress import cpu_clock
+from loadgen.aio import TRANSPORTS, Client, Received, connect
+from loadgen.measure import Histogram, now_us
+from servers.core.auth import DEV_SECRET, make_token
+from servers.testing import RedisServer
+
+FORMAT = 1  # version of the result shape
+SIDES = {"on": (), "off": ("--history-size", "0")}
+
+
+@dataclass
+class Params:
+    subscribers: int = 50
+    rate: float = 100.0  # messages per second (deliveries/s = rate x (subscribers + 1))
+    seconds: float = 3.0  # per window
+    rounds: int = 2  # ABBA pairs of windows
+    warmup: float = 1.0
+    outage: float = 5.0
+    limit: float = 20.0  # longest wait for a drain or a catch-up
+
+
+@dataclass
+class Side:
+    """One server (history on or off), its clients and what its windows added up to."""
+
+    name: str
+    url: str
+    room: str
+    subs: list[Client]
+    pub: Client
+    sink: Sink
+    server_cpu: Callable[[], float]
+    seq: int = 0  # messages published so far
+    published: int = 0  # in measured windows
+    delivered: int = 0
+    expected: int = 0
+    cpu_s: float = 0.0
+    redis_cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def members(self) -> int:
+        return len(self.subs) + 1
+
+    def result(self) -> dict[str, Any]:
+        h: Histogram = self.sink.hist
+        return {
+            "published": self.published, "expected": self.expected,
+            "delivered": self.delivered, "complete": self.delivered == self.expected,
+            "deliveries_per_s": round(self.delivered / self.wall_s) if self.wall_s else None,
+            "p50_us": h.percentile(50), "p99_us": h.percentile(99), "max_us": h.percentile(100),
+            "server_cpu_us_per_delivery":
+                round(self.cpu_s / self.delivered * 1e6, 3) if self.delivered else None,
+            "redis_cpu_us_per_message":
+                round(self.redis_cpu_s / self.published * 1e6, 3) if self.published else None,
+        }
+
+
+async def window(side: Side, p: Params, redis_cpu: Callable[[], float], record: bool) -> None:
+    """Publish for one window and wait for every delivery; add it up if `record`."""
+    count = int(p.rate * (p.seconds if record else p.warmup))
+    cpu0, redis0, got0, t0 = side.server_cpu(), redis_cpu(), side.sink.count, time.perf_counter()
+    side.sink.recording = record
+    side.seq += await publish_open_loop(side.pub, side.room, p.rate, count, side.seq)
+    await _drain(side.sink, side.seq * side.members, p.limit)
+    side.sink.recording = False
+    if record:
+        side.published += count
+        side.expected += count * side.members
+        side.delivered += side.sink.count - got0
+        side.cpu_s += side.server_cpu() - cpu0
+        side.redis_cpu_s += redis_cpu() - redis0
+        side.wall_s += time.perf_counter() - t0
+
+
+async def outage(transport: str, side: Side, p: Params, opts: dict[str, Any]) -> dict[str, Any]:
+    """Disconnect a subscriber for `p.outage` s while publishing goes on, resume it with
+    its cursor, time until it has everything published before the reconnect."""
+    tok = make_token("victim", DEV_SECRET)
+    victim = await connect(transport, side.url, tok, **opts)
+    await victim.join(side.room)
+    feed = asyncio.create_task(publish_open_loop(
+        side.pub, side.room, p.rate, int(p.rate * (p.outage + p.limit + 5)), side.seq))
+    resumed: Client | None = None
+    try:
+        for _ in range(max(1, int(p.rate / 4))):  # messages flowing (a quarter second)
+            await victim.next_event("message", p.limit)
+        cursor = victim.cursor
+        since = cursor["rooms"][side.room][0]
+        await victim.close()
+        await asyncio.sleep(p.outage)  # the outage itself: the thing measured
+        target = side.pub.cursor["rooms"][side.room][0]
+        offsets: list[int] = []
+        gaps: list[dict[str, Any]] = []
+        caught = asyncio.get_running_loop().create_future()
+
+        def on_event(ev: Received) -> None:
+            if ev.type == "gap":
+                gaps.append(ev.body)
+            elif ev.type == "message" and not caught.done():
+                offsets.append(ev.body["offset"])
+                if ev.body["offset"] >= target:
+                    caught.set_result(ev.recv_us)
+
+        start = now_us()
+        try:
+            resumed = await connect(transport, side.url, tok, resume=cursor, **opts)
+        except TypeError as exc:  # this transport's client cannot resume (yet)
+            if "resume" not in str(exc):
+                raise
+            return {"error": f"no resume on {transport}: {exc}"}
+        connected = now_us()
+        for ev in resumed.take_events():  # what came with the welcome, then the rest
+            on_event(ev)
+        resumed.on_event = on_event
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(caught), p.limit)
+        done = caught.done()
+        replayed = [o for o in offsets if o <= target]
+        expected = list(range(since + 1, target + 1))
+        return {
+            "outage_s": p.outage, "missed": target - since, "caught_up": done,
+            "connect_ms": round((connected - start) / 1e3, 2),
+            "catch_up_ms": round((caught.result() - start) / 1e3, 2) if done else None,
+            "lost": len(set(expected) - set(replayed)),
+            "duplicates": len(replayed) - len(set(replayed)),
+            "in_order": replayed == sorted(replayed), "gaps": len(gaps),
+        }
+    finally:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed
+        await asyncio.gather(victim.close(), *([resumed.close()] if resumed else []),
+                             return_exceptions=True)
+
+
+async def measure(transport: str, p: Params) -> dict[str, Any]:
+    redis = RedisServer().start()
+    opts = http_opts(transport)
+    sides: list[Side] = []
+    try:
+        assert redis.proc is not None
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(redis.proc.pid, {SERVER_CPU})
+        redis_cpu = cpu_clock(redis.proc.pid)
+        with contextlib.ExitStack() as stack:
+            for name, args in SIDES.items():
+                node = stack.enter_context(
+                    Cluster(transport, broker="redis", redis_url=redis.url, server_args=args)
+                ).nodes[0]
+                room = f"g-{name}"  # one Redis namespace for both: a room each
+                subs = await _connect_many(transport, node.url, p.subscribers, opts, room,
+                                           user=f"{name}-sub")
+                pub = await connect(transport, node.url, make_token(f"{name}-pub", DEV_SECRET),
+                                    **opts)
+                await pub.join(room)
+                side = Side(name, node.url, room, subs, pub, Sink(), cpu_clock(node.pid))
+                for c in (*subs, pub):
+                    c.on_event = side.sink
+                sides.append(side)
+            pin_self(load_cpus())
+            me = psutil.Process()
+            for side in sides:
+                await window(side, p, redis_cpu, record=False)
+            me.cpu_percent(None)
+            for _ in range(p.rounds):
+                for side in (*sides, *sides[::-1]):  # on, off, off, on
+                    await window(side, p, redis_cpu, record=True)
+            load_cpu = me.cpu_percent(None)
+            caught_up = await outage(transport, sides[0], p, opts)
+    finally:
+        await asyncio.gather(*(c.close() for s in sides for c in (*s.subs, s.pub)),
+                             return_exceptions=True)
+        if "http" in opts:
+            await opts["http"].aclose()
+        redis.stop()
+    return {
+        "format": FORMAT, "transport": transport, "subscribers": p.subscribers,
+        "rate": p.rate, "seconds": p.seconds, "rounds": p.rounds,
+        "history": {s.name: s.result() for s in sides},
+        "outage": caught_up,
+        "load_cpu_percent": round(load_cpu, 1), "load_saturated": load_cpu > 90.0,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.2f}"
+
+
+def print_table(results: Sequence[dict[str, Any]]) -> None:
+    print(f"\n{'transport':<9} {'hist':<4} {'p50 ms':>7} {'p99 ms':>7} {'deliv/s':>8} "
+          f"{'srv us/dlv':>10} {'redis us/msg':>12} {'complete':>8} {'load%':>6}")
+    for r in results:
+        for name, h in r["history"].items():
+            print(f"{r['transport']:<9} {name:<4} {_ms(h['p50_us']):>7} {_ms(h['p99_us']):>7} "
+                  f"{h['deliveries_per_s'] or 0:>8} {h['server_cpu_us_per_delivery'] or 0:>10} "
+                  f"{h['redis_cpu_us_per_message'] or 0:>12} {h['complete']!s:>8} "
+                  f"{r['load_cpu_percent']:>6}")
+    print(f"\n{'transport':<9} {'outage s':>8} {'missed':>6} {'connect ms':>10} "
+          f"{'caught-up ms':>12} {'lost':>4} {'dupes':>5} {'gaps':>4}")
+    for r in results:
+        o = r["outage"]
+        if "error" in o:
+            print(f"{r['transport']:<9} {o['error']}")
+            continue
+        print(f"{r['transport']:<9} {o['outage_s']:>8} {o['missed']:>6} {o['connect_ms']:>10} "
+              f"{o['catch_up_ms'] if o['caught_up'] else 'never':>12} {o['lost']:>4} "
+              f"{o['duplicates']:>5} {o['gaps']:>4}")
+    print(f"\nload average at the end: {' '.join(map(str, os.getloadavg()))}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.guarantees",
+                                description=__doc__.split("\n")[0])
+    d = Params()
+    p.add_argument("--transports", default=",".join(TRANSPORTS))
+    p.add_argument("--subscribers", type=int, default=d.subscribers)
+    p.add_argument("--rate", type=float, default=d.rate, help="messages per second")
+    p.add_argument("--seconds", type=float, default=d.seconds, help="per measured window")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="ABBA pairs of windows")
+    p.add_argument("--warmup", type=float, default=d.warmup)
+    p.add_argument("--outage", type=float, default=d.outage, help="seconds disconnected")
+    p.add_argument("--json", help="write results to this file")
+    args = p.parse_args(argv)
+    params = Params(args.subscribers, args.rate, args.seconds, args.rounds, args.warmup,
+                    args.outage)
+    results = run_each(args.transports, lambda t: measure(t, params))
+    print_table(results)
+    write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
