@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from servers import settings as settings_mod
 from servers.core.hub import Hub
 from servers.fanout import make_broker
 from servers.settings import Settings
 
+if TYPE_CHECKING:
+    import uvicorn
+
 
 def build_hub(s: Settings) -> Hub:
-    broker = make_broker(s.broker, s.redis_url, s.namespace)
+    broker = make_broker(s.broker, s.redis_url, s.namespace, presence_ttl=s.presence_ttl)
     return Hub(broker, s.limits(), s.server_id)
+
+
+def listen_socket(config: uvicorn.Config, user_timeout: float) -> socket.socket:
+    """uvicorn's listening socket, with TCP_USER_TIMEOUT set when `user_timeout` > 0.
+
+    Accepted sockets inherit it (Linux): a peer that vanished (no ACK for what the
+    server sent, such as a heartbeat) is aborted after `user_timeout` seconds instead
+    of ~15 minutes of retransmissions, and its connection closed.
+    """
+    sock = config.bind_socket()
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux only
+    if user_timeout > 0 and option is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(user_timeout * 1000)))
+    return sock
 
 
 def run(s: Settings) -> int:
@@ -53,10 +72,11 @@ def run(s: Settings) -> int:
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
+    sock = listen_socket(config, s.tcp_user_timeout)
     # uvicorn re-raises the signal it caught once its graceful shutdown is done; with
     # SIGTERM ignored by then, a clean shutdown exits 0 as process managers expect
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run()
+    server.run(sockets=[sock])
     return 0 if server.started else 1
 
 

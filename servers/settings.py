@@ -41,7 +41,14 @@ class Settings:
     # history_ttl seconds old, for resume; 0 turns history, offsets and resume off
     history_size: int = 1000
     history_ttl: float = 300.0
-    heartbeat: float = 15.0  # seconds between keepalives (WS ping, SSE comment)
+    # liveness (docs/protocol.md 6.1): keepalive every `heartbeat` s (WS ping, SSE comment,
+    # gRPC keepalive ping; 0: none); an HTTP-transport socket whose sent data stays
+    # unacknowledged for `tcp_user_timeout` s is aborted (TCP_USER_TIMEOUT; 0: kernel
+    # default, about 15 min); a replica that stops refreshing its presence counts for
+    # `presence_ttl` s is taken for dead and its users shown offline (0: never)
+    heartbeat: float = 15.0
+    tcp_user_timeout: float = 30.0
+    presence_ttl: float = 30.0
     poll_timeout: float = 25.0  # long-poll: longest a poll is held open
     session_ttl: float = 30.0  # long-poll/SSE: session kept this long without a client
     log_level: str = "warning"
@@ -120,6 +127,12 @@ def validate(s: Settings) -> Settings:
     if s.outbox_max_events < 2 or s.outbox_max_bytes < s.max_frame_bytes:
         raise SettingsError("outbox_max_events must be at least 2 and outbox_max_bytes at "
                             "least max_frame_bytes (or every client is dropped at once)")
+    if 0 < s.presence_ttl < 0.3:
+        raise SettingsError(f"presence_ttl={s.presence_ttl}: expected 0 (off) or at least 0.3 s "
+                            "(replicas refresh their presence every presence_ttl / 3)")
+    if 0 < s.tcp_user_timeout < 0.001:
+        raise SettingsError(f"tcp_user_timeout={s.tcp_user_timeout}: expected 0 (off) or at "
+                            "least 0.001 s (a whole number of milliseconds)")
     if s.history_size > 0 and s.history_ttl <= 0:
         raise SettingsError("history_ttl must be > 0 while history is on (history_size > 0)")
     return s
@@ -145,7 +158,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="messages kept per room/inbox for resume (0: history off)")
     parser.add_argument("--history-ttl", type=float, default=d.history_ttl,
                         help="seconds a message stays in history")
-    parser.add_argument("--heartbeat", type=float, default=d.heartbeat)
+    parser.add_argument("--heartbeat", type=float, default=d.heartbeat,
+                        help="seconds between keepalives: WS ping, SSE comment, gRPC ping "
+                             "(a peer that does not answer within it is dropped; 0: off)")
+    parser.add_argument("--tcp-user-timeout", type=float, default=d.tcp_user_timeout,
+                        help="ws/sse/longpoll: abort a socket whose sent data is unacknowledged "
+                             "this many seconds (TCP_USER_TIMEOUT; 0: kernel default)")
+    parser.add_argument("--presence-ttl", type=float, default=d.presence_ttl,
+                        help="seconds after which a dead replica's users are shown offline "
+                             "(Redis broker; 0: never)")
     parser.add_argument("--poll-timeout", type=float, default=d.poll_timeout)
     parser.add_argument("--session-ttl", type=float, default=d.session_ttl)
     parser.add_argument("--log-level", default=d.log_level)

@@ -182,13 +182,25 @@ async def test_count_add_is_atomic_across_replicas_and_deletes_at_zero(
     )
     assert sorted(downs) == list(range(2 * n))
     assert await b.count_get("online", ["u"]) == [0]
-    # going below zero stays at zero and leaves no field behind
-    assert await a.count_add("online", "u", -1) == 0
+    # a replica's share never goes below zero: nothing to take away says -1, and
+    # no field is left behind (in the totals nor in the replica's shares)
+    assert await a.count_add("online", "u", -1) == -1
     raw = aioredis.Redis.from_url(redis_server.url)
     try:
-        assert await raw.hexists(f"{a._prefix}online", "u") == 0
+        assert await raw.hexists(a._keys.total("online"), "u") == 0
+        assert await raw.exists(a._keys.shares(a.replica), b._keys.shares(b.replica)) == 0
     finally:
         await raw.aclose()
+
+
+async def test_a_replica_cannot_take_away_what_another_counted(pair: Pair) -> None:
+    (a, _), (b, _) = pair
+    assert await a.count_add("online", "u", 1) == 1
+    assert await b.count_add("online", "u", -1) == -1  # b holds no share of u
+    assert await a.count_get("online", ["u"]) == [1]
+    assert await b.count_add("online", "u", 1) == 2
+    assert await b.count_add("online", "u", -2) == 1
+    assert await a.count_get("online", ["u"]) == [1]
 
 
 async def test_count_get(pair: Pair) -> None:

@@ -31,6 +31,7 @@ from servers.core.codec import parse_command
 from servers.core.cursor import Cursor, RoomCursor
 from servers.core.errors import BrokerUnavailable, ErrorCode, ProtocolError
 from servers.core.outbox import Outbox
+from servers.core.presence import ONLINE_KEY, Presence, presence_topic
 from servers.core.subscriptions import Subscriptions
 from servers.core.types import (
     Broker,
@@ -52,18 +53,6 @@ from servers.core.types import (
 )
 
 log = logging.getLogger("rtbench.hub")
-
-ONLINE_KEY = "online"
-
-
-def presence_topic(room: str) -> str:
-    """Join/leave events of a room travel apart from its messages (opt-in per join)."""
-    return "presence:" + room
-
-
-def _members_key(room: str) -> str:
-    return "members:" + room
-
 
 class Connection:
     """One client connection as the core sees it (one per socket/stream/session)."""
@@ -113,6 +102,7 @@ class Hub:
         self._rooms: dict[str, set[Connection]] = {}
         self._watchers: dict[str, set[Connection]] = {}
         self._topics = Subscriptions(broker, self._spawn)
+        self._presence = Presence(broker, self._spawn)
         self._catchup = CatchUp(broker, self.limits)
         self._ids = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
@@ -227,7 +217,7 @@ class Hub:
             conn.outbox.close(CloseReason.NORMAL)
         for room in list(conn.rooms):
             self._leave_local(conn, room)
-            self._spawn(self._member_delta(room, conn.user, -1))
+            self._spawn(self._presence.member_delta(room, conn.user, -1))
         users = self._users.get(conn.user)
         if users is not None:
             users.discard(conn)
@@ -305,12 +295,11 @@ class Hub:
                 self._leave_local(conn, cmd.room)
                 # awaited (not spawned) so that a user's join/leave edges reach the
                 # counters in command order, even across replicas
-                await self._member_delta(cmd.room, conn.user, -1)
+                await self._presence.member_delta(cmd.room, conn.user, -1)
             elif isinstance(cmd, Ping):
                 return _reply("pong", cmd.ref, ts=now_us())
             elif isinstance(cmd, PresenceQuery):
-                counts = await self.broker.count_get(ONLINE_KEY, cmd.users)
-                online = {u: n > 0 for u, n in zip(cmd.users, counts, strict=True)}
+                online = await self._presence.online(cmd.users)
                 return _reply("presence_state", cmd.ref, users=online)
         except BrokerUnavailable as exc:
             raise ProtocolError(
@@ -394,7 +383,7 @@ class Hub:
                 conn.watching = set()
             conn.watching.add(room)
             self._watchers.setdefault(room, set()).add(conn)
-        await self._member_delta(room, conn.user, 1)
+        await self._presence.member_delta(room, conn.user, 1)
         return read.position
 
     def _leave_local(self, conn: Connection, room: str) -> None:
@@ -413,21 +402,6 @@ class Hub:
                 if not watchers:
                     del self._watchers[room]
             self._topics.release(presence_topic(room))
-
-    async def _member_delta(self, room: str, user: str, delta: int) -> None:
-        """Count the user's connections in the room across replicas; announce 0<->1 edges.
-
-        Never raises: membership itself is local and already done; a fanout failure
-        here only costs a presence event (logged), it must not undo a join or a leave.
-        """
-        try:
-            n = await self.broker.count_add(_members_key(room), user, delta)
-            if (delta > 0 and n == 1) or (delta < 0 and n == 0):
-                status = "joined" if delta > 0 else "left"
-                body = {"type": "presence", "room": room, "user": user, "status": status}
-                await self.broker.publish(presence_topic(room), Event(body).json())
-        except BrokerUnavailable as exc:
-            log.warning("presence update for %s in %s lost: %s", user, room, exc)
 
     # ------------------------------------------------------ background work
 

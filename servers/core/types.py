@@ -210,6 +210,18 @@ class Limits:
 OnMessage = Callable[[str, bytes], None]
 
 
+class CountChange(NamedTuple):
+    """A counter that crossed zero other than through this replica's own `count_add`."""
+
+    key: str
+    member: str
+    present: bool  # True: it became positive; False: it reached zero
+
+
+# called with the counters a broker changed on its own (see Broker.watch_counts)
+OnCountChange = Callable[[list[CountChange]], None]
+
+
 def room_topic(room: str) -> str:
     return "room:" + room
 
@@ -269,7 +281,15 @@ class Broker(Protocol):
     async def publish(self, topic: str, payload: bytes) -> None: ...
 
     async def count_add(self, key: str, member: str, delta: int) -> int:
-        """Add `delta` to `member`'s counter in set `key`; return the new value."""
+        """Add `delta` to this replica's share of `member`'s counter in set `key` (a share
+        never goes below 0); return the counter's new value over all replicas, or -1 for
+        a decrement that found nothing of this replica's to take away."""
+        ...
+
+    def watch_counts(self, callback: OnCountChange) -> None:
+        """Have `callback` told of counters crossing zero on their own: the shares of a
+        replica that stopped refreshing them expired, or this replica wrote its shares
+        back after it had been taken for dead (docs/protocol.md 6.1)."""
         ...
 
     async def count_get(self, key: str, members: Iterable[str]) -> list[int]: ...

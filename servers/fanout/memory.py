@@ -9,7 +9,14 @@ from collections.abc import Iterable
 
 from servers.core.errors import BrokerUnavailable
 from servers.core.streams import GAP_EPOCH, GAP_TRIMMED, splice
-from servers.core.types import DEFAULT_RETENTION, History, OnMessage, Position, Retention
+from servers.core.types import (
+    DEFAULT_RETENTION,
+    History,
+    OnCountChange,
+    OnMessage,
+    Position,
+    Retention,
+)
 
 
 class _Stream:
@@ -62,7 +69,10 @@ class MemoryBroker:
 
     async def count_add(self, key: str, member: str, delta: int) -> int:
         counts = self._counts.setdefault(key, {})
-        n = counts.get(member, 0) + delta
+        had = counts.get(member, 0)
+        if had == 0 and delta < 0:
+            return -1  # nothing to take away (Broker.count_add)
+        n = had + delta
         if n <= 0:
             counts.pop(member, None)
             return 0
@@ -72,6 +82,9 @@ class MemoryBroker:
     async def count_get(self, key: str, members: Iterable[str]) -> list[int]:
         counts = self._counts.get(key, {})
         return [counts.get(m, 0) for m in members]
+
+    def watch_counts(self, callback: OnCountChange) -> None:
+        """One process holds every count: none expires, the callback is never called."""
 
     # ------------------------------------------------------------- history
 

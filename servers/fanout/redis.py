@@ -1,5 +1,5 @@
-"""Redis fanout: pub/sub for delivery, hashes for presence counters, streams for
-history (Lua scripts of redis_history.py).
+"""Redis fanout: pub/sub for delivery, hashes for presence counters (per-replica shares
+that expire with their replica: presence.py), streams for history (redis_history.py).
 
 Two connections per replica, whatever the number of clients:
 - one subscriber connection, driven by a reader task that owns it; SUBSCRIBE /
@@ -33,12 +33,24 @@ from redis.asyncio.connection import Connection as RedisConnection
 from redis.exceptions import NoScriptError, RedisError
 
 from servers.core.errors import BrokerUnavailable
-from servers.core.types import DEFAULT_RETENTION, History, OnMessage, Position, Retention
+from servers.core.types import (
+    DEFAULT_RETENTION,
+    CountChange,
+    History,
+    OnCountChange,
+    OnMessage,
+    Position,
+    Retention,
+)
+from servers.fanout import presence
 from servers.fanout.redis_history import META_TTL, SCRIPTS, Script, stream_keys
 
 log = logging.getLogger("rtbench.redis")
 
-# HINCRBY that deletes the field when it reaches zero, atomically (two replicas may race).
+REAP_BATCH = 16  # dead replicas one reap script takes at most (each is one script's work)
+
+# presence_ttl 0 (no expiry): HINCRBY that deletes the field when it reaches zero,
+# atomically (two replicas may race).
 _COUNT_ADD = """
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
 if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) n = 0 end
@@ -49,7 +61,10 @@ return n
 class RedisBroker:
     name = "redis"
 
-    def __init__(self, url: str, namespace: str = "rtb", op_timeout: float = 3.0) -> None:
+    def __init__(self, url: str, namespace: str = "rtb", op_timeout: float = 3.0,
+                 presence_ttl: float = 30.0) -> None:
+        """`presence_ttl`: seconds after which a replica that stopped refreshing its
+        presence shares (it died) is taken for dead and its shares are reaped; 0: never."""
         self.url = url
         self._prefix = namespace + ":"
         self._bprefix = self._prefix.encode()
@@ -73,6 +88,18 @@ class RedisBroker:
         self._flusher: asyncio.Task[None] | None = None
         self.reconnects = 0
         self._retention(DEFAULT_RETENTION)
+        # presence shares (presence.py)
+        self.replica = uuid.uuid4().hex[:16]
+        self.presence_ttl = presence_ttl
+        self._keys = presence.Keys.of(self._prefix)
+        self._presence_ttl_ms = str(max(1, int(presence_ttl * 1000)))
+        self._shares = presence.Shares()
+        self._resync = False  # write the shares back at the next liveness round
+        self._wake = asyncio.Event()  # run the next liveness round now
+        self._liveness_task: asyncio.Task[None] | None = None
+        self._on_counts: OnCountChange | None = None
+        self.reaped = 0  # dead replicas this one reaped
+        self.resyncs = 0  # times this replica wrote its shares back
 
     def _retention(self, retention: Retention) -> None:
         self._size = str(retention.size)
@@ -93,9 +120,19 @@ class RedisBroker:
             await self._client.aclose()
             raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
         self._reader = asyncio.create_task(self._read_loop(), name="redis-reader")
+        if self.presence_ttl > 0:
+            self._liveness_task = asyncio.create_task(self._liveness(), name="redis-liveness")
 
     async def close(self) -> None:
         self._closing = True
+        if self._liveness_task is not None:
+            self._liveness_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._liveness_task
+            # gone for good: expire now, so that a peer reaps whatever shares are left
+            # (the hub closed its connections; normally none) and announces them
+            with contextlib.suppress(BrokerUnavailable, NoScriptError):
+                await self._call("ZADD", self._keys.replicas, "XX", 0, self.replica)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -263,14 +300,92 @@ class RedisBroker:
         await self._call("PUBLISH", self._channel(topic), payload)
 
     async def count_add(self, key: str, member: str, delta: int) -> int:
-        return int(await self._call("EVAL", _COUNT_ADD, 1, self._prefix + key, member, delta))
+        keys = self._keys
+        if self.presence_ttl <= 0:
+            return int(await self._call("EVAL", _COUNT_ADD, 1, keys.total(key), member, delta))
+        self._shares.add(key, member, delta)
+        try:
+            n, registered = await self._call(
+                "EVAL", presence.COUNT_ADD, 3, keys.total(key), keys.shares(self.replica),
+                keys.replicas, member, delta, presence.field(key, member), self.replica,
+                self._presence_ttl_ms)
+        except BrokerUnavailable:
+            self._resync = True  # it may or may not have been applied: SYNC knows
+            raise
+        if not registered:  # taken for dead (and reaped) while alive
+            self._resync = True
+            self._wake.set()
+        return int(n)
 
     async def count_get(self, key: str, members: Iterable[str]) -> list[int]:
         names = list(members)
         if not names:
             return []
-        values = await self._call("HMGET", self._prefix + key, *names)
+        values = await self._call("HMGET", self._keys.total(key), *names)
         return [int(v) if v is not None else 0 for v in values]
+
+    def watch_counts(self, callback: OnCountChange) -> None:
+        self._on_counts = callback
+
+    # ------------------------------------------------------------ liveness
+
+    async def _liveness(self) -> None:
+        """Refresh this replica's expiry, write its shares back if it was taken for dead,
+        reap dead replicas: every presence_ttl / 3 (a live replica misses two rounds
+        before it expires)."""
+        interval = self.presence_ttl / 3
+        while not self._closing:
+            self._wake.clear()
+            try:
+                await self.liveness_round()
+            except BrokerUnavailable as exc:
+                log.debug("presence liveness round failed: %s", exc)
+            except Exception:
+                log.exception("presence liveness round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+
+    async def liveness_round(self) -> None:
+        """One round: refresh, sync if needed, reap (public for tests)."""
+        keys = self._keys
+        registered = await self._call("EVAL", presence.REFRESH, 1, keys.replicas,
+                                      self.replica, self._presence_ttl_ms)
+        if not registered or self._resync:
+            await self.sync()
+        await self.reap()
+
+    async def sync(self) -> None:
+        """Write this replica's shares as it holds them; announce the counters that moved."""
+        keys = self._keys
+        self._resync = False
+        try:
+            out = await self._call(
+                "EVAL", presence.SYNC, 2, keys.replicas, keys.shares(self.replica), keys.base,
+                self.replica, self._presence_ttl_ms, *self._shares.flat())
+        except BaseException:
+            self._resync = True
+            raise
+        self.resyncs += 1
+        self._notify([CountChange(*presence.unfield(out[i]), bool(out[i + 1]))
+                      for i in range(0, len(out), 2)])
+
+    async def reap(self) -> None:
+        """Take dead replicas' shares off the counters; announce those that reached zero."""
+        keys = self._keys
+        for _ in range(64):  # bounded: REAP_BATCH dead replicas per script
+            reaped, *zeroed = await self._call("EVAL", presence.REAP, 1, keys.replicas,
+                                               keys.base, REAP_BATCH)
+            self.reaped += reaped
+            self._notify([CountChange(*presence.unfield(f), False) for f in zeroed])
+            if reaped < REAP_BATCH:
+                return
+
+    def _notify(self, changes: list[CountChange]) -> None:
+        if changes and self._on_counts is not None:
+            try:
+                self._on_counts(changes)
+            except Exception:
+                log.exception("count-change callback failed")
 
     # ------------------------------------------------------------- history
 

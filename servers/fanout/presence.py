@@ -1,0 +1,198 @@
+"""Presence counters in Redis that heal when a replica dies: per-replica shares that expire.
+
+A counter (`count_add(key, member, delta)`: how many connections of `member` a
+replica holds in set `key`) is the sum of every replica's share. All keys share one
+hash tag, so that every script below touches a single Redis Cluster slot:
+
+    <ns>:{presence}:n:<key>      hash member -> total over the replicas (field deleted at 0)
+    <ns>:{presence}:c:<replica>  hash "<key>\\n<member>" -> this replica's share
+    <ns>:{presence}:replicas     sorted set replica id -> expiry time (Redis clock, ms)
+
+Invariant, kept by every script: a total is the sum of the shares. A replica
+refreshes its expiry every `ttl / 3`; every replica reaps those past their
+expiry (`REAP`): in one script the dead replica leaves the set (so exactly one
+reaper takes it), its shares are subtracted from the totals and deleted, and the
+(key, member) pairs whose total reached zero are returned, for the reaper to
+announce. A replica that was reaped while alive (cut from Redis, or frozen, for
+longer than `ttl`; or Redis lost its data) notices it, as its refresh or its next
+count finds its entry gone, and writes its shares again from its own record of
+them (`SYNC`), which returns the pairs that came back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+SEP = "\n"  # between key and member in a share's field (no key or name contains it)
+
+_NOW_MS = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+"""
+
+# KEYS total, share, replicas; ARGV member, delta, field, replica, ttl (ms).
+# Returns {new total or -1, 1 if the replica is registered else 0}. A share never
+# goes below zero: what it does not hold is not taken from the total (which other
+# replicas' shares make up), and -1 says a decrement found nothing of this replica's
+# (it was reaped meanwhile). An unregistered replica registers again and is told (0),
+# so that it writes its other shares back.
+COUNT_ADD = """
+local delta = tonumber(ARGV[2])
+local had = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0')
+local share = had + delta
+if share < 0 then share = 0 end
+local applied = share - had
+local n
+if applied == 0 and delta < 0 then
+  n = -1
+else
+  if share == 0 then redis.call('HDEL', KEYS[2], ARGV[3])
+  else redis.call('HSET', KEYS[2], ARGV[3], share) end
+  n = redis.call('HINCRBY', KEYS[1], ARGV[1], applied)
+  if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) n = 0 end
+end
+if redis.call('ZSCORE', KEYS[3], ARGV[4]) then return {n, 1} end
+""" + _NOW_MS + """
+redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[5]), ARGV[4])
+return {n, 0}
+"""
+
+# KEYS replicas; ARGV replica, ttl (ms). Returns 1 if it was registered, 0 if not
+# (first call, reaped, or Redis lost it); registered until now + ttl either way.
+REFRESH = """
+local had = redis.call('ZSCORE', KEYS[1], ARGV[1])
+""" + _NOW_MS + """
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
+if had then return 1 end
+return 0
+"""
+
+# KEYS replicas; ARGV presence prefix, max replicas per call.
+# Returns {replicas reaped, field, field, ...}: the pairs whose total reached zero.
+_SPLIT = """
+local function split(f)
+  local i = string.find(f, '\\n', 1, true)
+  return string.sub(f, 1, i - 1), string.sub(f, i + 1)
+end
+"""
+REAP = _SPLIT + _NOW_MS + """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {#dead}
+for _, replica in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], replica)
+  local shares = ARGV[1] .. 'c:' .. replica
+  local fields = redis.call('HGETALL', shares)
+  for i = 1, #fields, 2 do
+    local key, member = split(fields[i])
+    local total = ARGV[1] .. 'n:' .. key
+    local n = redis.call('HINCRBY', total, member, -tonumber(fields[i + 1]))
+    if n <= 0 then
+      redis.call('HDEL', total, member)
+      out[#out + 1] = fields[i]
+    end
+  end
+  redis.call('DEL', shares)
+end
+return out
+"""
+
+# KEYS replicas, share; ARGV presence prefix, replica, ttl (ms), then field, count
+# pairs: the replica's shares as they should be. Sets the shares to them, moves each
+# total by the difference, registers the replica. Returns {field, 1 (total became
+# positive) or 0 (total reached zero), ...}.
+SYNC = _SPLIT + _NOW_MS + """
+local diff = {}
+local have = redis.call('HGETALL', KEYS[2])
+for i = 1, #have, 2 do diff[have[i]] = -tonumber(have[i + 1]) end
+for i = 4, #ARGV, 2 do diff[ARGV[i]] = (diff[ARGV[i]] or 0) + tonumber(ARGV[i + 1]) end
+local out = {}
+for f, d in pairs(diff) do
+  if d ~= 0 then
+    local key, member = split(f)
+    local total = ARGV[1] .. 'n:' .. key
+    local n = redis.call('HINCRBY', total, member, d)
+    if n <= 0 then
+      redis.call('HDEL', total, member)
+      if n - d > 0 then out[#out + 1] = f out[#out + 1] = 0 end
+    elseif n - d <= 0 then
+      out[#out + 1] = f out[#out + 1] = 1
+    end
+  end
+end
+redis.call('DEL', KEYS[2])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]), ARGV[2])
+return out
+"""
+
+
+class Keys(NamedTuple):
+    """The presence keys of one namespace (`prefix` is `<ns>:`)."""
+
+    base: str  # <ns>:{presence}:
+
+    @classmethod
+    def of(cls, prefix: str) -> Keys:
+        return cls(prefix + "{presence}:")
+
+    def total(self, key: str) -> str:
+        return self.base + "n:" + key
+
+    def shares(self, replica: str) -> str:
+        return self.base + "c:" + replica
+
+    @property
+    def replicas(self) -> str:
+        return self.base + "replicas"
+
+
+def field(key: str, member: str) -> str:
+    return key + SEP + member
+
+
+def unfield(raw: bytes | str) -> tuple[str, str]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    key, _, member = text.partition(SEP)
+    return key, member
+
+
+class Shares:
+    """What this replica holds, as it should be in Redis: key -> member -> count.
+
+    Updated when a count is issued (before Redis answers), so that it is the
+    truth a SYNC writes back; pipelined in issue order, a SYNC's snapshot and
+    the counts around it agree.
+    """
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, dict[str, int]] = {}
+
+    def add(self, key: str, member: str, delta: int) -> None:
+        members = self._counts.get(key)
+        if members is None:
+            if delta <= 0:
+                return
+            members = self._counts[key] = {}
+        n = members.get(member, 0) + delta
+        if n > 0:
+            members[member] = n
+        else:
+            members.pop(member, None)
+            if not members:
+                del self._counts[key]
+
+    def get(self, key: str, member: str) -> int:
+        return self._counts.get(key, {}).get(member, 0)
+
+    def flat(self) -> Iterator[str | int]:
+        """field, count, field, count, ... (SYNC's arguments)."""
+        for key, members in self._counts.items():
+            for member, n in members.items():
+                yield field(key, member)
+                yield n
+
+    def __len__(self) -> int:
+        return sum(map(len, self._counts.values()))
