@@ -9,9 +9,12 @@ The idle-memory helper at the end is shared with the long-poll tests.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
+import re
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,9 +26,21 @@ import orjson
 import psutil
 import pytest
 
-from servers.core.types import CloseReason, Event
+from loadgen.aio import connect as aio_connect
+from servers.core.cursor import Cursor, decode_cursor, encode_cursor
+from servers.core.hub import Connection
+from servers.core.outbox import Outbox
+from servers.core.types import CloseReason, Event, Join, Leave, Limits, Ping
 from servers.testing import RedisServer, ServerProcess, free_port
-from servers.transports.sse import PING, close_frame, encode, frame
+from servers.transports.sse import (
+    PING,
+    RETRY_MS,
+    SseSession,
+    close_frame,
+    encode,
+    frame,
+    id_line,
+)
 from tests.cluster import MAX_FRAME_BYTES, MAX_ROOMS, server, start_all, stop_all, token, unique
 
 pytestmark = pytest.mark.e2e
@@ -56,6 +71,42 @@ def test_close_frame_and_ping() -> None:
     assert PING == b": ping\n\n"
 
 
+def _sse_session(cursor: Cursor | None = None) -> SseSession:
+    return SseSession(Connection("c-1", "u", "json", Outbox(100, 1 << 20)), cursor)
+
+
+def test_events_that_move_the_cursor_get_an_id_line_before_the_shared_frame() -> None:
+    session = _sse_session()
+    welcome = Event({"type": "welcome", "conn": "c-1", "inbox": {"offset": 4, "epoch": "e1"}})
+    msg = Event(raw=b'{"type":"message","room":"r","data":1,"offset":7,"epoch":"e2"}')
+    presence = Event({"type": "presence", "room": "r", "user": "v", "status": "joined"})
+    out = session.chunk([welcome, msg, presence])
+    first = id_line(encode_cursor({"inbox": [4, "e1"], "rooms": {}}))
+    second = id_line(encode_cursor({"inbox": [4, "e1"], "rooms": {"r": [7, "e2"]}}))
+    assert out == first + encode(welcome) + second + encode(msg) + encode(presence)
+    assert session.chunk([msg]) == encode(msg)  # seen again: the cursor does not move
+    assert session.chunk([msg]) is encode(msg)  # the shared frame, not a copy
+
+
+def test_joins_and_leaves_reach_the_cursor_in_outbox_order_as_id_only_blocks() -> None:
+    cursor = decode_cursor(encode_cursor({"inbox": [1, "i"], "rooms": {"a": [3, "ea", True]}}),
+                           Limits())
+    session = _sse_session(cursor)
+    outbox = session.conn.outbox
+    ack = Event({"type": "ack", "offset": 9, "epoch": "eb"})
+    assert session.replied(Join("b", presence=False), ack) is False
+    assert session.replied(Leave("a"), Event({"type": "ack"})) is False
+    assert session.replied(Ping(), Event({"type": "pong", "ts": 1})) is False  # no mark
+    joined = encode_cursor({"inbox": [1, "i"], "rooms": {"a": [3, "ea", True], "b": [9, "eb"]}})
+    left = encode_cursor({"inbox": [1, "i"], "rooms": {"b": [9, "eb"]}})
+    assert session.chunk(outbox.take()) == id_line(joined) + b"\n" + id_line(left) + b"\n"
+    full = Outbox(1, 1 << 20)
+    session.conn.outbox = full
+    full.push(ack)
+    assert session.replied(Join("c"), ack) is True  # the mark overflowed the outbox
+    assert full.close_reason is CloseReason.SLOW_CONSUMER
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -66,6 +117,9 @@ class Stream:
         self.response = response
         self.lines = response.aiter_lines()
         self.comments: list[str] = []
+        self.last_id = ""  # the last `id:` seen (kept across events, as a browser does)
+        self.ids: list[str] = []  # every `id:` seen, id-only blocks included
+        self.retry: int | None = None
 
     async def next(self, within: float = WAIT) -> tuple[str, dict[str, Any]]:
         """The next event as (`event:` name, decoded data); comments are recorded."""
@@ -83,6 +137,11 @@ class Stream:
                 name = line[7:]
             elif line.startswith("data: "):
                 data = line[6:].encode()
+            elif line.startswith("id: "):
+                self.last_id = line[4:]
+                self.ids.append(self.last_id)
+            elif line.startswith("retry: "):
+                self.retry = int(line[7:])
         raise EOFError("stream ended")
 
     async def until(self, kind: str) -> dict[str, Any]:
@@ -101,10 +160,11 @@ class Stream:
 
 
 @contextlib.asynccontextmanager
-async def opened(http: httpx.AsyncClient, user: str) -> AsyncIterator[tuple[Stream, str]]:
-    """A stream of `user` and its connection id (from `welcome`)."""
-    headers = {"Authorization": f"Bearer {token(user)}"}
-    async with http.stream("GET", "/sse", headers=headers) as resp:
+async def opened(http: httpx.AsyncClient, user: str, url: str = "/sse",
+                 headers: dict[str, str] | None = None) -> AsyncIterator[tuple[Stream, str]]:
+    """A stream of `user` and its connection id (from `welcome`); `headers` are added."""
+    headers = {"Authorization": f"Bearer {token(user)}", **(headers or {})}
+    async with http.stream("GET", url, headers=headers) as resp:
         assert resp.status_code == 200, await resp.aread()
         stream = Stream(resp)
         name, welcome = await stream.next()
@@ -288,6 +348,139 @@ async def test_client_disconnect_closes_the_connection(http: httpx.AsyncClient) 
         return resp.status_code == 404
 
     await eventually(forgotten, "the server to close the connection of a closed stream")
+
+
+# ---------------------------------------------------------------- resume (4.1, 7.2)
+
+
+def cursor_of(event_id: str) -> dict[str, Any]:
+    """The cursor an `id:` line carries (and check the server's own decoder accepts it)."""
+    decode_cursor(event_id, Limits())
+    padded = event_id + "=" * (-len(event_id) % 4)
+    obj: dict[str, Any] = orjson.loads(base64.urlsafe_b64decode(padded))
+    return obj
+
+
+async def test_id_lines_carry_the_whole_cursor_and_retry_comes_first(
+        http: httpx.AsyncClient) -> None:
+    alice, r1, r2 = unique("alice"), unique("room"), unique("room")
+    async with opened(http, alice) as (stream, conn):
+        assert stream.retry == RETRY_MS
+        welcome_cursor = cursor_of(stream.last_id)  # the welcome's id: the inbox position
+        inbox = welcome_cursor["inbox"]
+        assert welcome_cursor == {"inbox": [0, inbox[1]], "rooms": {}}
+        acks = [(await command(http, alice, conn, {"type": "join", "room": r, "id": 1})).json()
+                for r in (r1, r2)]
+        await command(http, alice, conn, {"type": "publish", "room": r1, "data": "a"})
+        message = await stream.until("message")
+        # the whole cursor: r2, which has had no event, is there from its join
+        assert cursor_of(stream.last_id) == {"inbox": inbox, "rooms": {
+            r1: [message["offset"], message["epoch"]], r2: [acks[1]["offset"], acks[1]["epoch"]]}}
+        await command(http, alice, conn, {"type": "leave", "room": r2})
+        await command(http, alice, conn, {"type": "direct", "to": alice, "data": "d"})
+        direct = await stream.until("direct")
+        assert cursor_of(stream.last_id) == {
+            "inbox": [direct["offset"], direct["epoch"]],
+            "rooms": {r1: [message["offset"], message["epoch"]]}}
+        assert direct["offset"] == 1
+
+
+async def test_last_event_id_resumes_with_exactly_the_missed_messages(
+        http: httpx.AsyncClient) -> None:
+    alice, bob, room = unique("alice"), unique("bob"), unique("room")
+    async with opened(http, bob) as (_, b_conn):
+        await command(http, bob, b_conn, {"type": "join", "room": room})
+        async with opened(http, alice) as (stream, conn):
+            await command(http, alice, conn, {"type": "join", "room": room})
+            await command(http, bob, b_conn, {"type": "publish", "room": room, "data": "seen"})
+            seen = await stream.until("message")
+            stale, last = stream.ids[-2], stream.last_id  # before and after "seen"
+        for i in range(5):
+            await command(http, bob, b_conn, {"type": "publish", "room": room, "data": i})
+        # as a browser reconnects: the URL it was made with (a stale ?resume=) and the last
+        # id it saw as Last-Event-ID, which wins
+        async with opened(http, alice, f"/sse?resume={stale}",
+                          {"Last-Event-ID": last}) as (stream, _):
+            got = [await stream.until("message") for _ in range(5)]
+            await command(http, bob, b_conn, {"type": "publish", "room": room, "data": "live"})
+            got.append(await stream.until("message"))
+            assert [m["data"] for m in got] == [0, 1, 2, 3, 4, "live"]
+            assert [m["offset"] for m in got] == [seen["offset"] + i for i in range(1, 7)]
+            assert cursor_of(stream.last_id)["rooms"] == {room: [got[-1]["offset"], seen["epoch"]]}
+
+
+@pytest.mark.parametrize("bad", [
+    "not a cursor!",
+    encode_cursor({"rooms": {"no spaces": [0, ""]}}),
+    encode_cursor({"rooms": {f"r{i}": [0, ""] for i in range(MAX_ROOMS + 1)}}),
+])
+async def test_a_bad_last_event_id_is_400_bad_cursor_and_nothing_else_changes(
+        http: httpx.AsyncClient, bad: str) -> None:
+    before = await connections(http)
+    user = unique("u")
+    good = encode_cursor({"rooms": {}})
+    resp = await http.get(f"/sse?resume={good}", headers={
+        "Authorization": f"Bearer {token(user)}", "Last-Event-ID": bad})
+    assert resp.status_code == 400
+    body = resp.json()
+    assert body["type"] == "error" and body["code"] == "bad_cursor" and body["message"]
+    assert await connections(http) == before
+    async with opened(http, user):  # the same user connects fine right after
+        assert await connections(http) == before + 1
+
+
+async def test_a_stalled_stream_is_dropped_as_a_slow_consumer_and_others_keep_up() -> None:
+    """A client that stops reading: its send stays blocked and the stream is cut after
+    `heartbeat` s (the outbox is made big enough never to overflow first)."""
+    proc = ServerProcess("sse", free_port(), args=[
+        "--broker", "memory", "--heartbeat", "1", "--max-frame-bytes", "65536",
+        "--outbox-max-events", "100000", "--outbox-max-bytes", str(512 << 20)])
+    start_all([proc])
+    loop = asyncio.get_running_loop()
+    stalled, room, n, size = unique("stalled"), unique("room"), 400, 16 * 1024
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few KiB
+    sock.setblocking(False)
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http:
+            await loop.sock_connect(sock, ("127.0.0.1", proc.port))
+            await loop.sock_sendall(sock, f"GET /sse HTTP/1.1\r\nHost: t\r\nAuthorization: "
+                                          f"Bearer {token(stalled)}\r\n\r\n".encode())
+            head = b""
+            while not (found := re.search(rb'"conn":"([^"]+)"', head)):
+                assert len(head) < 65536, head
+                head += await asyncio.wait_for(loop.sock_recv(sock, 4096), WAIT)
+            conn = found.group(1).decode()
+            assert (await command(http, stalled, conn, {"type": "join", "room": room})
+                    ).status_code == 200
+            reader = await aio_connect("sse", proc.url, token(unique("reader")))
+            publisher = await aio_connect("sse", proc.url, token(unique("pub")))
+            try:
+                for client in (reader, publisher):
+                    await client.join(room)
+                for i in range(n):  # 6.4 MiB: more than the socket buffers on both sides
+                    await publisher.publish(room, {"i": i, "pad": "x" * size})
+                await eventually(lambda: _is(_slow_consumers(http), 1), "the stall to be noticed")
+                await eventually(lambda: _is(connections(http), 2), "the stalled stream to close")
+                got = [(await reader.next_event("message", WAIT))["data"]["i"] for _ in range(n)]
+                assert got == list(range(n))
+                assert (await command(http, stalled, conn, {"type": "ping"})).status_code == 404
+            finally:
+                await asyncio.gather(reader.close(), publisher.close())
+            # the connection was cut: what the kernel still held arrives, then the end
+            ended = False
+            for _ in range(10_000):
+                try:
+                    data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), WAIT)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    ended = True
+                    break
+            assert ended
+    finally:
+        sock.close()
+        stop_all([proc])
 
 
 async def test_slow_consumer_gets_close_4408_after_its_backlog() -> None:
