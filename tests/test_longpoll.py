@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 
+from servers.core.cursor import encode_cursor
 from servers.core.types import CloseReason, Event
 from servers.testing import RedisServer, ServerProcess, free_port
 from servers.transports.longpoll import connect_body, events_body, poll_timeout
@@ -70,8 +71,10 @@ class Session:
         self.auth = {"Authorization": f"Bearer {token(user)}"}
         self.conn = ""
 
-    async def connect(self) -> dict[str, Any]:
-        resp = await self.http.post("/lp/connect", headers=self.auth)
+    async def connect(self, params: dict[str, str] | None = None,
+                      headers: dict[str, str] | None = None) -> dict[str, Any]:
+        resp = await self.http.post("/lp/connect", params=params,
+                                    headers={**self.auth, **(headers or {})})
         assert resp.status_code == 200, resp.text
         body: dict[str, Any] = resp.json()
         self.conn = body["conn"]
@@ -187,6 +190,84 @@ async def test_bad_timeout_is_400(http: httpx.AsyncClient) -> None:
     resp = await http.get(f"/lp/{s.conn}/poll?timeout=-3", headers=s.auth)
     assert resp.status_code == 400 and resp.json()["code"] == "bad_field"
     assert (await http.head(f"/lp/{s.conn}/poll", headers=s.auth)).status_code == 405
+
+
+async def test_steady_publishing_over_many_short_polls_loses_nothing(
+        http: httpx.AsyncClient) -> None:
+    """A publisher at a steady rate across many poll cycles (some of them time out
+    empty): the poller sees every offset exactly once, in order."""
+    pub, sub, room, n = await session(http, "pub"), await session(http, "sub"), unique("r"), 60
+    acks = [(await s.send({"type": "join", "room": room})).json() for s in (pub, sub)]
+    start = acks[1]["offset"]
+
+    async def publish() -> None:
+        for i in range(n):  # 40 per second: the interval is the rate, not a synchronization
+            assert (await pub.send({"type": "publish", "room": room, "data": i})).status_code == 200
+            await asyncio.sleep(0.025)
+
+    publishing = asyncio.create_task(publish())
+    got: list[dict[str, Any]] = []
+    cycles = empty = 0
+    try:
+        while len(got) < n:
+            assert cycles < 2000, f"{len(got)} of {n} messages after {cycles} polls"
+            events = await sub.events(0.05)
+            cycles += 1
+            empty += not events
+            got += [e for e in events if e["type"] == "message"]
+    finally:
+        await publishing
+    assert [m["offset"] for m in got] == list(range(start + 1, start + n + 1))
+    assert [m["data"] for m in got] == list(range(n))
+    assert cycles >= 3
+    assert await sub.events(0) == []  # nothing left over, nothing repeated
+
+
+# ---------------------------------------------------------------- resume (4.1, 7.3)
+
+
+@pytest.mark.parametrize("where", ["query", "header"])
+async def test_connect_with_a_cursor_gets_the_missed_events_first(
+        http: httpx.AsyncClient, where: str) -> None:
+    pub, room = await session(http, "pub"), unique("room")
+    sub = await session(http, "sub")
+    await pub.send({"type": "join", "room": room})
+    ack = (await sub.send({"type": "join", "room": room})).json()
+    await pub.send({"type": "direct", "to": sub.user, "data": "seen"})
+    [seen] = await sub.events()
+    cursor = {"inbox": [seen["offset"], seen["epoch"]],
+              "rooms": {room: [ack["offset"], ack["epoch"]]}}
+    assert (await http.delete(f"/lp/{sub.conn}", headers=sub.auth)).status_code == 204
+    for i in range(3):
+        await pub.send({"type": "publish", "room": room, "data": i})
+    await pub.send({"type": "direct", "to": sub.user, "data": "missed"})
+    raw = encode_cursor(cursor)
+    resumed = Session(http, sub.user)
+    body = await resumed.connect(params={"resume": raw} if where == "query" else None,
+                                 headers={"X-Rtbench-Resume": raw} if where == "header" else None)
+    events = body["events"]
+    assert events[0]["type"] == "welcome" and events[0]["conn"] == body["conn"]
+    # the inbox catches up first, then the rooms are joined again from their positions
+    assert [(e["type"], e["data"], e["offset"]) for e in events[1:]] == [
+        ("direct", "missed", seen["offset"] + 1),
+        *[("message", i, ack["offset"] + 1 + i) for i in range(3)]]
+    await pub.send({"type": "publish", "room": room, "data": "live"})
+    assert [(e["type"], e["data"]) for e in await resumed.events()] == [("message", "live")]
+
+
+@pytest.mark.parametrize("bad", ["%%%", encode_cursor({"inbox": [-1, ""]}),
+                                 encode_cursor({"rooms": {"bad room": [0, ""]}})])
+async def test_connect_with_a_bad_cursor_is_400_bad_cursor(http: httpx.AsyncClient,
+                                                           bad: str) -> None:
+    s = await session(http, "ok")
+    before = (await http.get("/healthz")).json()["connections"]
+    resp = await http.post("/lp/connect", params={"resume": bad},
+                           headers={"Authorization": f"Bearer {token(unique('bad'))}"})
+    assert resp.status_code == 400
+    body = resp.json()
+    assert body["type"] == "error" and body["code"] == "bad_cursor" and body["message"]
+    assert (await http.get("/healthz")).json()["connections"] == before
+    assert (await s.send({"type": "ping"})).status_code == 200
 
 
 # ---------------------------------------------------------------- auth, ownership, delete
