@@ -5,10 +5,13 @@ Method, per transport and round: a subscriber process connects and joins a fresh
 room, then is frozen (SIGSTOP). An asyncio publisher publishes N messages; the
 server queues them in the frozen subscriber's outbox (raised limits) and socket
 buffers. The subscriber is thawed (SIGCONT) and drains the backlog as fast as it
-can: rate = N / (last receive - thaw time); the orchestrator sends the thaw time
-on stdin (per-event receive times cannot be used alone: a long-poll response
-carries thousands of events at once). The server only has to write queued events
-then, so the number measures the client, not the fanout.
+can: rate = N / (the moment the last message was handled - thaw time); the
+orchestrator sends the thaw time on stdin. The end is taken after the last
+delivery ran, not from its receive time: a receive time is taken when the read
+returned, before decoding, so the work on the last read (a long-poll response
+carries thousands of events, an SSE or WebSocket read of 256 KiB about a
+thousand) would not count. The server only has to write queued events then, so
+the number measures the client, not the fanout.
 
 The gevent subscriber runs the exact delivery path of `loadgen.users.RtbenchUser`
 (stamp parse, HDR record, delivery ledger, Locust `request` event into Locust's
@@ -99,7 +102,7 @@ def _gevent_subscriber(args: argparse.Namespace) -> int:
         if ev.get("type") == "message":
             seen["n"] += 1
             if seen["n"] == args.count:
-                seen["last"] = recv_us
+                seen["last"] = now_us()  # handled, not just received (module docstring)
                 done.set()
 
     cls = client_class(args.transport, args.grpc_client)
@@ -128,6 +131,7 @@ def _aio_subscriber(args: argparse.Namespace) -> int:
     import asyncio
 
     from loadgen.aio import Received, connect
+    from loadgen.measure import now_us
     from servers.core.auth import DEV_SECRET, make_token
 
     async def go() -> int:
@@ -140,7 +144,7 @@ def _aio_subscriber(args: argparse.Namespace) -> int:
             if ev.type == "message":
                 seen["n"] += 1
                 if seen["n"] == args.count and not done.done():
-                    seen["last"] = ev.recv_us
+                    seen["last"] = now_us()  # decoded and handed over, not just received
                     done.set_result(None)
 
         client.on_event = on_event

@@ -1,4 +1,5 @@
-"""Sans-I/O framing of the gevent clients: WebSocket frames and SSE lines, fed as bytes."""
+"""Sans-I/O framing of the gevent clients: WebSocket frames and the SSE response, fed as
+bytes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import struct
 
 import pytest
 
-from loadgen.clients.ssefmt import SseParser, chunk_overhead
+from loadgen.clients.ssestream import ResponseError, SseResponse
 from loadgen.clients.wsframes import (
     OP_BINARY,
     OP_CLOSE,
@@ -16,6 +17,7 @@ from loadgen.clients.wsframes import (
     FrameError,
     FrameReader,
 )
+from loadgen.sse_parser import MAX_LINE
 
 
 def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = False) -> bytes:
@@ -67,14 +69,67 @@ def test_protocol_violations_raise(data: bytes) -> None:
         FrameReader().feed(data)
 
 
-def test_sse_parser_handles_crlf_lf_comments_and_multiline_data() -> None:
-    p = SseParser()
-    lines = [b": ping\r\n", b"event: message\r\n", b'data: {"a":\r\n', b"data: 1}\r\n", b"\r\n",
-             b"event: ack\n", b"data:{}\n", b"\n", b"\n"]
-    out = [d for d in (p.line(x) for x in lines) if d is not None]
-    assert out == [b'{"a":\n1}', b"{}"]
-    assert p.nbytes == sum(len(x) for x in lines)
+def chunked(*pieces: bytes) -> bytes:
+    """An HTTP/1.1 chunked body: one chunk per piece, then the last chunk."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
 
 
-def test_chunk_overhead() -> None:
-    assert chunk_overhead(0xFF) == 2 + 4 and chunk_overhead(0x100) == 3 + 4
+SSE_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+SSE_EVENTS = [b'event: welcome\r\ndata: {"type":"welcome"}\r\n\r\n',
+              b": ping\n\n",
+              b'event: message\ndata: {"type":"message",\ndata: "s":1}\n\nevent: message\n',
+              b'data: {"type":"message","s":2}\n\n']
+SSE_DATA = [b'{"type":"welcome"}', b'{"type":"message",\n"s":1}', b'{"type":"message","s":2}']
+
+
+def test_sse_response_split_at_every_byte_is_the_same_events() -> None:
+    wire = SSE_HEAD + chunked(*SSE_EVENTS)
+    whole = SseResponse()
+    assert whole.feed(wire) == SSE_DATA
+    assert whole.status == 200 and whole.complete
+    assert whole.headers["content-type"] == "text/event-stream"
+    for cut in range(1, len(wire)):  # chunk sizes, CRLFs, event lines all split somewhere
+        r = SseResponse()
+        assert r.feed(wire[:cut]) + r.feed(wire[cut:]) == SSE_DATA, cut
+    r = SseResponse()
+    assert [d for i in range(len(wire)) for d in r.feed(wire[i:i + 1])] == SSE_DATA
+
+
+def test_sse_response_events_come_out_as_their_chunk_arrives() -> None:
+    r = SseResponse()
+    assert r.feed(SSE_HEAD) == [] and r.head_done and not r.complete
+    assert r.feed(chunked(SSE_EVENTS[0])[:-5]) == [SSE_DATA[0]]  # last chunk not yet sent
+    assert r.feed(b"0\r\n\r\n") == [] and r.complete
+
+
+def test_sse_response_without_chunking_and_its_last_id() -> None:
+    body = b"id: abc\ndata: 1\n\n"
+    r = SseResponse()
+    assert r.feed(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)) \
+        == [b"1"]
+    assert r.complete and r.last_id == b"abc"
+
+
+def test_sse_response_error_status_keeps_the_body_unparsed() -> None:
+    body = b'{"type":"error","code":"unauthorized","message":"missing token"}'
+    r = SseResponse()
+    wire = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    assert r.feed(wire[:40]) == [] and r.feed(wire[40:]) == []
+    assert r.status == 401 and r.complete and bytes(r.body) == body
+
+
+@pytest.mark.parametrize("wire", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # not a chunk size
+    b"SMTP ready\r\n\r\n",  # not HTTP
+])
+def test_sse_response_malformed_http_raises(wire: bytes) -> None:
+    with pytest.raises(ResponseError):
+        SseResponse().feed(wire)
+
+
+def test_sse_response_runaway_line_raises() -> None:
+    r = SseResponse()
+    r.feed(SSE_HEAD)
+    with pytest.raises(ResponseError, match="longer than"):
+        r.feed(chunked(b"data: " + b"x" * (MAX_LINE + 1))[:-5])

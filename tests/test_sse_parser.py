@@ -1,10 +1,10 @@
-"""The sans-I/O event-stream parser of the asyncio SSE client, fed raw bytes."""
+"""The sans-I/O event-stream parser both SSE clients share, fed raw bytes."""
 
 from __future__ import annotations
 
 import pytest
 
-from loadgen.aio.sse_parser import SseError, SseParser
+from loadgen.sse_parser import SseError, SseParser
 
 Event = tuple[bytes, bytes, int]
 

@@ -1,7 +1,7 @@
 """gevent-friendly clients, one per transport, one API (see `loadgen.clients.base`).
 
 Importing this package imports no gevent: the sans-I/O framing modules
-(`wsframes`, `ssefmt`) are tested in the plain pytest process. The clients
+(`wsframes`, `ssestream`, `grpcframes`) are tested in the plain pytest process. The clients
 themselves (and `base`) need a gevent-patched process, such as Locust's.
 """
 

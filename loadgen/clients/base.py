@@ -16,6 +16,11 @@ the event returned, taken before decoding so parsing cost is not latency.
 frames without `id` (the server sends no ack, errors still come back as events);
 on HTTP transports (SSE, long-poll) they are a POST each and block until the
 reply, so `publish_blocks` is True and open-loop publishers run them in a pool.
+
+Every client keeps its resume cursor (`client.tracker`, docs/protocol.md 4.1) from
+the events it receives and the rooms it joins and leaves, before `on_event` sees
+them; `resume()` opens a new connection with it, which gets what was missed (or a
+`gap`) and is back in the cursor's rooms when its `welcome` arrives.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import itertools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -31,10 +36,14 @@ import gevent
 import orjson
 from gevent.event import AsyncResult, Event
 
+from servers.core.cursor import CursorTracker, encode_cursor
+
 OnEvent = Callable[[dict[str, Any], int, int], None]
 
 # Replies routed to the command that asked, never to on_event.
 REPLY_TYPES = frozenset({"ack", "pong", "presence_state", "error"})
+# Events that move the resume cursor (CursorTracker.observe).
+CURSOR_TYPES = frozenset({"message", "direct", "gap"})
 
 
 class ClientError(Exception):
@@ -66,11 +75,14 @@ class Client(ABC):
     publish_blocks: ClassVar[bool] = False
 
     def __init__(self, url: str, token: str, on_event: OnEvent | None = None,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, resume: Mapping[str, Any] | None = None) -> None:
         self.url = url
         self.token = token
         self.on_event: OnEvent = on_event or _ignore
         self.timeout = timeout
+        # the cursor to open with (wire form, None: a fresh connection), then the live one
+        self.resume_cursor = encode_cursor(resume) if resume is not None else None
+        self.tracker = CursorTracker(resume)
         self.welcome: dict[str, Any] = {}
         self.connect_us = 0  # time from connect() to the welcome event
         self.closed = Event()
@@ -96,19 +108,26 @@ class Client(ABC):
         if self.welcome.get("type") != "welcome":
             self.close()
             raise ClientError("bad_welcome", f"expected 'welcome', got {self.welcome!r:.200}")
+        self.tracker.observe(self.welcome)  # the inbox position, unless resumed from one
         self._reader = gevent.spawn(self._read_loop)
         return self.welcome
 
     # -------------------------------------------------------------- commands
 
+    @property
+    def cursor(self) -> dict[str, Any]:
+        """The resume cursor's JSON object: the positions of the last events received."""
+        return self.tracker.cursor()
+
     def join(self, room: str, presence: bool = False) -> None:
         cmd: dict[str, Any] = {"type": "join", "room": room}
         if presence:
             cmd["presence"] = True
-        self.call(cmd)
+        self.tracker.joined(room, self.call(cmd), presence)
 
     def leave(self, room: str) -> None:
         self.call({"type": "leave", "room": room})
+        self.tracker.left(room)
 
     def publish(self, room: str, data: bytes) -> None:
         self.send(b'{"type":"publish","room":%s,"data":%s}' % (orjson.dumps(room), data))
@@ -124,13 +143,11 @@ class Client(ABC):
         return dict(reply.get("users", {}))
 
     def resume(self) -> Client:
-        """Close and return a new connected client for the same user and server.
-
-        Until the protocol has resume cursors this is a plain reconnect: events
-        published in between are lost, and the caller joins its rooms again.
-        """
-        self.close()
-        fresh = type(self)(self.url, self.token, self.on_event, self.timeout)
+        """Close and return a new connected client for the same user and server, opened
+        with this one's cursor: it gets what was published in between (or a `gap` when
+        history cannot cover it) and is a member of the same rooms, without joining."""
+        self.close()  # first: no event may arrive after the cursor is taken
+        fresh = type(self)(self.url, self.token, self.on_event, self.timeout, self.cursor)
         fresh.connect()
         return fresh
 
@@ -166,8 +183,8 @@ class StreamClient(Client):
     """WebSocket and gRPC: commands and replies share one stream, matched by `id`/`ref`."""
 
     def __init__(self, url: str, token: str, on_event: OnEvent | None = None,
-                 timeout: float = 10.0) -> None:
-        super().__init__(url, token, on_event, timeout)
+                 timeout: float = 10.0, resume: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, token, on_event, timeout, resume)
         self._pending: dict[str, AsyncResult] = {}
 
     def call(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +204,10 @@ class StreamClient(Client):
         return reply
 
     def _dispatch(self, ev: dict[str, Any], wire_bytes: int, recv_us: int) -> None:
-        if ev.get("type") in REPLY_TYPES:
+        kind = ev.get("type")
+        if kind in CURSOR_TYPES:
+            self.tracker.observe(ev)
+        elif kind in REPLY_TYPES:
             waiter = self._pending.get(str(ev.get("ref")))
             if waiter is not None:
                 waiter.set(ev)

@@ -3,6 +3,7 @@ the command POST of protocol section 7.2/7.3 (reply = response body)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -30,8 +31,8 @@ class HttpClient(Client):
     publish_blocks = True
 
     def __init__(self, url: str, token: str, on_event: OnEvent | None = None,
-                 timeout: float = 10.0) -> None:
-        super().__init__(url, token, on_event, timeout)
+                 timeout: float = 10.0, resume: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, token, on_event, timeout, resume)
         self.host, self.port = split_url(url, 80)
         self.auth = {"Authorization": f"Bearer {token}"}
         self._http = self._client(COMMAND_CONCURRENCY, timeout)

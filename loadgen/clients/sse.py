@@ -1,89 +1,142 @@
-"""Server-Sent Events client: one streaming GET /sse, commands as POST /sse/{conn}."""
+"""Server-Sent Events client: the `GET /sse` stream on a plain gevent socket of its own,
+commands as `POST /sse/{conn}` through the keep-alive pool of `HttpClient`.
+
+The stream is read 256 KiB at a time and each read goes whole into `SseResponse`
+(sans-I/O: httptools undoes the chunked encoding, `loadgen.sse_parser` splits the
+events), the same parser the asyncio client uses; each event's JSON is decoded
+once. Reading line by line through geventhttpclient cost ~3 Python calls per
+line and made this client the load generator's ceiling (bench/ingest.py).
+
+Bytes on the wire per event: what the reads that completed events carried (event
+lines, comments, chunk headers), shared among those events. The server's last
+event, `close`, ends the connection with its section 6 code; a stream that just
+ends is 1006. Resume: the cursor goes in `?resume=` (docs/protocol.md 4.1).
+"""
 
 from __future__ import annotations
 
+import socket
 from typing import Any, ClassVar
+from urllib.parse import urlencode
 
 import orjson
 
-from loadgen.clients.base import ClientError
+from loadgen.clients.base import CURSOR_TYPES, ClientError
 from loadgen.clients.http import HttpClient, error_from
-from loadgen.clients.ssefmt import SseParser, chunk_overhead
+from loadgen.clients.ssestream import SseResponse
 from loadgen.measure import now_us
+from servers.core.cursor import RESUME_PARAM
 
 STREAM_IDLE_TIMEOUT = 120.0  # seconds without a byte (the server comments every heartbeat)
+RECV_BYTES = 256 * 1024
 
 
 class SseClient(HttpClient):
     transport: ClassVar[str] = "sse"
 
-    _stream: Any = None
+    _sock: socket.socket | None = None
 
     def command_path(self) -> str:
         return f"/sse/{self.conn_id}"
 
-    def _open(self) -> dict[str, Any]:
-        self._stream_http = self._client(1, STREAM_IDLE_TIMEOUT)
-        headers = {**self.auth, "Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        try:
-            resp = self._stream_http.get("/sse", headers=headers)
-        except OSError as exc:
-            self._stream_http.close()
-            raise ClientError("connect_failed", f"{self.url}: {exc!r}") from None
-        if resp.status_code != 200:
-            body = resp.read()
-            resp.release()
-            self._stream_http.close()
-            raise error_from(int(resp.status_code), body)
-        self._stream = resp
-        self._parser = SseParser()
-        first = self._next_event()
-        if first is None:
-            raise ClientError("closed", "stream ended before welcome")
-        return first[0]
+    def stream_request(self) -> bytes:
+        """The `GET /sse` request head (with the resume cursor, if any)."""
+        query = f"?{urlencode({RESUME_PARAM: self.resume_cursor})}" if self.resume_cursor else ""
+        return (f"GET /sse{query} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Authorization: Bearer {self.token}\r\nAccept: text/event-stream\r\n"
+                "Cache-Control: no-cache\r\n\r\n").encode("latin-1")
 
-    def _next_event(self) -> tuple[dict[str, Any], int] | None:
-        """Read lines until one event is complete; None at end of stream."""
-        readline = self._stream.readline
-        parser = self._parser
-        start = parser.nbytes
-        while True:
-            raw = readline(b"\n")
-            if not raw:
-                return None
-            data = parser.line(raw)
-            if data is not None:
-                n = parser.nbytes - start
-                return orjson.loads(data), n + chunk_overhead(n)
+    def _open(self) -> dict[str, Any]:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as exc:
+            raise ClientError("connect_failed", f"{self.url}: {exc!r}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)  # the caller's gevent.Timeout bounds the handshake
+        self._sock = sock
+        self._response = resp = SseResponse()
+        self._unshared = 0  # bytes read that no delivered event has accounted for yet
+        try:
+            sock.sendall(self.stream_request())
+            while True:
+                data = sock.recv(RECV_BYTES)
+                if not data:
+                    raise ClientError("closed", "stream ended before welcome")
+                self._unshared += len(data)
+                events = resp.feed(data)
+                if resp.head_done and resp.status != 200:
+                    if resp.complete:
+                        raise error_from(resp.status, bytes(resp.body))
+                    continue
+                if events:
+                    self._backlog = events[1:]  # read with the welcome, delivered by the reader
+                    welcome: dict[str, Any] = orjson.loads(events[0])
+                    return welcome
+                if resp.complete:
+                    raise ClientError("closed", "stream ended before welcome")
+        except OSError as exc:
+            self._abort()
+            raise ClientError("connect_failed", f"{self.url}: {exc!r}") from None
+        except ValueError as exc:  # malformed response, bad JSON
+            self._abort()
+            raise ClientError("bad_response", f"{self.url}: {exc}") from None
+        except BaseException:  # ClientError, or the connect() timeout
+            self._abort()
+            raise
 
     def _read_loop(self) -> None:
-        readline = self._stream.readline
-        parser = self._parser
-        line = parser.line
+        sock = self._sock
+        assert sock is not None
+        sock.settimeout(STREAM_IDLE_TIMEOUT)
+        recv = sock.recv
+        resp = self._response
+        feed = resp.feed
         loads = orjson.loads
+        observe = self.tracker.observe
         on_event = self.on_event
-        start = parser.nbytes
+        events, self._backlog = self._backlog, []
+        t = now_us()
         try:
             while True:
-                raw = readline(b"\n")
-                if not raw:
-                    self._ended(1006, "stream ended by the server")
+                if events:
+                    n = len(events)
+                    share = self._unshared // n
+                    self._unshared -= share * n
+                    for raw in events:
+                        ev = loads(raw)
+                        kind = ev.get("type")
+                        if kind in CURSOR_TYPES:
+                            observe(ev)
+                        elif kind == "close":
+                            self._ended(int(ev.get("code", 1000)), str(ev.get("reason", "")))
+                            return
+                        on_event(ev, share, t)
+                if resp.complete:
+                    self._ended(1006, "event stream ended without a close event")
                     return
-                data = line(raw)
-                if data is not None:
-                    t = now_us()
-                    n = parser.nbytes - start
-                    start = parser.nbytes
-                    on_event(loads(data), n + chunk_overhead(n), t)
-        except (OSError, ValueError) as exc:  # socket errors, parse errors, bad JSON
+                data = recv(RECV_BYTES)
+                t = now_us()  # before parsing: parsing is not latency
+                if not data:
+                    self._ended(1006, "connection closed by the server")
+                    return
+                self._unshared += len(data)
+                events = feed(data)
+        except OSError as exc:
             self._ended(1006, f"stream lost: {exc!r}")
+        except ValueError as exc:  # malformed response or event stream, bad JSON
+            self._ended(1002, f"server broke the protocol: {exc}")
+        finally:
+            self._abort()
+
+    def _abort(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     def close(self) -> None:
         self._ended(1000, "closed by client")
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            if self._reader is not None:
-                self._reader.kill(block=True, timeout=1)
-            stream.release()
-            self._stream_http.close()
+        reader, self._reader = self._reader, None
+        if reader is not None:  # first: a gevent socket takes one reader at a time
+            reader.kill(block=True, timeout=1)
+        self._abort()
         self.close_http()
