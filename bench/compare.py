@@ -16,8 +16,8 @@ Thresholds: defaults in bench.stats.METRICS, overridden in pyproject.toml::
 
     [tool.rtbench.regress]          # every transport
     p50 = 0.20                      # relative change in the bad direction
-    alpha = 0.05                    # significance level
-    max_spread = 0.5                # IQR/median above which a side is too noisy
+    alpha = 0.05                    # significance level (and 1 - the CI's level)
+    rule_out = 2.0                  # a pass must exclude rule_out x threshold
     [tool.rtbench.regress.sse]      # one transport
     p50 = 0.30
 
@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from bench.stats import ALPHA, METRICS, Comparison, compare_metric, overall
+from bench.stats import ALPHA, METRICS, RULE_OUT, Comparison, compare_metric, overall
 
 SAMPLES_FORMAT = "rtbench.samples"
 SAMPLES_VERSION = 1
@@ -47,6 +47,7 @@ EXIT = {"pass": 0, "regression": 1, "inconclusive": 2, "error": 3}
 REFRESH = "rtbench baseline update"
 
 Key = tuple[str, str, str]  # transport, scenario, metric
+SETTINGS = ("alpha", "rule_out")  # [tool.rtbench.regress] keys that are not metric thresholds
 # summary.csv column -> metric (rtbench run directories)
 RUN_COLUMNS = {"deliveries_per_s": "throughput", "cpu_ms_per_1k": "cpu_per_delivery",
                "p50_ms": "p50", "p90_ms": "p90", "p99_ms": "p99", "missing": "lost",
@@ -63,13 +64,12 @@ class SampleSet:
     metas: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, transport: str, scenario: str, metrics: dict[str, Any]) -> None:
+        """One sample. A missing value is kept as NaN so the i-th values of every
+        metric stay the i-th sample's (pairs line up); comparisons drop NaNs."""
         for name, value in metrics.items():
-            if name in METRICS and value is not None and not _isnan(value):
-                self.values[(transport, scenario, name)].append(float(value))
-
-
-def _isnan(v: Any) -> bool:
-    return isinstance(v, float) and math.isnan(v)
+            if name in METRICS:
+                self.values[(transport, scenario, name)].append(
+                    math.nan if value is None else float(value))
 
 
 def samples_doc(meta: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def load_set(path: Path) -> SampleSet:
             raise HarnessError(f"{path}: no such file or directory")
     except (OSError, ValueError, KeyError) as exc:
         raise HarnessError(f"{path}: {exc}") from exc
-    if not s.values:
+    if not any(not math.isnan(v) for vs in s.values.values() for v in vs):
         raise HarnessError(f"{path}: no runs or samples found")
     return s
 
@@ -136,10 +136,10 @@ def load_thresholds(pyproject: Path | None) -> dict[str, Any]:
     for key, value in conf.items():
         ok = (isinstance(value, dict) and all(k in METRICS and isinstance(v, int | float)
                                               for k, v in value.items())) \
-            or (key in (*METRICS, "alpha", "max_spread") and isinstance(value, int | float))
+            or (key in (*METRICS, *SETTINGS) and isinstance(value, int | float))
         if not ok:
             raise HarnessError(f"{pyproject}: [tool.rtbench.regress] {key} = {value!r}: expected "
-                               f"a number for one of {', '.join(METRICS)}, alpha, max_spread, "
+                               f"a number for one of {', '.join((*METRICS, *SETTINGS))}, "
                                "or a table per transport")
     return conf
 
@@ -151,17 +151,32 @@ def threshold_for(conf: dict[str, Any], transport: str, metric: str) -> float:
     return float(conf.get(metric, METRICS[metric].threshold))
 
 
-def compare_sets(base: SampleSet, head: SampleSet,
-                 conf: dict[str, Any] | None = None) -> list[Comparison]:
+def _clean(base: list[float], head: list[float], paired: bool) -> tuple[list[float],
+                                                                       list[float]]:
+    if paired:
+        pairs = [(b, h) for b, h in zip(base, head, strict=True)
+                 if not (math.isnan(b) or math.isnan(h))]
+        return [b for b, _ in pairs], [h for _, h in pairs]
+    return [b for b in base if not math.isnan(b)], [h for h in head if not math.isnan(h)]
+
+
+def compare_sets(base: SampleSet, head: SampleSet, conf: dict[str, Any] | None = None,
+                 paired: bool = False) -> list[Comparison]:
+    """Per shared (transport, scenario, metric) a verdict. `paired`: the i-th samples of
+    base and head were measured back to back (`rtbench regress`); needs equal counts."""
     conf = conf or {}
     out = []
     for key in sorted(set(base.values) & set(head.values)):
         transport, scenario, name = key
-        out.append(compare_metric(METRICS[name], base.values[key], head.values[key],
+        pair = paired and len(base.values[key]) == len(head.values[key])
+        b, h = _clean(base.values[key], head.values[key], pair)
+        if not b and not h:
+            continue
+        out.append(compare_metric(METRICS[name], b, h,
                                   threshold=threshold_for(conf, transport, name),
                                   transport=transport, scenario=scenario,
                                   alpha=float(conf.get("alpha", ALPHA)),
-                                  max_spread=float(conf.get("max_spread", 0.5))))
+                                  rule_out=float(conf.get("rule_out", RULE_OUT)), paired=pair))
     return out
 
 
@@ -193,8 +208,10 @@ def markdown(comparisons: Sequence[Comparison], verdict: str, title: str = "rtbe
                      f"{ICON[c.verdict]}{extra} |")
     if any(c.verdict == "improvement" for c in comparisons):
         lines += ["", f"Improvements beyond the threshold: refresh the baseline with `{REFRESH}`."]
-    lines += ["", "Regression = Mann-Whitney U p < alpha AND median change beyond the metric's "
-              "threshold; inconclusive = the runs cannot tell (too noisy or too few)."]
+    lines += ["", "Regression = significant (Wilcoxon signed-rank on back-to-back pairs, else "
+              "Mann-Whitney U) AND the change beyond the metric's threshold; inconclusive = "
+              "the runs cannot tell (a change past the threshold without significance, or a CI "
+              "reaching twice the threshold)."]
     return "\n".join(lines) + "\n"
 
 

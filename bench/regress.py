@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,11 +57,15 @@ from bench.compare import (
     verdict_json,
     write_outputs,
 )
+from bench.cpu import cpu_clock
 from bench.stats import Comparison, overall
 
 BASELINE = Path("results/baseline")
 SCENARIO = "fanout"
-CALIBRATION_DRIFT = 0.25  # 18-19% seen between calibrations on this shared 2-core box
+# calibration is CPU time (see `calibrate`): time-sharing barely moves it, a clock change does
+CALIBRATION_DRIFT = 0.25
+MIN_PAIRS = 6
+BASELINE_SPEED = 0.10  # a stored baseline's machine must run the calibration loop within 10%
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,8 @@ class Plan:
     rate: float = 20.0
     seconds: float = 4.0
     warmup: float = 1.0
-    pairs: int = 5
+    # 10 pairs: n=8 missed ~3% of +20% trials under load (paired sd(log) 0.11), see README
+    pairs: int = 10
     broker: str = "redis"
 
     def params(self) -> dict[str, Any]:
@@ -108,85 +113,109 @@ def _side_env(side: Side) -> Iterator[None]:
         os.environ.update(saved_env)
 
 
-async def _sample(url: str, transport: str, node_cpu: Any, plan: Plan) -> dict[str, float]:
-    """One measurement on a running server: connect, warm up, publish, drain, close."""
-    from bench.fanout import Sink, _connect_many, _drain, _publish
-    from loadgen.aio import connect
-    from servers.core.auth import DEV_SECRET, make_token
+class _Room:
+    """One side's subscribers and publisher, connected once and warmed up, then sampled."""
 
-    opts: dict[str, Any] = {}
-    if transport in ("sse", "longpoll"):
-        from loadgen.aio.http11 import Pool
+    def __init__(self, transport: str, url: str, cpu: Callable[[], float], plan: Plan) -> None:
+        from bench.fanout import Sink
 
-        opts["http"] = Pool()
-    sink = Sink()
-    subs = await _connect_many(transport, url, plan.subscribers, opts)
-    pub = await connect(transport, url, make_token("publisher", DEV_SECRET), **opts)
-    try:
-        await pub.join("fan")
-        for c in (*subs, pub):
-            c.on_event = sink
-        members = plan.subscribers + 1
-        sent = await _publish(pub, plan.rate, plan.warmup, 0)
-        await _drain(sink, sent * members, 10)
-        cpu0, count0 = node_cpu(), sink.count
+        self.transport, self.url, self.cpu, self.plan = transport, url, cpu, plan
+        self.sink = Sink()
+        self.opts: dict[str, Any] = {}
+        self.clients: list[Any] = []
+        self.sent = 0
+
+    async def open(self) -> None:
+        from bench.fanout import _connect_many, _drain, _publish
+        from loadgen.aio import connect
+        from servers.core.auth import DEV_SECRET, make_token
+
+        plan = self.plan
+        if self.transport in ("sse", "longpoll"):
+            from loadgen.aio.http11 import Pool
+
+            self.opts["http"] = Pool()
+        self.clients = await _connect_many(self.transport, self.url, plan.subscribers, self.opts)
+        self.pub = await connect(self.transport, self.url, make_token("publisher", DEV_SECRET),
+                                 **self.opts)
+        self.clients.append(self.pub)
+        await self.pub.join("fan")
+        for c in self.clients:
+            c.on_event = self.sink
+        self.sent = await _publish(self.pub, plan.rate, plan.warmup, 0)
+        await _drain(self.sink, self.sent * len(self.clients), 10)
+
+    async def sample(self) -> dict[str, float]:
+        """One measured window: publish for `plan.seconds`, drain, read the server's CPU."""
+        from bench.fanout import _drain, _publish
+        from loadgen.measure import Histogram
+
+        sink, members = self.sink, len(self.clients)
+        sink.hist = Histogram()
+        await _drain(sink, self.sent * members, 10)  # stragglers of the last window
+        cpu0, count0 = self.cpu(), sink.count
         sink.recording = True
-        n = await _publish(pub, plan.rate, plan.seconds, sent)
-        await _drain(sink, (sent + n) * members, 10)
-        cpu = node_cpu() - cpu0
-        delivered = sink.count - count0
-    finally:
-        await asyncio.gather(*(c.close() for c in (*subs, pub)), return_exceptions=True)
-        if "http" in opts:
-            await opts["http"].aclose()
-    expected = n * members
-    h = sink.hist
-    measured = cpu > 0 and delivered > 0  # else too short for psutil's 10 ms CPU ticks
-    return {"cpu_per_delivery": cpu / delivered * 1e6 if measured else float("nan"),
-            "throughput": delivered / cpu if measured else float("nan"),
-            "p50": h.percentile(50) / 1000, "p95": h.percentile(95) / 1000,
-            "p99": h.percentile(99) / 1000,
-            "lost": max(0, expected - delivered), "duplicates": max(0, delivered - expected)}
+        n = await _publish(self.pub, self.plan.rate, self.plan.seconds, self.sent)
+        self.sent += n
+        await _drain(sink, self.sent * members, 10)
+        sink.recording = False
+        cpu, delivered = self.cpu() - cpu0, sink.count - count0
+        # cumulative: a message late past its window's drain is not counted twice
+        missing = self.sent * members - sink.count
+        h = sink.hist
+        measured = cpu > 0 and delivered > 0
+        return {"cpu_per_delivery": cpu / delivered * 1e6 if measured else float("nan"),
+                "throughput": delivered / cpu if measured else float("nan"),
+                "p50": h.percentile(50) / 1000, "p95": h.percentile(95) / 1000,
+                "p99": h.percentile(99) / 1000,
+                "lost": max(0, missing), "duplicates": max(0, -missing)}
 
-
-def cpu_clock(pid: int) -> Any:
-    """A function giving the CPU seconds `pid` used so far, as finely as the OS allows.
-
-    Linux: the sum of its threads' /proc schedstat run times (nanoseconds). psutil's
-    cpu_times tick in 10 ms, which over a 4 s sample of ~0.3 CPU-s is 3-8% of noise
-    per sample (measured: cpu/delivery values fell on a 2.5 µs grid) - the same order
-    as the 10% threshold. Elsewhere psutil.
-    """
-    task_dir = Path(f"/proc/{pid}/task")
-
-    def schedstat() -> float:
-        total = 0
-        for task in task_dir.iterdir():
-            with contextlib.suppress(OSError):  # a thread that just ended
-                total += int((task / "schedstat").read_text().split()[0])
-        return total / 1e9
-
-    try:
-        schedstat()
-    except (OSError, ValueError, IndexError):
-        proc = psutil.Process(pid)
-        return lambda: float(sum(proc.cpu_times()[:2]))
-    return schedstat
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
+        if "http" in self.opts:
+            await self.opts["http"].aclose()
 
 
 def calibrate(rounds: int = 5) -> float:
-    """Seconds of a fixed pure-Python loop (best of `rounds`): the machine's current speed."""
+    """CPU seconds of a fixed pure-Python loop (best of `rounds`): this core's current speed.
+
+    Thread CPU time, not wall time: on a shared core the wall time measures how
+    often the scheduler ran us (contention, which the paired design absorbs),
+    the CPU time how fast the core is (frequency, cache), which a stored
+    baseline depends on.
+    """
     best = float("inf")
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         sum(i * i for i in range(1_000_000))
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.thread_time() - t0)
     return best
+
+
+async def _measure(sides: Sequence[Side], transport: str, nodes: dict[str, Any], plan: Plan,
+                   out: dict[str, list[dict[str, Any]]], log: Any) -> None:
+    rooms = {s.name: _Room(transport, nodes[s.name].url, cpu_clock(nodes[s.name].pid), plan)
+             for s in sides}
+    try:
+        for room in rooms.values():
+            await room.open()
+        for i in range(plan.pairs):
+            order = list(sides) if i % 2 == 0 else list(reversed(sides))
+            for side in order:
+                metrics = await rooms[side.name].sample()
+                out[side.name].append({"transport": transport, "scenario": SCENARIO,
+                                       "metrics": metrics})
+                print(f"  {transport} {side.name:<4} #{i + 1}: "
+                      f"{metrics['cpu_per_delivery']:.2f} µs/delivery, "
+                      f"p50 {metrics['p50']:.2f} ms", file=log, flush=True)
+    finally:
+        await asyncio.gather(*(r.close() for r in rooms.values()), return_exceptions=True)
 
 
 def measure(sides: Sequence[Side], plan: Plan, log: Any = sys.stderr) -> dict[str, list[
         dict[str, Any]]]:
-    """Samples per side, interleaved A B B A ...; servers of every side started once."""
+    """Samples per side, interleaved A B B A ...; one server per side, its clients kept
+    connected between its samples (a sample is then only the measured window)."""
     from bench.cluster import Cluster, load_cpus, pin_self
 
     out: dict[str, list[dict[str, Any]]] = {s.name: [] for s in sides}
@@ -198,17 +227,7 @@ def measure(sides: Sequence[Side], plan: Plan, log: Any = sys.stderr) -> dict[st
                 with _side_env(side):
                     cl = stack.enter_context(Cluster(transport, broker=plan.broker))
                 nodes[side.name] = cl.nodes[0]
-            for i in range(plan.pairs):
-                order = list(sides) if i % 2 == 0 else list(reversed(sides))
-                for side in order:
-                    node = nodes[side.name]
-                    metrics = asyncio.run(_sample(node.url, transport, cpu_clock(node.pid),
-                                                  plan))
-                    out[side.name].append({"transport": transport, "scenario": SCENARIO,
-                                           "metrics": metrics})
-                    print(f"  {transport} {side.name:<4} #{i + 1}: "
-                          f"{metrics['cpu_per_delivery']:.2f} µs/delivery, "
-                          f"p50 {metrics['p50']:.2f} ms", file=log, flush=True)
+            asyncio.run(_measure(sides, transport, nodes, plan, out, log))
     return out
 
 
@@ -243,32 +262,45 @@ def worktree(rev: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _round(sides: Sequence[Side], plan: Plan, conf: dict[str, Any],
-           baseline: SampleSet | None) -> tuple[list[Comparison], list[str], dict[str, Any]]:
-    """One measured comparison: (comparisons, stability notes, raw samples)."""
+def _round(sides: Sequence[Side], plan: Plan) -> dict[str, Any]:
+    """One measured round: the calibration loop before and after, the samples of every side."""
     from bench.cluster import load_cpus, pin_self
 
-    notes = []
     pin_self(load_cpus())  # calibrate where the load side runs, before and after alike
     c0 = calibrate()
     raw = measure(sides, plan)
     c1 = calibrate()
-    drift = abs(c1 / c0 - 1)
-    meta = machine_meta(plan)
-    head = to_set(raw["head"], meta)
-    base = baseline if baseline is not None else to_set(raw["base"], meta)
-    comps = compare_sets(base, head, conf)
-    if drift > CALIBRATION_DRIFT:
-        notes.append(f"machine speed drifted {drift:.0%} during the check (calibration loop "
-                     f"{c0 * 1e3:.1f} -> {c1 * 1e3:.1f} ms): too noisy to judge")
-    return comps, notes, {"calibration_s": [c0, c1], "samples": raw}
+    return {"calibration_s": [c0, c1], "samples": raw}
 
 
-def judge(comps: list[Comparison], notes: list[str]) -> str:
-    v = overall(comps)
-    if v != "regression" and notes:
-        return "inconclusive"
-    return v
+def _drift_note(rounds: Sequence[dict[str, Any]]) -> str | None:
+    cal = [c for r in rounds for c in r["calibration_s"]]
+    drift = max(cal) / min(cal) - 1
+    if drift <= CALIBRATION_DRIFT:
+        return None
+    return (f"core speed drifted {drift:.0%} during the check (calibration loop "
+            f"{min(cal) * 1e3:.1f} .. {max(cal) * 1e3:.1f} ms of CPU): too unstable to judge")
+
+
+def evaluate(rounds: Sequence[dict[str, Any]], conf: dict[str, Any],
+             baseline: SampleSet | None, meta: dict[str, Any]) -> tuple[str, list[Comparison],
+                                                                      list[str]]:
+    """The verdict on every round's samples pooled: paired when base was measured alongside."""
+    def rows(side: str) -> list[dict[str, Any]]:
+        return [row for r in rounds for row in r["samples"].get(side, [])]
+
+    head = to_set(rows("head"), meta)
+    base = to_set(rows("base"), meta) if baseline is None else baseline
+    comps = compare_sets(base, head, conf, paired=baseline is None)
+    notes = [n for n in (_drift_note(rounds),) if n]
+    verdict = overall(comps)
+    if verdict != "regression" and notes:
+        verdict = "inconclusive"
+    return verdict, comps, notes
+
+
+def _regressed(comps: Sequence[Comparison]) -> set[tuple[str, str]]:
+    return {(c.transport, c.metric) for c in comps if c.verdict in ("regression", "fail")}
 
 
 def _baseline_mismatch(baseline: SampleSet, plan: Plan) -> str | None:
@@ -282,8 +314,25 @@ def _baseline_mismatch(baseline: SampleSet, plan: Plan) -> str | None:
     return None
 
 
+def _speed_mismatch(baseline: SampleSet, rounds: Sequence[dict[str, Any]]) -> str | None:
+    """A stored baseline is only comparable on a core as fast as the one that made it."""
+    stored = (baseline.metas[0] if baseline.metas else {}).get("calibration_s")
+    if not stored:
+        return None
+    here = min(c for r in rounds for c in r["calibration_s"])
+    ratio = here / min(stored)
+    if abs(ratio - 1) <= BASELINE_SPEED:
+        return None
+    return (f"this core runs the calibration loop {ratio - 1:+.0%} vs the baseline's machine: "
+            "not comparable (use --base REV, or refresh the baseline here)")
+
+
 def run_check(plan: Plan, base: Side | None, head: Side, conf: dict[str, Any],
               baseline_dir: Path) -> tuple[str, list[Comparison], list[str], dict[str, Any]]:
+    """Round 1; if it says regression (to confirm) or inconclusive (to decide), round 2,
+    and the verdict on both rounds pooled. A regression is reported only when the pooled
+    samples show it on a metric that regressed in round 1, or from a round 1 that could
+    not decide."""
     baseline = None
     sides = [head] if base is None else [base, head]
     if base is None:
@@ -291,20 +340,28 @@ def run_check(plan: Plan, base: Side | None, head: Side, conf: dict[str, Any],
         mismatch = _baseline_mismatch(baseline, plan)
         if mismatch:
             return "inconclusive", [], [mismatch], {}
-    comps, notes, raw = _round(sides, plan, conf, baseline)
-    verdict = judge(comps, notes)
-    rounds = [raw]
-    if verdict == "regression":
-        print("regression seen: measuring once more to confirm", file=sys.stderr, flush=True)
-        first = {(c.transport, c.metric) for c in comps if c.verdict in ("regression", "fail")}
-        comps2, notes2, raw2 = _round(sides, plan, conf, baseline)
-        rounds.append(raw2)
-        again = {(c.transport, c.metric) for c in comps2 if c.verdict in ("regression", "fail")}
-        if first & again:
-            comps, notes = comps2, notes + notes2 + ["confirmed by a second measurement"]
+    meta = machine_meta(plan)
+    rounds = [_round(sides, plan)]
+    if baseline is not None and (mismatch := _speed_mismatch(baseline, rounds)):
+        return "inconclusive", [], [mismatch], {"rounds": rounds}
+    verdict, comps, notes = evaluate(rounds, conf, baseline, meta)
+    first = _regressed(comps)
+    if verdict in ("regression", "inconclusive"):
+        why = "to confirm the regression" if verdict == "regression" else "to decide"
+        print(f"round 1: {verdict}; measuring a second round {why}", file=sys.stderr,
+              flush=True)
+        rounds.append(_round(sides, plan))
+        v1 = verdict
+        verdict, comps, notes = evaluate(rounds, conf, baseline, meta)
+        pooled = f"{len(rounds)} rounds pooled"
+        if v1 == "regression" and verdict == "regression" and not first & _regressed(comps):
+            verdict = "inconclusive"
+            notes.append(f"{pooled}: a regression seen in round 1 was not confirmed")
+        elif v1 == "regression":
+            notes.append(f"{pooled}: round 1's regression "
+                         + ("confirmed" if verdict == "regression" else "not confirmed"))
         else:
-            comps, verdict = comps2, "inconclusive"
-            notes = notes + notes2 + ["a regression seen first was not confirmed on rerun"]
+            notes.append(f"{pooled}: round 1 alone was inconclusive")
     return verdict, comps, notes, {"rounds": rounds}
 
 
@@ -347,8 +404,9 @@ def main(argv: Sequence[str]) -> int:
     # CI cancels with SIGTERM: unwind through the context managers (servers, worktree)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        if args.pairs < 3:
-            raise HarnessError("--pairs must be at least 3 (fewer cannot reach significance)")
+        if args.pairs < MIN_PAIRS:
+            raise HarnessError(f"--pairs must be at least {MIN_PAIRS} (the signed-rank test "
+                               "cannot reach p < 0.05 with fewer)")
         plan = Plan(tuple(args.transports.split(",")), args.subscribers, args.rate,
                     args.seconds, pairs=args.pairs, broker=args.broker)
         conf = load_thresholds(args.config)

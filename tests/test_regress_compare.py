@@ -102,8 +102,9 @@ GOLDEN = """\
 
 Improvements beyond the threshold: refresh the baseline with `rtbench baseline update`.
 
-Regression = Mann-Whitney U p < alpha AND median change beyond the metric's threshold; \
-inconclusive = the runs cannot tell (too noisy or too few).
+Regression = significant (Wilcoxon signed-rank on back-to-back pairs, else Mann-Whitney U) \
+AND the change beyond the metric's threshold; inconclusive = the runs cannot tell (a change \
+past the threshold without significance, or a CI reaching twice the threshold).
 """
 
 

@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from bench.stats import METRICS, bootstrap_ratio_ci, compare_metric, overall, rel_spread
+from bench.stats import (
+    METRICS,
+    bootstrap_ratio_ci,
+    compare_metric,
+    hodges_lehmann,
+    overall,
+    rel_spread,
+)
 
 CPU = METRICS["cpu_per_delivery"]  # higher is worse, +10%
 THROUGHPUT = METRICS["throughput"]  # lower is worse, -10%
@@ -98,3 +105,63 @@ def test_overall_order() -> None:
     assert overall([ok, inc]) == "inconclusive"
     assert overall([ok]) == "pass"
     assert overall([]) == "inconclusive"
+
+
+def drifting_pairs(effect: float, n: int, seed: int) -> tuple[list[float], list[float]]:
+    """Back-to-back pairs on a machine whose speed wanders ±30% between pairs, 2% noise."""
+    rng = np.random.default_rng(seed)
+    speed = rng.uniform(0.7, 1.3, n)
+    base = 100 * speed * rng.normal(1, 0.02, n)
+    head = 100 * effect * speed * rng.normal(1, 0.02, n)
+    return list(base), list(head)
+
+
+def test_paired_test_sees_through_drift_that_blinds_the_unpaired_one() -> None:
+    base, head = drifting_pairs(1.2, 8, 21)
+    paired = compare_metric(CPU, base, head, paired=True)
+    assert paired.verdict == "regression" and paired.test == "wilcoxon"
+    assert paired.ratio is not None and 1.15 < paired.ratio < 1.25
+    assert paired.ci_low is not None and paired.ci_low > 1.1
+    assert compare_metric(CPU, base, head).verdict == "inconclusive"  # unpaired: drift swamps it
+
+
+def test_paired_identical_code_passes() -> None:
+    verdicts = [compare_metric(CPU, *drifting_pairs(1.0, 8, s), paired=True).verdict
+                for s in range(40)]
+    assert "regression" not in verdicts
+    assert verdicts.count("pass") >= 38
+
+
+def test_paired_needs_six_pairs() -> None:
+    # with n pairs the exact signed-rank test cannot go below p = 2 / 2**n: 0.0625 at 5
+    base, head = drifting_pairs(1.5, 5, 3)
+    c = compare_metric(CPU, base, head, paired=True)
+    assert c.verdict == "inconclusive" and "fewer than 6 pairs" in c.note
+
+
+def test_hodges_lehmann_known_answer() -> None:
+    # d = 1..7: 28 Walsh averages from 1 to 7, median 4; exact 95% interval = 3rd and 26th
+    est, lo, hi = hodges_lehmann([1, 2, 3, 4, 5, 6, 7])
+    assert est == 4
+    assert (lo, hi) == (2.0, 6.0)
+    assert all(math.isnan(x) for x in hodges_lehmann([1, 2, 3, 4, 5])[1:])
+
+
+def test_noise_as_large_as_the_effect_is_inconclusive() -> None:
+    # no significant change, estimate within the threshold, but the CI cannot exclude +20%
+    base = [100, 100, 100, 100, 100, 100, 100, 100]
+    head = [70, 135, 95, 125, 80, 118, 102, 90]
+    c = compare_metric(CPU, base, head, paired=True)
+    assert c.verdict == "inconclusive" and "cannot rule out +20%" in c.note
+    assert compare_metric(CPU, base, head, paired=True, rule_out=5).verdict == "pass"
+
+
+def test_noisy_latency_alone_does_not_make_the_check_inconclusive() -> None:
+    cpu = compare_metric(CPU, *drifting_pairs(1.0, 8, 5), paired=True)
+    p50 = compare_metric(METRICS["p50"], [5, 5, 5, 5, 5, 5, 5, 5],
+                         [3, 9, 5, 8, 4, 7, 5, 4], paired=True)
+    assert cpu.verdict == "pass" and p50.verdict == "inconclusive"
+    assert overall([cpu, p50]) == "pass"
+    assert overall([p50]) == "inconclusive"  # no decisive metric compared at all
+    slow = compare_metric(METRICS["p50"], *drifting_pairs(1.5, 8, 6), paired=True)
+    assert overall([cpu, slow]) == "regression"  # a clear latency regression still fails
