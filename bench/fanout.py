@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
@@ -68,9 +68,11 @@ async def _connect_many(transport: str, url: str, n: int, opts: dict[str, Any],
 
 
 async def publish_open_loop(pub: Client, room: str, rate: float, count: int,
-                            start_seq: int = 0) -> int:
+                            start_seq: int = 0, sent: Callable[[int], None] | None = None,
+                            ) -> int:
     """Open-loop: message k is due at t0 + k/rate whatever happened before, stamped with
-    that intended time (sequence numbers from `start_seq`); returns `count`."""
+    that intended time (sequence numbers from `start_seq`); returns `count`. `sent` is
+    called with each sequence number once its publish has returned."""
     interval = 1.0 / rate
     t0 = time.perf_counter()
     wall0 = now_us()
@@ -81,6 +83,8 @@ async def publish_open_loop(pub: Client, room: str, rate: float, count: int,
             await asyncio.sleep(delay)
         data = {"p": "pub", "s": start_seq + k, "t": wall0 + int(k * interval * 1e6), "x": ""}
         await pub.publish(room, data, ack=False)
+        if sent is not None:
+            sent(start_seq + k)
     return count
 
 

@@ -15,19 +15,23 @@ and read per side:
   payload (HDR histogram, µs; one clock, both ends are this process);
 - deliveries per wall second (window start to the last delivery) and whether every
   expected delivery came (`complete`);
-- server CPU µs per delivery (the replica's threads' /proc schedstat run time) and
-  Redis CPU µs per published message (history on costs Lua scripts in Redis).
+- server CPU µs per delivery (the replica's process CPU clock, bench/cpu.py) and
+  its CPU use (% of a core: near 100 means the load is not below saturation);
+- Redis CPU µs per published message (history on costs Lua scripts in Redis), raw
+  and net of Redis's idle CPU (measured for 1 s with every client connected).
 
 Outage (history-on server only; with history off a resume can only report a gap):
 a subscriber `victim` in the room, messages flowing at `--rate`; it takes its
 cursor and closes; `--outage` seconds later, while publishing goes on, it
-reconnects with the cursor. The target is the room's last offset the publisher's
-own connection had received when the reconnect starts (the last message fanned
-out before it). Reconnect-to-caught-up = from just before `connect(resume=cursor)`
-to the receipt of the message with the target offset; we also check the offsets
-received from the cursor to the target have no hole and no duplicate.
+reconnects with the cursor. The target is the last message the publisher had sent
+(its publish call had returned; on SSE/long-poll that is its HTTP ack) when the
+reconnect starts. Reconnect-to-caught-up = from just before `connect(resume=cursor)`
+to the receipt of the target message (its sequence stamp), including the handshake
+and the replay of every message missed; we also check that every message from the
+one seen last before closing to the target came exactly once, in offset order
+(contiguous offsets from the cursor's).
 
-    python -m bench.guarantees --subscribers 50 --rate 100 --seconds 3 --outage 5
+    python -m bench.guarantees --subscribers 50 --rate 50 --seconds 3 --outage 5
 """
 
 from __future__ import annotations
@@ -45,9 +49,9 @@ from typing import Any
 import psutil
 
 from bench.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
+from bench.cpu import cpu_clock
 from bench.fanout import Sink, _connect_many, _drain, http_opts, publish_open_loop
 from bench.output import run_each, write_json
-from bench.regress import cpu_clock
 from loadgen.aio import TRANSPORTS, Client, Received, connect
 from loadgen.measure import Histogram, now_us
 from servers.core.auth import DEV_SECRET, make_token
@@ -60,7 +64,7 @@ SIDES = {"on": (), "off": ("--history-size", "0")}
 @dataclass
 class Params:
     subscribers: int = 50
-    rate: float = 100.0  # messages per second (deliveries/s = rate x (subscribers + 1))
+    rate: float = 50.0  # messages per second (deliveries/s = rate x (subscribers + 1))
     seconds: float = 3.0  # per window
     rounds: int = 2  # ABBA pairs of windows
     warmup: float = 1.0
@@ -91,8 +95,10 @@ class Side:
     def members(self) -> int:
         return len(self.subs) + 1
 
-    def result(self) -> dict[str, Any]:
+    def result(self, redis_idle: float) -> dict[str, Any]:
+        """What the windows added up to; `redis_idle`: Redis CPU s/s with no traffic."""
         h: Histogram = self.sink.hist
+        redis_net = self.redis_cpu_s - redis_idle * self.wall_s
         return {
             "published": self.published, "expected": self.expected,
             "delivered": self.delivered, "complete": self.delivered == self.expected,
@@ -100,8 +106,11 @@ class Side:
             "p50_us": h.percentile(50), "p99_us": h.percentile(99), "max_us": h.percentile(100),
             "server_cpu_us_per_delivery":
                 round(self.cpu_s / self.delivered * 1e6, 3) if self.delivered else None,
+            "server_cpu_percent": round(self.cpu_s / self.wall_s * 100, 1) if self.wall_s else None,
             "redis_cpu_us_per_message":
                 round(self.redis_cpu_s / self.published * 1e6, 3) if self.published else None,
+            "redis_net_cpu_us_per_message":
+                round(redis_net / self.published * 1e6, 3) if self.published else None,
         }
 
 
@@ -124,22 +133,23 @@ async def window(side: Side, p: Params, redis_cpu: Callable[[], float], record: 
 
 async def outage(transport: str, side: Side, p: Params, opts: dict[str, Any]) -> dict[str, Any]:
     """Disconnect a subscriber for `p.outage` s while publishing goes on, resume it with
-    its cursor, time until it has everything published before the reconnect."""
+    its cursor, time until it has the last message sent before the reconnect."""
     tok = make_token("victim", DEV_SECRET)
     victim = await connect(transport, side.url, tok, **opts)
     await victim.join(side.room)
+    last_sent = [-1]
     feed = asyncio.create_task(publish_open_loop(
-        side.pub, side.room, p.rate, int(p.rate * (p.outage + p.limit + 5)), side.seq))
+        side.pub, side.room, p.rate, int(p.rate * (p.outage + p.limit + 5)), side.seq,
+        sent=lambda seq: last_sent.__setitem__(0, seq)))
     resumed: Client | None = None
     try:
         for _ in range(max(1, int(p.rate / 4))):  # messages flowing (a quarter second)
-            await victim.next_event("message", p.limit)
+            seen = (await victim.next_event("message", p.limit)).body
         cursor = victim.cursor
-        since = cursor["rooms"][side.room][0]
         await victim.close()
         await asyncio.sleep(p.outage)  # the outage itself: the thing measured
-        target = side.pub.cursor["rooms"][side.room][0]
-        offsets: list[int] = []
+        target = last_sent[0]  # the last message sent before the reconnect starts
+        got: list[dict[str, Any]] = []
         gaps: list[dict[str, Any]] = []
         caught = asyncio.get_running_loop().create_future()
 
@@ -147,17 +157,12 @@ async def outage(transport: str, side: Side, p: Params, opts: dict[str, Any]) ->
             if ev.type == "gap":
                 gaps.append(ev.body)
             elif ev.type == "message" and not caught.done():
-                offsets.append(ev.body["offset"])
-                if ev.body["offset"] >= target:
+                got.append(ev.body)
+                if ev.body["data"]["s"] >= target:
                     caught.set_result(ev.recv_us)
 
         start = now_us()
-        try:
-            resumed = await connect(transport, side.url, tok, resume=cursor, **opts)
-        except TypeError as exc:  # this transport's client cannot resume (yet)
-            if "resume" not in str(exc):
-                raise
-            return {"error": f"no resume on {transport}: {exc}"}
+        resumed = await connect(transport, side.url, tok, resume=cursor, **opts)
         connected = now_us()
         for ev in resumed.take_events():  # what came with the welcome, then the rest
             on_event(ev)
@@ -165,15 +170,18 @@ async def outage(transport: str, side: Side, p: Params, opts: dict[str, Any]) ->
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(caught), p.limit)
         done = caught.done()
-        replayed = [o for o in offsets if o <= target]
-        expected = list(range(since + 1, target + 1))
+        seqs = [m["data"]["s"] for m in got]
+        offsets = [m["offset"] for m in got]
+        expected = list(range(seen["data"]["s"] + 1, target + 1))
         return {
-            "outage_s": p.outage, "missed": target - since, "caught_up": done,
+            "outage_s": p.outage, "missed": len(expected), "caught_up": done,
             "connect_ms": round((connected - start) / 1e3, 2),
             "catch_up_ms": round((caught.result() - start) / 1e3, 2) if done else None,
-            "lost": len(set(expected) - set(replayed)),
-            "duplicates": len(replayed) - len(set(replayed)),
-            "in_order": replayed == sorted(replayed), "gaps": len(gaps),
+            "lost": len(set(expected) - set(seqs)), "duplicates": len(seqs) - len(set(seqs)),
+            "in_order": seqs == sorted(seqs) and offsets == list(
+                range(cursor["rooms"][side.room][0] + 1, cursor["rooms"][side.room][0]
+                      + 1 + len(offsets))),
+            "gaps": len(gaps),
         }
     finally:
         feed.cancel()
@@ -208,6 +216,9 @@ async def measure(transport: str, p: Params) -> dict[str, Any]:
                     c.on_event = side.sink
                 sides.append(side)
             pin_self(load_cpus())
+            redis0, t0 = redis_cpu(), time.perf_counter()
+            await asyncio.sleep(1.0)  # Redis with every client connected, no traffic
+            redis_idle = (redis_cpu() - redis0) / (time.perf_counter() - t0)
             me = psutil.Process()
             for side in sides:
                 await window(side, p, redis_cpu, record=False)
@@ -226,7 +237,8 @@ async def measure(transport: str, p: Params) -> dict[str, Any]:
     return {
         "format": FORMAT, "transport": transport, "subscribers": p.subscribers,
         "rate": p.rate, "seconds": p.seconds, "rounds": p.rounds,
-        "history": {s.name: s.result() for s in sides},
+        "history": {s.name: s.result(redis_idle) for s in sides},
+        "redis_idle_cpu_percent": round(redis_idle * 100, 2),
         "outage": caught_up,
         "load_cpu_percent": round(load_cpu, 1), "load_saturated": load_cpu > 90.0,
         "loadavg": [round(x, 2) for x in os.getloadavg()],
@@ -239,13 +251,15 @@ def _ms(us: float | None) -> str:
 
 def print_table(results: Sequence[dict[str, Any]]) -> None:
     print(f"\n{'transport':<9} {'hist':<4} {'p50 ms':>7} {'p99 ms':>7} {'deliv/s':>8} "
-          f"{'srv us/dlv':>10} {'redis us/msg':>12} {'complete':>8} {'load%':>6}")
+          f"{'srv us/dlv':>10} {'srv %':>6} {'redis us/msg':>12} {'complete':>8} {'load%':>6}")
     for r in results:
         for name, h in r["history"].items():
             print(f"{r['transport']:<9} {name:<4} {_ms(h['p50_us']):>7} {_ms(h['p99_us']):>7} "
                   f"{h['deliveries_per_s'] or 0:>8} {h['server_cpu_us_per_delivery'] or 0:>10} "
-                  f"{h['redis_cpu_us_per_message'] or 0:>12} {h['complete']!s:>8} "
-                  f"{r['load_cpu_percent']:>6}")
+                  f"{h['server_cpu_percent'] or 0:>6} {h['redis_net_cpu_us_per_message'] or 0:>12} "
+                  f"{h['complete']!s:>8} {r['load_cpu_percent']:>6}")
+    idle = ", ".join(f"{r['transport']} {r['redis_idle_cpu_percent']}%" for r in results)
+    print(f"(redis us/msg: net of Redis's idle CPU: {idle})")
     print(f"\n{'transport':<9} {'outage s':>8} {'missed':>6} {'connect ms':>10} "
           f"{'caught-up ms':>12} {'lost':>4} {'dupes':>5} {'gaps':>4}")
     for r in results:

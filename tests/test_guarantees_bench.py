@@ -44,6 +44,8 @@ def test_tiny_run_writes_sane_results(tmp_path: Path, keep_affinity: None,
         assert side["deliveries_per_s"] > 0
         assert side["server_cpu_us_per_delivery"] > 0
         assert side["redis_cpu_us_per_message"] > 0
+        assert side["redis_net_cpu_us_per_message"] <= side["redis_cpu_us_per_message"]
+        assert 0 < side["server_cpu_percent"] < 200
     o = r["outage"]
     assert o["caught_up"] is True and o["lost"] == o["duplicates"] == o["gaps"] == 0
     assert o["in_order"] is True
