@@ -1,8 +1,11 @@
 """`rtbench baseline update`: measure the working tree and store it as results/baseline/.
 
-`rtbench regress` without --base compares against this file. Only trust it on
-the machine (cpu model, cores) and parameters that produced it: regress answers
-inconclusive otherwise. Refresh it after an accepted improvement or regression.
+`rtbench regress` without --base compares against `results/baseline/samples.json`
+(the fanout samples, the machine's metadata and the calibration loop's CPU time:
+a few KiB, committed). Only trust it on the machine (cpu model, cores, core
+speed within 10%) and parameters that produced it: regress answers inconclusive
+otherwise. Refresh it after an accepted improvement or regression, on the
+machine CI runs on (the perf workflow's `update_baseline` dispatch uploads one).
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.compare import EXIT, samples_doc
-from bench.regress import BASELINE, Plan, Side, machine_meta, measure
+from bench.regress import BASELINE, Plan, Side, calibrate, machine_meta, measure
 from bench.runs import write_json
 
 
 def main(argv: Sequence[str]) -> int:
+    from bench.cluster import load_cpus, pin_self
+
     p = argparse.ArgumentParser(prog="rtbench baseline", description=__doc__.split("\n")[0])
     p.add_argument("action", choices=("update",))
     p.add_argument("--out", type=Path, default=BASELINE)
@@ -27,11 +32,15 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     plan = Plan(tuple(args.transports.split(",")), pairs=args.samples, broker=args.broker)
     try:
+        pin_self(load_cpus())  # the calibration loop runs where regress will run it
+        c0 = calibrate()
         raw = measure([Side("head")], plan)
+        c1 = calibrate()
     except (OSError, RuntimeError, TimeoutError) as exc:
         print(f"rtbench baseline: harness error: {exc}", file=sys.stderr)
         return EXIT["error"]
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "samples.json", samples_doc(machine_meta(plan), raw["head"]))
+    meta = {**machine_meta(plan), "calibration_s": [c0, c1]}
+    write_json(args.out / "samples.json", samples_doc(meta, raw["head"]))
     print(f"baseline written: {args.out / 'samples.json'} ({len(raw['head'])} samples)")
     return 0

@@ -314,13 +314,15 @@ def _baseline_mismatch(baseline: SampleSet, plan: Plan) -> str | None:
     return None
 
 
-def _speed_mismatch(baseline: SampleSet, rounds: Sequence[dict[str, Any]]) -> str | None:
+def _speed_mismatch(baseline: SampleSet) -> str | None:
     """A stored baseline is only comparable on a core as fast as the one that made it."""
+    from bench.cluster import load_cpus, pin_self
+
     stored = (baseline.metas[0] if baseline.metas else {}).get("calibration_s")
     if not stored:
         return None
-    here = min(c for r in rounds for c in r["calibration_s"])
-    ratio = here / min(stored)
+    pin_self(load_cpus())
+    ratio = calibrate() / min(stored)
     if abs(ratio - 1) <= BASELINE_SPEED:
         return None
     return (f"this core runs the calibration loop {ratio - 1:+.0%} vs the baseline's machine: "
@@ -337,13 +339,11 @@ def run_check(plan: Plan, base: Side | None, head: Side, conf: dict[str, Any],
     sides = [head] if base is None else [base, head]
     if base is None:
         baseline = load_set(baseline_dir)
-        mismatch = _baseline_mismatch(baseline, plan)
+        mismatch = _baseline_mismatch(baseline, plan) or _speed_mismatch(baseline)
         if mismatch:
             return "inconclusive", [], [mismatch], {}
     meta = machine_meta(plan)
     rounds = [_round(sides, plan)]
-    if baseline is not None and (mismatch := _speed_mismatch(baseline, rounds)):
-        return "inconclusive", [], [mismatch], {"rounds": rounds}
     verdict, comps, notes = evaluate(rounds, conf, baseline, meta)
     first = _regressed(comps)
     if verdict in ("regression", "inconclusive"):

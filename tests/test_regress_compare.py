@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from bench.compare import (
     markdown,
     samples_doc,
 )
+from bench.regress import Plan, machine_meta
 from bench.regress import main as regress_main
 from bench.stats import overall
 
@@ -119,3 +121,30 @@ def test_markdown_golden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     assert main([str(tmp_path / "b"), str(tmp_path / "h"), "--config", str(tmp_path / "x")]) == 1
     assert "**REGRESSION**" in summary.read_text()
+
+
+def test_paired_sets_keep_pairs_aligned_across_a_missing_value(tmp_path: Path) -> None:
+    # one base sample lost its CPU figure: that pair goes, the others stay matched
+    base = [30.0, float("nan"), 29.5, 30.5, 30.2, 29.8, 30.1, 30.3]
+    head = [36.0, 1.0, 35.4, 36.6, 36.2, 35.8, 36.1, 36.4]
+    b = load_set(write_set(tmp_path / "b", base))
+    h = load_set(write_set(tmp_path / "h", head))
+    (cpu,) = [c for c in compare_sets(b, h, paired=True) if c.metric == "cpu_per_delivery"]
+    assert cpu.test == "wilcoxon" and cpu.n_base == cpu.n_head == 7
+    assert cpu.verdict == "regression"
+    assert cpu.ratio is not None and cpu.ratio == pytest.approx(1.2, abs=0.01)
+
+
+def test_regress_against_a_slower_machines_baseline_is_inconclusive(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    cpus = os.sched_getaffinity(0)
+    # same CPU model, cores and parameters, but a calibration loop 1000x faster
+    meta = {**machine_meta(Plan()), "calibration_s": [1e-5, 1e-5]}
+    base = write_set(tmp_path / "baseline", BASE, meta=meta)
+    out = tmp_path / "v.json"
+    try:
+        assert regress_main(["--baseline", str(base), "--json", str(out)]) == 2
+    finally:
+        os.sched_setaffinity(0, cpus)  # the check pins this process to the load core
+    assert "calibration loop" in orjson.loads(out.read_bytes())["notes"][0]
