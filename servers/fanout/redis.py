@@ -342,8 +342,11 @@ class RedisBroker:
                 log.debug("presence liveness round failed: %s", exc)
             except Exception:
                 log.exception("presence liveness round failed")
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that
+            # arrives as the wait ends, and close() would then wait on this task forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
 
     async def liveness_round(self) -> None:
         """One round: refresh, sync if needed, reap (public for tests)."""

@@ -77,6 +77,9 @@ def server_options(s: Settings) -> list[tuple[str, Any]]:
             ("grpc.http2.max_pings_without_data", 0),
             # let clients keep their channel alive as often as the server does
             ("grpc.http2.min_ping_interval_without_data_ms", max(1000, ms // 2)),
+            # grpc core >= 1.5x waits for a keepalive ping's ack up to this (default
+            # 60 s), whatever keepalive_timeout_ms says
+            ("grpc.http2.ping_timeout_ms", ms),
         ]
     return opts
 
