@@ -91,7 +91,10 @@ class RtbenchUser(User):
         return client
 
     def reconnect(self, client: Client) -> Client:
-        """`client.resume()`, keeping its windows: the logical receiver stays the same."""
+        """`client.resume()`, keeping its windows: the logical receiver stays the same.
+
+        The new connection resumes from the old one's cursor: it gets what was missed
+        and is already a member of the old one's rooms (no join needed)."""
         windows = self.windows_of[client]
         rec = self.rt.recorder
         try:

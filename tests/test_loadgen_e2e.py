@@ -153,17 +153,19 @@ def test_chat_rooms_span_replicas_over_sse(redis_server: RedisServer, tmp_path: 
     assert_all_delivered(o, min_expected=6 * 3 * 15)
 
 
-def test_churn_counts_reconnects_and_reports_loss(tmp_path: Path) -> None:
-    with servers("ws") as procs:
-        o = locust("churn", procs, tmp_path, "--churn-interval", "0.4", users=4, rate=100)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_churn_resumes_without_loss_or_duplicates(transport: str, tmp_path: Path) -> None:
+    with servers(transport) as procs:
+        o = locust("churn", procs, tmp_path, "--churn-interval", "0.4", transport=transport,
+                   users=4, rate=100)
     d = o.delivery
-    assert o.counter("reconnects") >= 6
+    assert o.counter("reconnects") >= 6, (o.result["counters"], o.output[-2000:])
+    assert o.counter("reconnect_failures") == 0
     assert o.result["timings_us"]["rejoin"]["count"] == o.counter("reconnects")
-    assert d["delivered"] + d["missing"] == d["expected"] > 0
-    # protocol v1 has no resume: a message published while away is lost, and says so
-    assert o.result["validity"]["lost_messages"] == (d["missing"] > 0)
-    if d["missing"]:
-        assert o.rc == INVALID
+    # reconnects resume with the cursor: what was published while away is replayed
+    assert d["missing"] == 0 and d["duplicates"] == 0, (d, o.output[-2000:])
+    assert d["delivered"] == d["expected"] > 0
+    assert not o.result["validity"]["lost_messages"]
 
 
 def test_connections_reports_server_memory(tmp_path: Path) -> None:

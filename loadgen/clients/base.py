@@ -25,10 +25,12 @@ them; `resume()` opens a new connection with it, which gets what was missed (or 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -223,3 +225,38 @@ class StreamClient(Client):
     @abstractmethod
     def _send_command(self, cmd: dict[str, Any]) -> None:
         """Encode and send a command dict."""
+
+
+class RawSocket:
+    """A client whose event stream is a plain TCP socket of its own (gevent's, once
+    patched), read in large pieces by its reader greenlet: SSE and gRPC over h2."""
+
+    _sock: socket.socket | None = None
+
+    def _connect_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        """Connect (within `timeout`), TCP_NODELAY; ClientError `connect_failed`."""
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise ClientError("connect_failed", f"{host}:{port}: {exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)  # the caller's gevent.Timeout bounds the handshake
+        self._sock = sock
+        return sock
+
+    @contextlib.contextmanager
+    def _handshake(self, url: str, errors: tuple[type[Exception], ...]) -> Iterator[None]:
+        """Close the socket if the handshake fails; `errors` become `connect_failed`."""
+        try:
+            yield
+        except errors as exc:
+            self._abort()
+            raise ClientError("connect_failed", f"{url}: {exc}") from None
+        except BaseException:  # ClientError, or the connect() timeout
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()

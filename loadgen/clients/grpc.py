@@ -17,7 +17,7 @@ flight holds one pool thread while it waits. The known hangs under gevent:
 tests/test_loadgen_e2e.py runs 20 concurrent streams and kills a server under
 an open one, bounded in time.
 
-Frame <-> dict conversions are shared with the asyncio client (`loadgen.aio.grpc`).
+Commands, metadata and statuses are shared with the h2 client (`grpcbase`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from typing import Any, ClassVar
 
 import gevent
 import grpc
-import orjson
 from gevent.queue import Queue
 
-from loadgen.aio.grpc import CONNECT, close_info, event_of, frame_of, target_of
-from loadgen.clients.base import ClientError, StreamClient
+from loadgen.aio.grpc import CONNECT, event_of, target_of
+from loadgen.clients.base import ClientError
+from loadgen.clients.grpcbase import GrpcClientBase, status_close
 from loadgen.clients.grpcframes import FRAME_OVERHEAD
 from loadgen.measure import now_us
 from servers.proto import rtbench_pb2 as pb
@@ -56,8 +56,7 @@ def _reserve_pool_thread(delta: int) -> None:
         pool.maxsize = need
 
 
-class GrpcClient(StreamClient):
-    transport: ClassVar[str] = "grpc"
+class GrpcClient(GrpcClientBase):
     live_channels: ClassVar[int] = 0
 
     _call: Any = None
@@ -69,8 +68,7 @@ class GrpcClient(StreamClient):
         self._channel = grpc.insecure_channel(target_of(self.url))
         method = self._channel.stream_stream(CONNECT, request_serializer=_identity,
                                              response_deserializer=_identity)
-        self._call = method(self._requests(),
-                            metadata=(("authorization", f"Bearer {self.token}"),))
+        self._call = method(self._requests(), metadata=self.metadata())
         self._responses: Iterator[bytes] = iter(self._call)
         try:
             first = next(self._responses)
@@ -90,24 +88,6 @@ class GrpcClient(StreamClient):
             if frame is _END:
                 return
             yield frame
-
-    def _send_command(self, cmd: dict[str, Any]) -> None:
-        self._put(frame_of(cmd).SerializeToString())
-
-    def send(self, frame: bytes) -> None:
-        self._send_command(orjson.loads(frame))
-
-    def publish(self, room: str, data: bytes) -> None:
-        f = pb.ClientFrame()
-        f.publish.room = room
-        f.publish.data = data  # already the JSON encoding: no decode/re-encode
-        self._put(f.SerializeToString())
-
-    def direct(self, to: str, data: bytes) -> None:
-        f = pb.ClientFrame()
-        f.direct.to = to
-        f.direct.data = data
-        self._put(f.SerializeToString())
 
     def _put(self, raw: bytes) -> None:
         if self.closed.is_set() or self._call is None:
@@ -129,16 +109,14 @@ class GrpcClient(StreamClient):
             self._teardown()
 
     def _final_status(self) -> tuple[int, str]:
-        info = close_info(self._call.code(), self._call.details())
-        return info.code, info.reason
+        return status_close(self._call.code(), self._call.details())
 
     def _status(self, exc: grpc.RpcError) -> tuple[int, str]:
         call: Any = exc
         try:
-            info = close_info(call.code(), call.details())
+            return status_close(call.code(), call.details())
         except AttributeError:
             return 1006, repr(exc)
-        return info.code, info.reason
 
     def _teardown(self) -> None:
         if self._call is not None:

@@ -12,59 +12,41 @@ One TCP connection and one stream per client, like the other transports.
 Sends share the socket under a lock (publisher greenlets and the reader's
 WINDOW_UPDATE / PING acks); a send the server's flow-control window cannot take
 blocks until a WINDOW_UPDATE, like a full TCP buffer would.
-Frame <-> dict conversions and status -> close code are shared with the asyncio
-client (`loadgen.aio.grpc`).
+Commands, metadata (token, resume cursor) and status -> close code are shared with
+the grpcio client (`grpcbase`), frame <-> dict conversions with the asyncio client
+(`loadgen.aio.grpc`).
 """
 
 from __future__ import annotations
 
-import socket
-from typing import Any, ClassVar
+from typing import Any
 
-import grpc
 import h2.exceptions
-import orjson
 from gevent.event import Event
 from gevent.lock import Semaphore
 from google.protobuf.message import DecodeError
 
-from loadgen.aio.grpc import CONNECT, close_info, event_of, frame_of, target_of
-from loadgen.clients.base import ClientError, StreamClient
+from loadgen.aio.grpc import CONNECT, event_of, target_of
+from loadgen.clients.base import ClientError, RawSocket
 from loadgen.clients.base import split_url as _split
+from loadgen.clients.grpcbase import GrpcClientBase, status_close
 from loadgen.clients.grpcframes import FRAME_OVERHEAD, GrpcFrameError, GrpcStream
 from loadgen.measure import now_us
 from servers.proto import rtbench_pb2 as pb
 
 RECV_BYTES = 256 * 1024
-_STATUS = {s.value[0]: s for s in grpc.StatusCode}
 
 
-def status_close(status: int, message: str) -> tuple[int, str]:
-    """Close code and reason of a final gRPC status (the grpcio client's mapping)."""
-    info = close_info(_STATUS.get(status, grpc.StatusCode.UNKNOWN), message)
-    return info.code, info.reason
-
-
-class GrpcH2Client(StreamClient):
-    transport: ClassVar[str] = "grpc"
-
-    _sock: socket.socket | None = None
-
+class GrpcH2Client(RawSocket, GrpcClientBase):
     def _open(self) -> dict[str, Any]:
         host, port = _split(target_of(self.url), 50051)
         self._lock = Semaphore()
         self._writable = Event()
         self._backlog: list[bytes] = []  # messages read with the welcome
-        self._stream = GrpcStream(f"{host}:{port}", CONNECT,
-                                  (("authorization", f"Bearer {self.token}"),))
-        try:
-            sock = socket.create_connection((host, port), timeout=self.timeout)
-        except OSError as exc:
-            raise ClientError("connect_failed", f"{self.url}: {exc}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(None)  # the caller's gevent.Timeout bounds the handshake
-        self._sock = sock
-        try:
+        self._stream = GrpcStream(f"{host}:{port}", CONNECT, self.metadata())
+        sock = self._connect_socket(host, port, self.timeout)
+        with self._handshake(self.url, (OSError, h2.exceptions.ProtocolError, GrpcFrameError,
+                                        DecodeError)):
             sock.sendall(self._stream.start())
             while True:
                 data = sock.recv(RECV_BYTES)
@@ -78,12 +60,6 @@ class GrpcH2Client(StreamClient):
                 if self._stream.ended is not None:
                     code, reason = status_close(*self._stream.ended)
                     raise ClientError(str(code), reason or "stream refused")
-        except (OSError, h2.exceptions.ProtocolError, GrpcFrameError, DecodeError) as exc:
-            self._abort()
-            raise ClientError("connect_failed", f"{self.url}: {exc}") from None
-        except BaseException:  # ClientError, or the connect() timeout
-            self._abort()
-            raise
 
     def _flush(self) -> None:
         """Write whatever h2 has queued (acks, pings, sends), in order."""
@@ -94,24 +70,6 @@ class GrpcH2Client(StreamClient):
             out = self._stream.data_to_send()
             if out:
                 sock.sendall(out)
-
-    def _send_command(self, cmd: dict[str, Any]) -> None:
-        self._put(frame_of(cmd).SerializeToString())
-
-    def send(self, frame: bytes) -> None:
-        self._send_command(orjson.loads(frame))
-
-    def publish(self, room: str, data: bytes) -> None:
-        f = pb.ClientFrame()
-        f.publish.room = room
-        f.publish.data = data  # already the JSON encoding: no decode/re-encode
-        self._put(f.SerializeToString())
-
-    def direct(self, to: str, data: bytes) -> None:
-        f = pb.ClientFrame()
-        f.direct.to = to
-        f.direct.data = data
-        self._put(f.SerializeToString())
 
     def _put(self, raw: bytes) -> None:
         if self._sock is None:
@@ -169,11 +127,6 @@ class GrpcH2Client(StreamClient):
             self._ended(1007, f"bad frame from server: {exc}")
         self._writable.set()  # a blocked sender sees `closed`
         self._abort()
-
-    def _abort(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
 
     def close(self) -> None:
         sock = self._sock

@@ -1,16 +1,19 @@
-"""Long-polling client: POST /lp/connect, a loop of GET /lp/{conn}/poll, commands as
-POST /lp/{conn}, DELETE /lp/{conn} to close. Every request is keep-alive."""
+"""Long-polling client: POST /lp/connect (`?resume=<cursor>` to resume), a loop of
+GET /lp/{conn}/poll, commands as POST /lp/{conn}, DELETE /lp/{conn} to close. Every
+request is keep-alive."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+from urllib.parse import urlencode
 
 import gevent
 import orjson
 
-from loadgen.clients.base import ClientError
+from loadgen.clients.base import CURSOR_TYPES, ClientError
 from loadgen.clients.http import HttpClient, error_from
 from loadgen.measure import now_us
+from servers.core.cursor import RESUME_PARAM
 
 POLL_TIMEOUT = 20.0  # seconds the server may hold a poll (protocol maximum: poll_timeout)
 
@@ -31,7 +34,10 @@ class LongPollClient(HttpClient):
 
     def _open(self) -> dict[str, Any]:
         self._poll_http = self._client(1, POLL_TIMEOUT + 10)
-        status, body = self.request("POST", "/lp/connect")
+        path = "/lp/connect"
+        if self.resume_cursor:
+            path += f"?{urlencode({RESUME_PARAM: self.resume_cursor})}"
+        status, body = self.request("POST", path)
         if status != 200:
             raise error_from(status, body)
         reply = orjson.loads(body)
@@ -43,10 +49,13 @@ class LongPollClient(HttpClient):
 
     def _read_loop(self) -> None:
         on_event = self.on_event
+        observe = self.tracker.observe
         path = f"/lp/{self.conn_id}/poll?timeout={POLL_TIMEOUT:g}"
         early, self._early = self._early, []
         t = now_us()
-        for ev in early:
+        for ev in early:  # what a resumed connection missed, read with the welcome
+            if ev.get("type") in CURSOR_TYPES:
+                observe(ev)
             on_event(ev, 0, t)
         failures = 0
         try:
@@ -69,6 +78,8 @@ class LongPollClient(HttpClient):
                 if events:
                     share = (len(body) + RESPONSE_HEAD_BYTES) // len(events)
                     for ev in events:
+                        if ev.get("type") in CURSOR_TYPES:
+                            observe(ev)
                         on_event(ev, share, t)
                 closed = reply.get("closed")
                 if closed:

@@ -15,13 +15,12 @@ ends is 1006. Resume: the cursor goes in `?resume=` (docs/protocol.md 4.1).
 
 from __future__ import annotations
 
-import socket
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 import orjson
 
-from loadgen.clients.base import CURSOR_TYPES, ClientError
+from loadgen.clients.base import CURSOR_TYPES, ClientError, RawSocket
 from loadgen.clients.http import HttpClient, error_from
 from loadgen.clients.ssestream import SseResponse
 from loadgen.measure import now_us
@@ -31,10 +30,8 @@ STREAM_IDLE_TIMEOUT = 120.0  # seconds without a byte (the server comments every
 RECV_BYTES = 256 * 1024
 
 
-class SseClient(HttpClient):
+class SseClient(RawSocket, HttpClient):
     transport: ClassVar[str] = "sse"
-
-    _sock: socket.socket | None = None
 
     def command_path(self) -> str:
         return f"/sse/{self.conn_id}"
@@ -47,16 +44,10 @@ class SseClient(HttpClient):
                 "Cache-Control: no-cache\r\n\r\n").encode("latin-1")
 
     def _open(self) -> dict[str, Any]:
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        except OSError as exc:
-            raise ClientError("connect_failed", f"{self.url}: {exc!r}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(None)  # the caller's gevent.Timeout bounds the handshake
-        self._sock = sock
+        sock = self._connect_socket(self.host, self.port, self.timeout)
         self._response = resp = SseResponse()
         self._unshared = 0  # bytes read that no delivered event has accounted for yet
-        try:
+        with self._handshake(self.url, (OSError, ValueError)):  # ValueError: bad response/JSON
             sock.sendall(self.stream_request())
             while True:
                 data = sock.recv(RECV_BYTES)
@@ -74,15 +65,6 @@ class SseClient(HttpClient):
                     return welcome
                 if resp.complete:
                     raise ClientError("closed", "stream ended before welcome")
-        except OSError as exc:
-            self._abort()
-            raise ClientError("connect_failed", f"{self.url}: {exc!r}") from None
-        except ValueError as exc:  # malformed response, bad JSON
-            self._abort()
-            raise ClientError("bad_response", f"{self.url}: {exc}") from None
-        except BaseException:  # ClientError, or the connect() timeout
-            self._abort()
-            raise
 
     def _read_loop(self) -> None:
         sock = self._sock
@@ -127,11 +109,6 @@ class SseClient(HttpClient):
             self._ended(1002, f"server broke the protocol: {exc}")
         finally:
             self._abort()
-
-    def _abort(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
 
     def close(self) -> None:
         self._ended(1000, "closed by client")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from typing import Any, ClassVar
+from urllib.parse import urlencode
 
 import orjson
 import websocket
@@ -22,6 +23,7 @@ from loadgen.clients.base import ClientError, StreamClient
 from loadgen.clients.base import split_url as _split
 from loadgen.clients.wsframes import OP_CLOSE, OP_PING, FrameError, FrameReader
 from loadgen.measure import now_us
+from servers.core.cursor import RESUME_PARAM
 
 RECV_PATHS = ("frames", "websocket-client", "websocket-client+utf8")
 RECV_PATH = "frames"  # bench/ingest.py sets the others to measure them
@@ -40,9 +42,10 @@ class WsClient(StreamClient):
 
     def _open(self) -> dict[str, Any]:
         host, port = _split(self.url, 80)
+        query = f"?{urlencode({RESUME_PARAM: self.resume_cursor})}" if self.resume_cursor else ""
         try:
             self._ws = websocket.create_connection(
-                f"ws://{host}:{port}/ws",
+                f"ws://{host}:{port}/ws{query}",
                 header=[f"Authorization: Bearer {self.token}"],
                 subprotocols=["rtbench.v1"],
                 skip_utf8_validation=RECV_PATH != "websocket-client+utf8",
