@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -35,6 +36,7 @@ import httpx
 import pytest
 
 from loadgen.aio import Client, Received, connect
+from servers.serve import listen_socket
 from servers.testing import RedisServer, ServerProcess, free_port, wait_port
 from tests.cluster import server, start_all, stop_all, token, unique
 
@@ -148,6 +150,28 @@ async def check_reaped(scene: Scene, transport: str, silence: Sequence[str],
             end(child)
             await child.wait()
         await observer.close()
+
+
+# ------------------------------------------------------------------ sockets
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
+def test_accepted_sockets_inherit_the_user_timeout() -> None:
+    import uvicorn
+
+    config = uvicorn.Config(app=None, host="127.0.0.1", port=free_port())  # type: ignore[arg-type]
+    listener = listen_socket(config, 1.5)
+    try:
+        listener.listen()
+        with socket.create_connection(listener.getsockname(), timeout=5):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 1500
+    finally:
+        listener.close()
+    off = listen_socket(uvicorn.Config(app=None, port=free_port()), 0)  # type: ignore[arg-type]
+    with off:
+        assert off.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
 
 
 # ------------------------------------------------------------------- silent

@@ -13,11 +13,13 @@ from servers.core.errors import BrokerUnavailable, ErrorCode, ProtocolError
 from servers.core.hub import Connection, Hub
 from servers.core.types import (
     CloseReason,
+    CountChange,
     Direct,
     Event,
     Join,
     Leave,
     Limits,
+    OnCountChange,
     Ping,
     Position,
     PresenceQuery,
@@ -279,6 +281,52 @@ async def test_direct_reaches_every_connection_of_the_user(hub: Hub) -> None:
 
 
 # ------------------------------------------------------------------- presence
+
+
+class WatchedBroker(MemoryBroker):
+    """Keeps the count-change callback, to play what a Redis broker reports on its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_counts: OnCountChange | None = None
+
+    def watch_counts(self, callback: OnCountChange) -> None:
+        self.on_counts = callback
+
+
+async def test_counts_that_changed_on_their_own_are_announced_to_the_room() -> None:
+    broker = WatchedBroker()
+    hub = await make_hub(broker)
+    try:
+        alice = await joined(hub, "alice", "r", presence=True)
+        await settle(hub)
+        alice.outbox.take()
+        assert broker.on_counts is not None  # the hub registered itself
+        # a dead replica's bob expired; carol came back with a replica taken for dead
+        broker.on_counts([CountChange("members:r", "bob", False), CountChange("online", "bob",
+                          False), CountChange("members:r", "carol", True),
+                          CountChange("members:other", "dan", False)])
+        await settle(hub)
+        assert bodies(alice) == [
+            {"type": "presence", "room": "r", "user": "bob", "status": "left"},
+            {"type": "presence", "room": "r", "user": "carol", "status": "joined"},
+        ]
+    finally:
+        await hub.shutdown()
+
+
+async def test_a_leave_that_finds_nothing_to_uncount_is_not_announced(hub: Hub) -> None:
+    # the count was already taken away (a reaped replica): -1, no second `left`
+    alice = await joined(hub, "alice", "r", presence=True)
+    bob = await joined(hub, "bob", "r")
+    await settle(hub)
+    alice.outbox.take()
+    broker = cast(MemoryBroker, hub.broker)
+    assert await broker.count_add("members:r", "bob", -1) == 0
+    assert await broker.count_add("members:r", "bob", -1) == -1
+    await hub.handle(bob, Leave("r"))
+    await settle(hub)
+    assert alice.outbox.take() == []
 
 
 async def test_presence_events_go_to_watchers_on_first_and_last_connection(hub: Hub) -> None:

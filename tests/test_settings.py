@@ -66,6 +66,8 @@ def test_bad_environment_values_name_the_variable_and_value(
         ({"RTBENCH_BROKER": "kafka"}, "broker 'kafka'"),
         ({"RTBENCH_MAX_FRAME_BYTES": "100"}, "max_frame_bytes must be at least 256"),
         ({"RTBENCH_PORT": "70000"}, "port=70000"),
+        ({"RTBENCH_PRESENCE_TTL": "0.1"}, "presence_ttl=0.1: expected 0 .off. or at least 0.3"),
+        ({"RTBENCH_TCP_USER_TIMEOUT": "0.0001"}, "tcp_user_timeout=0.0001"),
     ],
 )
 def test_invalid_values_are_refused(env: dict[str, str], expected: str) -> None:
@@ -91,11 +93,13 @@ def test_every_setting_but_the_secret_has_a_flag(monkeypatch: pytest.MonkeyPatch
     s = parse(["--namespace", "ns", "--server-id", "r1", "--max-frame-bytes", "512",
                "--outbox-max-events", "5", "--outbox-max-bytes", "999", "--poll-timeout", "3",
                "--session-ttl", "4", "--log-level", "info", "--ws-impl", "wsproto",
-               "--metrics-port", "9999", "--host", "127.0.0.2"])
+               "--metrics-port", "9999", "--host", "127.0.0.2", "--presence-ttl", "2.5",
+               "--tcp-user-timeout", "0"])
     assert (s.namespace, s.server_id, s.max_frame_bytes) == ("ns", "r1", 512)
     assert (s.outbox_max_events, s.outbox_max_bytes) == (5, 999)
     assert (s.poll_timeout, s.session_ttl, s.log_level, s.ws_impl) == (3.0, 4.0, "info", "wsproto")
     assert (s.metrics_port, s.host) == (9999, "127.0.0.2")
+    assert (s.presence_ttl, s.tcp_user_timeout) == (2.5, 0.0)
     with pytest.raises(SystemExit):  # a secret on the command line would show in `ps`
         parse(["--secret", "x"])
 
@@ -109,6 +113,8 @@ def test_every_setting_but_the_secret_has_a_flag(monkeypatch: pytest.MonkeyPatch
         (["--max-rooms", "-1"], "max_rooms=-1"),
         (["--metrics-port", "65536"], "metrics_port=65536"),
         (["--max-frame-bytes", "10"], "max_frame_bytes must be at least 256"),
+        (["--presence-ttl", "-1"], "presence_ttl=-1.0"),
+        (["--presence-ttl", "0.2"], "presence_ttl=0.2"),
     ],
 )
 def test_flags_are_validated_like_the_environment(
@@ -130,6 +136,13 @@ def test_flag_type_errors_exit_with_usage(capsys: pytest.CaptureFixture[str]) ->
 def test_validate_passes_good_settings_through() -> None:
     s = Settings(transport="grpc", broker="memory", port=0, heartbeat=0.0)
     assert validate(s) is s
+    off = Settings(presence_ttl=0.0, tcp_user_timeout=0.0)  # 0 turns each off
+    assert validate(off) is off
+
+
+def test_liveness_defaults() -> None:
+    s = Settings()
+    assert (s.heartbeat, s.tcp_user_timeout, s.presence_ttl) == (15.0, 30.0, 30.0)
 
 
 def test_history_settings_reach_the_limits() -> None:
