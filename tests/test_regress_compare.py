@@ -18,7 +18,7 @@ from bench.compare import (
     markdown,
     samples_doc,
 )
-from bench.regress import Plan, machine_meta
+from bench.regress import Plan, evaluate, machine_meta, to_set
 from bench.regress import main as regress_main
 from bench.stats import overall
 
@@ -148,3 +148,29 @@ def test_regress_against_a_slower_machines_baseline_is_inconclusive(
     finally:
         os.sched_setaffinity(0, cpus)  # the check pins this process to the load core
     assert "calibration loop" in orjson.loads(out.read_bytes())["notes"][0]
+
+
+def _round(base_cpu: list[float], head_cpu: list[float], cal: list[float]) -> dict[str, Any]:
+    def rows(cpu: list[float]) -> list[dict[str, Any]]:
+        return [{"transport": "ws", "scenario": "fanout",
+                 "metrics": {"cpu_per_delivery": c, "lost": 0}} for c in cpu]
+    return {"calibration_s": cal, "samples": {"base": rows(base_cpu), "head": rows(head_cpu)}}
+
+
+def test_rounds_pool_their_pairs_and_drift_only_notes_when_paired() -> None:
+    base = [30.0, 33.0, 29.0, 35.0, 31.0, 30.5, 34.0, 29.5]
+    noisy = [b * f for b, f in zip(base, [1.3, 0.95, 1.25, 1.0, 1.28, 0.97, 1.22, 1.02],
+                                   strict=True)]
+    one = _round(base, noisy, [0.040, 0.041])
+    verdict, comps, notes = evaluate([one], {}, None, {})
+    assert verdict == "inconclusive" and not notes  # +12% median, half the pairs at ~+0%
+    slow = _round(base, [b * 1.2 for b in base], [0.040, 0.056])  # a 40% calibration drift
+    verdict, comps, notes = evaluate([one, slow], {}, None, {})
+    (cpu,) = [c for c in comps if c.metric == "cpu_per_delivery"]
+    assert cpu.n_base == 16 and verdict == "regression"
+    assert "judged anyway" in notes[0]
+    # the same drift against a stored baseline (unpaired) makes the check inconclusive
+    stored = to_set(one["samples"]["base"] * 2, {})
+    v, _, notes = evaluate([_round([], [b * 1.02 for b in base] * 2, [0.040, 0.056])], {},
+                           stored, {})
+    assert v == "inconclusive" and "too unstable" in notes[0]
