@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from bench.compare import (
     markdown,
     samples_doc,
 )
-from bench.regress import Plan, evaluate, machine_meta, to_set
+from bench.regress import Plan, baseline_revision, evaluate, machine_meta, to_set
 from bench.regress import main as regress_main
 from bench.stats import overall
 
@@ -73,7 +74,7 @@ def test_regress_against_foreign_baseline_is_inconclusive(tmp_path: Path,
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     base = write_set(tmp_path / "baseline", BASE, meta={"cpu_model": "some other CPU", "cores": 1})
     out = tmp_path / "v.json"
-    assert regress_main(["--baseline", str(base), "--json", str(out)]) == 2
+    assert regress_main(["--baseline", str(base), "--json", str(out), "--stored"]) == 2
     assert "differs from this machine" in orjson.loads(out.read_bytes())["notes"][0]
 
 
@@ -144,7 +145,7 @@ def test_regress_against_a_slower_machines_baseline_is_inconclusive(
     base = write_set(tmp_path / "baseline", BASE, meta=meta)
     out = tmp_path / "v.json"
     try:
-        assert regress_main(["--baseline", str(base), "--json", str(out)]) == 2
+        assert regress_main(["--baseline", str(base), "--json", str(out), "--stored"]) == 2
     finally:
         os.sched_setaffinity(0, cpus)  # the check pins this process to the load core
     assert "calibration loop" in orjson.loads(out.read_bytes())["notes"][0]
@@ -174,3 +175,16 @@ def test_rounds_pool_their_pairs_and_drift_only_notes_when_paired() -> None:
     v, _, notes = evaluate([_round([], [b * 1.02 for b in base] * 2, [0.040, 0.056])], {},
                            stored, {})
     assert v == "inconclusive" and "too unstable" in notes[0]
+
+
+def test_a_clean_baseline_names_the_revision_to_measure_alongside(tmp_path: Path) -> None:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    clean = write_set(tmp_path / "clean", BASE, meta={"git": {"revision": head, "dirty": False}})
+    assert baseline_revision(clean) == head
+    dirty = write_set(tmp_path / "dirty", BASE, meta={"git": {"revision": head, "dirty": True}})
+    assert baseline_revision(dirty) is None  # the revision is not what was measured
+    gone = write_set(tmp_path / "gone", BASE, meta={"git": {"revision": "0" * 40,
+                                                            "dirty": False}})
+    assert baseline_revision(gone) is None
+    assert baseline_revision(tmp_path / "missing") is None
