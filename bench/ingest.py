@@ -20,7 +20,11 @@ stats); the asyncio baseline only counts messages, so the ratio is conservative.
 (instead of `loadgen.clients.wsframes`), without and with its pure-Python UTF-8
 validation (`skip_utf8_validation=False`: the known trap). gRPC always has a
 second gevent row: the grpcio client (`--grpc-client grpcio`) beside the default
-h2 one (`loadgen.clients.grpc_h2`).
+h2 one (`loadgen.clients.grpc_h2`). Every transport also has a "quiet" gevent row:
+the same path with `--request-events off` (our accounting and HDR histograms, no
+Locust request event per delivery), which says how much of a client's cost is
+Locust's own bookkeeping (two `StatsEntry.log` calls and an event dispatch per
+delivery, about as much as the asyncio client's whole per-message cost on SSE).
 
 Server pinned to core 0, subscribers and publisher to the other core(s):
 
@@ -48,6 +52,7 @@ SERVER_ARGS = ("--outbox-max-events", "1000000", "--outbox-max-bytes", str(1 << 
 PAYLOAD_BYTES = 100
 WS_KINDS = {"gevent-wsclient": "websocket-client", "gevent-utf8": "websocket-client+utf8"}
 GRPC_KINDS = {"gevent-grpcio": "grpcio"}
+QUIET = "gevent-quiet"  # the gevent path without Locust request events
 
 
 def _report(count: int, last: int) -> None:
@@ -88,7 +93,8 @@ def _gevent_subscriber(args: argparse.Namespace) -> int:
         transport=args.transport, servers=(args.url,), secret=DEV_SECRET, room_size=1,
         publishers=1, publish_rate=1.0, payload_bytes=PAYLOAD_BYTES, max_messages=1,
         warmup=0.0, drain=0.0, step_users=0, step_seconds=1.0, p99_limit_ms=1.0,
-        conns_per_user=1, churn_interval=1.0, connect_timeout=30.0, request_events=True,
+        conns_per_user=1, churn_interval=1.0, connect_timeout=30.0,
+        request_events=args.request_events == "on",
         result_file="", metrics_urls="", max_connect_failures=1, max_cpu=90.0,
         max_lag_ms=20.0, invalid_exit_code=0, run_time=None, grpc_client=args.grpc_client)
     windows: dict[str, Any] = {}
@@ -118,8 +124,9 @@ def _gevent_subscriber(args: argparse.Namespace) -> int:
     if not ok:
         print(json.dumps({"error": f"received {seen['n']} of {args.count}"}), flush=True)
         return 1
-    stats = env.stats.get("message", args.transport)
-    assert stats.num_requests == args.count, "Locust's stats missed deliveries"
+    if run.params.request_events:
+        stats = env.stats.get("message", args.transport)
+        assert stats.num_requests == args.count, "Locust's stats missed deliveries"
     _report(args.count, seen["last"])
     return 0
 
@@ -211,9 +218,10 @@ def _round(kind: str, transport: str, url: str, count: int, timeout: float) -> d
     room = f"ingest-{uuid.uuid4().hex[:8]}"
     role, recv = ("gevent", WS_KINDS[kind]) if kind in WS_KINDS else (kind, "frames")
     role, grpc_client = ("gevent", GRPC_KINDS[kind]) if kind in GRPC_KINDS else (role, "h2")
+    role, events = ("gevent", "off") if kind == QUIET else (role, "on")
     cmd = [sys.executable, "-m", "bench.ingest", "--role", role, "--transport", transport,
            "--url", url, "--count", str(count), "--room", room, "--timeout", str(timeout),
-           "--ws-recv", recv, "--grpc-client", grpc_client]
+           "--ws-recv", recv, "--grpc-client", grpc_client, "--request-events", events]
     from loadgen.measure import now_us
 
     with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -249,7 +257,7 @@ def measure(transport: str, count: int, rounds: int, utf8: bool, timeout: float,
             ) -> dict[str, Any]:
     from bench.cluster import Cluster, load_cpus, pin_self
 
-    kinds = ["aio", "gevent"] + (list(WS_KINDS) if utf8 and transport == "ws" else [])
+    kinds = ["aio", "gevent", QUIET] + (list(WS_KINDS) if utf8 and transport == "ws" else [])
     kinds += list(GRPC_KINDS) if transport == "grpc" else []
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     with Cluster(transport, replicas=1, broker="memory", server_args=SERVER_ARGS) as cluster:
@@ -262,6 +270,8 @@ def measure(transport: str, count: int, rounds: int, utf8: bool, timeout: float,
     out: dict[str, Any] = {"transport": transport, "messages": count, "rounds": rounds,
                            "rates": rates, "aio_rate": med["aio"], "gevent_rate": med["gevent"],
                            "ratio": med["gevent"] / med["aio"] if med["aio"] else 0.0}
+    out["gevent_quiet_rate"] = med[QUIET]
+    out["quiet_ratio"] = med[QUIET] / med["aio"] if med["aio"] else 0.0
     if "gevent-utf8" in med:
         out["gevent_wsclient_rate"] = med["gevent-wsclient"]
         out["gevent_utf8_rate"] = med["gevent-utf8"]
@@ -286,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "validation")
     p.add_argument("--ws-recv", default="frames", help=argparse.SUPPRESS)
     p.add_argument("--grpc-client", default="h2", help=argparse.SUPPRESS)
+    p.add_argument("--request-events", default="on", help=argparse.SUPPRESS)
     p.add_argument("--target", type=float, default=0.6, help="ratio the issue asks for")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--json", help="write the results to this file")
@@ -315,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         worst_ok &= ok
         print(f"{r['transport']:<10} {r['aio_rate']:>14,.0f} {r['gevent_rate']:>13,.0f} "
               f"{r['ratio']:>6.2f}  {'ok' if ok else 'BELOW'} {args.target}")
+        print(f"{'  without Locust events':<25} {r['gevent_quiet_rate']:>13,.0f} "
+              f"{r['quiet_ratio']:>6.2f}  (--request-events off)")
         if "gevent_utf8_rate" in r:
             print(f"{'  websocket-client recv':<25} {r['gevent_wsclient_rate']:>13,.0f}")
             print(f"{'  + UTF-8 validation':<25} {r['gevent_utf8_rate']:>13,.0f}  "

@@ -4,8 +4,10 @@ event stream"): body chunks in, one callback per complete event out.
 Chunks may split lines and events anywhere. Lines end with LF, CRLF or a lone CR
 (a CR at the end of a chunk ends its line at once; an LF opening the next chunk
 is then its second half, not a blank line). Fields: `data` (several lines joined
-with LF), `event` (the type; `message` when absent), `id` (kept in `last_id`,
-which persists across events as the spec says), `retry` (kept in `retry_ms`);
+with LF), `event` (the type; `message` when absent), `id` (becomes `last_id`, the
+stream's Last-Event-ID, at the blank line that ends its block, whether or not that
+dispatches an event, and persists across events, as the spec says: an `id:` of an
+event still incomplete is not in `last_id` yet), `retry` (kept in `retry_ms`);
 comment lines (`: ping`) and unknown fields are ignored. A blank line dispatches
 the event, unless it has no `data` line at all. One leading UTF-8 BOM is skipped.
 An incomplete event at the end of the stream is dropped (the caller just stops
@@ -36,8 +38,8 @@ class SseError(ValueError):
 class SseParser:
     """Feed `feed(chunk, recv_us)` the body bytes in order; `on_event` runs per event."""
 
-    __slots__ = ("_data", "_event", "_on_event", "_skip_lf", "_started", "_tail", "last_id",
-                 "max_line", "retry_ms")
+    __slots__ = ("_data", "_event", "_id", "_on_event", "_skip_lf", "_started", "_tail",
+                 "last_id", "max_line", "retry_ms")
 
     def __init__(self, on_event: EventCallback, max_line: int = MAX_LINE) -> None:
         self._on_event = on_event
@@ -48,6 +50,7 @@ class SseParser:
         self._event = b""
         self._skip_lf = False  # the previous chunk ended with CR: a leading LF completes it
         self._started = False  # past the optional BOM
+        self._id = b""  # the spec's "last event ID buffer"
         self.last_id = b""
         self.retry_ms: int | None = None
 
@@ -76,6 +79,7 @@ class SseParser:
         data = self._data
         for line in lines:
             if not line:
+                self.last_id = self._id
                 if data:
                     payload = data[0] if len(data) == 1 else b"\n".join(data)
                     event = self._event or b"message"
@@ -96,6 +100,6 @@ class SseParser:
                 self._event = value
             elif name == b"id":
                 if b"\0" not in value:
-                    self.last_id = value
+                    self._id = value
             elif name == b"retry" and value.isdigit():
                 self.retry_ms = int(value)

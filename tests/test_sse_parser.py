@@ -83,3 +83,30 @@ def test_an_over_long_line_raises() -> None:
     p.feed(b"data: 1234\n\n")  # 10 bytes: fine
     with pytest.raises(SseError):
         p.feed(b"data: 12345")
+
+
+def test_the_servers_shape_and_its_variants_give_the_spec_events() -> None:
+    # the fast path (event + one data line, or one data line) and the line rules agree
+    stream = (b"\n\nevent: a\ndata: 1\n\n\n\nevent: \ndata: 2\n\nevent:b\ndata:3\n\n"
+              b"data: 4\n\nevent: c\ndata: 5\ndata: 6\n\nevent: d\n\ndata: 7\nevent: e\n\n"
+              b"event: f\n: note\ndata: 8\n\n")
+    expected = [(b"a", b"1"), (b"message", b"2"), (b"b", b"3"), (b"message", b"4"),
+                (b"c", b"5\n6"), (b"e", b"7"), (b"f", b"8")]
+    assert events(stream) == expected
+    for cut in range(1, len(stream)):
+        assert events(stream[:cut], stream[cut:]) == expected, cut
+
+
+def test_a_long_event_split_over_many_chunks() -> None:
+    data = b"x" * 100_000
+    stream = b"event: big\ndata: " + data + b"\n\n"
+    assert events(*(stream[i:i + 4096] for i in range(0, len(stream), 4096))) == [
+        (b"big", data)]
+
+
+def test_last_id_moves_at_the_blank_line_ending_its_block() -> None:
+    p, out = parse(b"id: 1\ndata: a\n\nid: 2\nevent: message\n")
+    assert [d for _, d, _ in out] == [b"a"]
+    assert p.last_id == b"1"  # event 2 is not complete: resuming from 1 gets it again
+    p.feed(b"data: b\n\nid: 3\n\n")
+    assert p.last_id == b"3"  # an id-only block (no data) still sets it
