@@ -20,7 +20,8 @@ and read per side:
 - Redis CPU µs per published message (history on costs Lua scripts in Redis), raw
   and net of Redis's idle CPU (measured for 1 s with every client connected).
 
-Outage (history-on server only; with history off a resume can only report a gap):
+Outage (history-on server only, `--repeats` times; with history off a resume can only
+report a gap):
 a subscriber `victim` in the room, messages flowing at `--rate`; it takes its
 cursor and closes; `--outage` seconds later, while publishing goes on, it
 reconnects with the cursor. The target is the last message the publisher had sent
@@ -40,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +71,7 @@ class Params:
     rounds: int = 2  # ABBA pairs of windows
     warmup: float = 1.0
     outage: float = 5.0
+    repeats: int = 3  # outages per transport
     limit: float = 20.0  # longest wait for a drain or a catch-up
 
 
@@ -131,10 +134,11 @@ async def window(side: Side, p: Params, redis_cpu: Callable[[], float], record: 
         side.wall_s += time.perf_counter() - t0
 
 
-async def outage(transport: str, side: Side, p: Params, opts: dict[str, Any]) -> dict[str, Any]:
+async def outage(transport: str, side: Side, p: Params, opts: dict[str, Any], n: int = 0,
+                 ) -> dict[str, Any]:
     """Disconnect a subscriber for `p.outage` s while publishing goes on, resume it with
     its cursor, time until it has the last message sent before the reconnect."""
-    tok = make_token("victim", DEV_SECRET)
+    tok = make_token(f"victim{n}", DEV_SECRET)
     victim = await connect(transport, side.url, tok, **opts)
     await victim.join(side.room)
     last_sent = [-1]
@@ -187,6 +191,7 @@ async def outage(transport: str, side: Side, p: Params, opts: dict[str, Any]) ->
         feed.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await feed
+        side.seq = max(side.seq, last_sent[0] + 1)  # stamps stay unique across outages
         await asyncio.gather(victim.close(), *([resumed.close()] if resumed else []),
                              return_exceptions=True)
 
@@ -227,7 +232,7 @@ async def measure(transport: str, p: Params) -> dict[str, Any]:
                 for side in (*sides, *sides[::-1]):  # on, off, off, on
                     await window(side, p, redis_cpu, record=True)
             load_cpu = me.cpu_percent(None)
-            caught_up = await outage(transport, sides[0], p, opts)
+            outages = [await outage(transport, sides[0], p, opts, n) for n in range(p.repeats)]
     finally:
         await asyncio.gather(*(c.close() for s in sides for c in (*s.subs, s.pub)),
                              return_exceptions=True)
@@ -239,9 +244,25 @@ async def measure(transport: str, p: Params) -> dict[str, Any]:
         "rate": p.rate, "seconds": p.seconds, "rounds": p.rounds,
         "history": {s.name: s.result(redis_idle) for s in sides},
         "redis_idle_cpu_percent": round(redis_idle * 100, 2),
-        "outage": caught_up,
+        "outage": summarize(outages), "outages": outages,
         "load_cpu_percent": round(load_cpu, 1), "load_saturated": load_cpu > 90.0,
         "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def summarize(outages: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The outages in one row: catch-up times (median, min, max), totals of the checks."""
+    times = sorted(o["catch_up_ms"] for o in outages if o["caught_up"])
+    return {
+        "outage_s": outages[0]["outage_s"], "repeats": len(outages),
+        "caught_up": sum(o["caught_up"] for o in outages),
+        "missed": round(statistics.median(o["missed"] for o in outages)),
+        "connect_ms": statistics.median(o["connect_ms"] for o in outages),
+        "catch_up_ms": statistics.median(times) if times else None,
+        "catch_up_ms_min": times[0] if times else None,
+        "catch_up_ms_max": times[-1] if times else None,
+        **{k: sum(o[k] for o in outages) for k in ("lost", "duplicates", "gaps")},
+        "in_order": all(o["in_order"] for o in outages),
     }
 
 
@@ -261,15 +282,13 @@ def print_table(results: Sequence[dict[str, Any]]) -> None:
     idle = ", ".join(f"{r['transport']} {r['redis_idle_cpu_percent']}%" for r in results)
     print(f"(redis us/msg: net of Redis's idle CPU: {idle})")
     print(f"\n{'transport':<9} {'outage s':>8} {'missed':>6} {'connect ms':>10} "
-          f"{'caught-up ms':>12} {'lost':>4} {'dupes':>5} {'gaps':>4}")
+          f"{'caught-up ms (median, min-max)':>30} {'lost':>4} {'dupes':>5} {'gaps':>4}")
     for r in results:
         o = r["outage"]
-        if "error" in o:
-            print(f"{r['transport']:<9} {o['error']}")
-            continue
+        spread = (f"{o['catch_up_ms']} ({o['catch_up_ms_min']}-{o['catch_up_ms_max']})"
+                  f"{'' if o['caught_up'] == o['repeats'] else ' NOT ALL CAUGHT UP'}")
         print(f"{r['transport']:<9} {o['outage_s']:>8} {o['missed']:>6} {o['connect_ms']:>10} "
-              f"{o['catch_up_ms'] if o['caught_up'] else 'never':>12} {o['lost']:>4} "
-              f"{o['duplicates']:>5} {o['gaps']:>4}")
+              f"{spread:>30} {o['lost']:>4} {o['duplicates']:>5} {o['gaps']:>4}")
     print(f"\nload average at the end: {' '.join(map(str, os.getloadavg()))}")
 
 
@@ -284,10 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=d.rounds, help="ABBA pairs of windows")
     p.add_argument("--warmup", type=float, default=d.warmup)
     p.add_argument("--outage", type=float, default=d.outage, help="seconds disconnected")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="outages per transport")
     p.add_argument("--json", help="write results to this file")
     args = p.parse_args(argv)
     params = Params(args.subscribers, args.rate, args.seconds, args.rounds, args.warmup,
-                    args.outage)
+                    args.outage, args.repeats)
     results = run_each(args.transports, lambda t: measure(t, params))
     print_table(results)
     write_json(args.json, results)
