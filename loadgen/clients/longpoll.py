@@ -45,6 +45,7 @@ class LongPollClient(HttpClient):
         if not events:
             raise ClientError("bad_welcome", "connect reply carried no welcome event")
         self._early = events[1:]  # delivered once the reader runs
+        self._early_share = (len(body) + RESPONSE_HEAD_BYTES) // len(events)
         return events[0]
 
     def _read_loop(self) -> None:
@@ -56,7 +57,7 @@ class LongPollClient(HttpClient):
         for ev in early:  # what a resumed connection missed, read with the welcome
             if ev.get("type") in CURSOR_TYPES:
                 observe(ev)
-            on_event(ev, 0, t)
+            on_event(ev, self._early_share, t)
         failures = 0
         try:
             while True:

@@ -10,17 +10,26 @@ line and made this client the load generator's ceiling (bench/ingest.py).
 Bytes on the wire per event: what the reads that completed events carried (event
 lines, comments, chunk headers), shared among those events. The server's last
 event, `close`, ends the connection with its section 6 code; a stream that just
-ends is 1006. Resume: the cursor goes in `?resume=` (docs/protocol.md 4.1).
+ends is 1006.
+
+Resume (docs/protocol.md 4.1, 7.2): the server writes the connection's cursor as the
+`id:` of every event that moves it (and in `id:`-only blocks for joins and leaves),
+so this client does not track events itself: its `cursor` is the stream's
+Last-Event-ID, which the parser takes at the blank line ending a block, i.e. only
+for events read whole. A stream without any `id:` (history off) falls back to the
+rooms joined. The cursor goes back in `?resume=`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 import orjson
 
-from loadgen.clients.base import CURSOR_TYPES, ClientError, RawSocket
+from loadgen.clients.base import ClientError, RawSocket
 from loadgen.clients.http import HttpClient, error_from
 from loadgen.clients.ssestream import SseResponse
 from loadgen.measure import now_us
@@ -33,8 +42,24 @@ RECV_BYTES = 256 * 1024
 class SseClient(RawSocket, HttpClient):
     transport: ClassVar[str] = "sse"
 
+    _response: SseResponse | None = None
+
     def command_path(self) -> str:
         return f"/sse/{self.conn_id}"
+
+    @property
+    def cursor(self) -> dict[str, Any]:
+        """The stream's Last-Event-ID (the server's cursor as of the last event read
+        whole), decoded; the joined rooms when the server sent no `id:`."""
+        raw = self._response.last_id if self._response is not None else b""
+        if raw:
+            try:
+                obj = orjson.loads(base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4)))
+            except (binascii.Error, ValueError):
+                obj = None
+            if isinstance(obj, dict):
+                return obj
+        return self.tracker.cursor()
 
     def stream_request(self) -> bytes:
         """The `GET /sse` request head (with the resume cursor, if any)."""
@@ -67,14 +92,12 @@ class SseClient(RawSocket, HttpClient):
                     raise ClientError("closed", "stream ended before welcome")
 
     def _read_loop(self) -> None:
-        sock = self._sock
-        assert sock is not None
+        sock, resp = self._sock, self._response
+        assert sock is not None and resp is not None
         sock.settimeout(STREAM_IDLE_TIMEOUT)
         recv = sock.recv
-        resp = self._response
         feed = resp.feed
         loads = orjson.loads
-        observe = self.tracker.observe
         on_event = self.on_event
         events, self._backlog = self._backlog, []
         t = now_us()
@@ -86,10 +109,7 @@ class SseClient(RawSocket, HttpClient):
                     self._unshared -= share * n
                     for raw in events:
                         ev = loads(raw)
-                        kind = ev.get("type")
-                        if kind in CURSOR_TYPES:
-                            observe(ev)
-                        elif kind == "close":
+                        if ev.get("type") == "close":
                             self._ended(int(ev.get("code", 1000)), str(ev.get("reason", "")))
                             return
                         on_event(ev, share, t)
