@@ -41,7 +41,8 @@ def test_tiny_run_writes_sane_results(tmp_path: Path, keep_affinity: None,
         assert side["expected"] == published * (SUBSCRIBERS + 1)  # the publisher too
         assert side["delivered"] == side["expected"] and side["complete"] is True
         assert 0 < side["p50_us"] <= side["p99_us"] <= side["max_us"] < 10_000_000
-        assert side["deliveries_per_s"] > 0
+        assert side["deliveries_per_s"] > 0 and side["offered_per_s"] == RATE * (SUBSCRIBERS + 1)
+        assert isinstance(side["kept_up"], bool)
         assert side["server_cpu_us_per_delivery"] > 0
         assert side["redis_cpu_us_per_message"] > 0
         assert side["redis_net_cpu_us_per_message"] <= side["redis_cpu_us_per_message"]
