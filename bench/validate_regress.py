@@ -84,8 +84,10 @@ def report(results: Sequence[dict[str, Any]]) -> None:
         wall = statistics.median(float(r["wall_s"]) for r in rs)
         ratios = [r["cpu_ratio"] for r in rs if r.get("cpu_ratio")]
         measured = f"; cpu/delivery ratio median {statistics.median(ratios):.3f}" if ratios else ""
+        second = sum(r.get("rounds") == 2 for r in rs)
         print(f"{kind}: {len(rs)} trials, regression {c[1]}, inconclusive {c[2]}, pass {c[0]}, "
-              f"harness error {c[3]}; median wall {wall:.0f} s{measured}")
+              f"harness error {c[3]}; median wall {wall:.0f} s{measured}; "
+              f"{second} needed a second round")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,8 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=10, help="trials of each kind")
     p.add_argument("--slowdown", type=float, default=0.20)
     p.add_argument("--out", type=Path, default=Path("results/regress-validation.jsonl"))
+    p.add_argument("--report", action="store_true",
+                   help="only summarize the trials already in --out")
     p.add_argument("regress_args", nargs="*", help="extra `rtbench regress` options (after --)")
     args = p.parse_args(argv)
+    if args.report:
+        report([orjson.loads(line) for line in args.out.read_bytes().splitlines() if line])
+        return 0
     plan = Plan()
     cost = per_message_cost_us(plan)
     inject = cost * args.slowdown
