@@ -202,4 +202,11 @@ class CursorTracker:
         return obj
 
     def encode(self, rooms: Iterable[str] | None = None) -> str:
+        """The cursor's wire form (what `encode_cursor(self.cursor(rooms))` gives)."""
+        if rooms is None and not self.presence:
+            # fast path: an SSE stream writes it per event; the Positions are the lists
+            obj: dict[str, Any] = {"rooms": self.rooms}
+            if self.inbox is not None:
+                obj = {"inbox": self.inbox, "rooms": self.rooms}
+            return base64.urlsafe_b64encode(orjson.dumps(obj, default=list)).rstrip(b"=").decode()
         return encode_cursor(self.cursor(rooms))
