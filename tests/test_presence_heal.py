@@ -63,12 +63,12 @@ async def replica(url: str, ns: str, ttl: float) -> AsyncIterator[tuple[RedisBro
 
 async def freeze(broker: RedisBroker) -> None:
     """Stop refreshing (a crash, or a replica cut from Redis): no graceful goodbye."""
-    task = broker._liveness_task
+    task = broker.presence._task
     assert task is not None
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    broker._liveness_task = None  # close() must not expire it either
+    broker.presence._task = None  # close() must not expire it either
 
 
 async def until_expired(url: str, broker: RedisBroker) -> None:
@@ -77,7 +77,8 @@ async def until_expired(url: str, broker: RedisBroker) -> None:
     try:
         async with asyncio.timeout(WAIT):
             while True:
-                expiry = await raw.zscore(broker._keys.replicas, broker.replica)
+                entry = broker.presence
+                expiry = await raw.zscore(entry.keys.replicas, entry.replica)
                 secs, micros = await raw.time()
                 if expiry is not None and expiry < secs * 1000 + micros // 1000:
                     return
@@ -106,8 +107,8 @@ async def test_one_of_two_reapers_takes_a_dead_replica(redis_server: RedisServer
         assert await a.count_get("online", ["u", "v"]) == [2, 2]
         await freeze(dead)
         await until_expired(url, dead)
-        await asyncio.gather(a.reap(), b.reap(), a.reap(), b.reap())
-        assert (a.reaped, b.reaped) in ((1, 0), (0, 1))
+        await asyncio.gather(*(r.presence.reap() for r in (a, b, a, b)))
+        assert (a.presence.reaped, b.presence.reaped) in ((1, 0), (0, 1))
         # u is still online through a; v is gone everywhere, announced once in all
         assert await b.count_get("online", ["u", "v"]) == [1, 0]
         assert await b.count_get("members:r", ["u", "v"]) == [0, 0]
@@ -118,8 +119,8 @@ async def test_one_of_two_reapers_takes_a_dead_replica(redis_server: RedisServer
         ]
         raw = aioredis.Redis.from_url(url)
         try:
-            assert await raw.exists(dead._keys.shares(dead.replica)) == 0
-            assert await raw.zscore(a._keys.replicas, dead.replica) is None
+            assert await raw.exists(dead.presence.keys.shares(dead.presence.replica)) == 0
+            assert await raw.zscore(a.presence.keys.replicas, dead.presence.replica) is None
         finally:
             await raw.aclose()
 
@@ -131,7 +132,7 @@ async def test_background_reaper_expires_a_dead_replica(redis_server: RedisServe
         await freeze(dead)
         await seen.until(CountChange("members:r", "u", False))
         assert await a.count_get("members:r", ["u"]) == [0]
-        assert a.reaped == 1
+        assert a.presence.reaped == 1
 
 
 async def test_a_replica_reaped_while_alive_writes_its_counts_back(
@@ -143,14 +144,14 @@ async def test_a_replica_reaped_while_alive_writes_its_counts_back(
         await a.count_add("online", "w", 1)
         await freeze(b)  # cut from Redis for longer than its ttl
         await until_expired(url, b)
-        await a.reap()
+        await a.presence.reap()
         assert await a.count_get("online", ["u", "w"]) == [0, 1]
         assert CountChange("members:r", "u", False) in seen_a.changes
         # back: its next count finds it unregistered; it counts the new user at once
         # and writes the rest back in its next round (here run by hand), nothing twice
         assert await b.count_add("online", "x", 1) == 1
-        assert b._resync
-        await b.liveness_round()
+        assert b.presence._resync
+        await b.presence.round()
         assert await a.count_get("online", ["u", "w", "x"]) == [2, 1, 1]
         assert await a.count_get("members:r", ["u"]) == [1]
         assert sorted(seen_b.changes) == [CountChange("members:r", "u", True),
@@ -162,7 +163,7 @@ async def test_a_replica_reaped_while_alive_writes_its_counts_back(
 
 async def freeze_and_reap(url: str, survivor: RedisBroker, broker: RedisBroker) -> None:
     await until_expired(url, broker)
-    await survivor.reap()
+    await survivor.presence.reap()
 
 
 async def test_a_refresh_that_finds_itself_reaped_writes_back(redis_server: RedisServer) -> None:
@@ -171,12 +172,12 @@ async def test_a_refresh_that_finds_itself_reaped_writes_back(redis_server: Redi
         await b.count_add("online", "u", 1)
         await freeze(b)
         await until_expired(url, b)
-        await a.reap()
+        await a.presence.reap()
         assert await a.count_get("online", ["u"]) == [0]
-        await b.liveness_round()  # its refresh finds its entry gone
+        await b.presence.round()  # its refresh finds its entry gone
         assert await a.count_get("online", ["u"]) == [1]
         assert seen_b.changes == [CountChange("online", "u", True)]
-        assert b.resyncs == 1
+        assert b.presence.resyncs == 1
 
 
 async def test_counts_come_back_after_redis_lost_them() -> None:
@@ -190,7 +191,7 @@ async def test_counts_come_back_after_redis_lost_them() -> None:
             async with asyncio.timeout(WAIT):  # the command pool reconnects on use
                 while True:
                     with contextlib.suppress(Exception):
-                        await a.liveness_round()
+                        await a.presence.round()
                         break
                     await asyncio.sleep(0.1)
             assert await a.count_get("members:r", ["u"]) == [1]

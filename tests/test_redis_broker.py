@@ -187,8 +187,10 @@ async def test_count_add_is_atomic_across_replicas_and_deletes_at_zero(
     assert await a.count_add("online", "u", -1) == -1
     raw = aioredis.Redis.from_url(redis_server.url)
     try:
-        assert await raw.hexists(a._keys.total("online"), "u") == 0
-        assert await raw.exists(a._keys.shares(a.replica), b._keys.shares(b.replica)) == 0
+        keys = a.presence.keys
+        assert await raw.hexists(keys.total("online"), "u") == 0
+        assert await raw.exists(keys.shares(a.presence.replica),
+                                keys.shares(b.presence.replica)) == 0
     finally:
         await raw.aclose()
 

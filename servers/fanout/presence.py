@@ -21,8 +21,22 @@ them (`SYNC`), which returns the pairs that came back.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, NamedTuple
+
+from servers.core.errors import BrokerUnavailable
+from servers.core.types import CountChange, OnCountChange
+
+log = logging.getLogger("rtbench.redis")
+
+REAP_BATCH = 16  # dead replicas one reap script takes at most
+
+# a Redis command through the broker's pipeline (RedisBroker._call)
+Call = Callable[..., Awaitable[Any]]
 
 SEP = "\n"  # between key and member in a share's field (no key or name contains it)
 
@@ -196,3 +210,115 @@ class Shares:
 
     def __len__(self) -> int:
         return sum(map(len, self._counts.values()))
+
+
+class ReplicaPresence:
+    """One replica's presence counts in Redis: its shares, its liveness entry, the reaper.
+
+    `call` sends one command through the broker's pipeline (in call order, so that a
+    SYNC's snapshot of the shares and the counts issued around it agree).
+    """
+
+    def __init__(self, call: Call, prefix: str, ttl: float) -> None:
+        self._call = call
+        self.keys = Keys.of(prefix)
+        self.replica = uuid.uuid4().hex[:16]
+        self.ttl = ttl
+        self._ttl_ms = str(max(1, int(ttl * 1000)))
+        self._shares = Shares()
+        self._resync = False  # write the shares back at the next round
+        self._wake = asyncio.Event()  # run the next round now
+        self._task: asyncio.Task[None] | None = None
+        self.on_counts: OnCountChange | None = None
+        self.reaped = 0  # dead replicas this one reaped
+        self.resyncs = 0  # times this replica wrote its shares back
+
+    async def start(self) -> None:
+        """Register (before any count), then refresh and reap every ttl / 3."""
+        await self._call("EVAL", REFRESH, 1, self.keys.replicas, self.replica, self._ttl_ms)
+        self._task = asyncio.create_task(self._loop(), name="presence-liveness")
+
+    async def stop(self, grace: float) -> None:
+        """Stop refreshing and expire now: a peer reaps whatever shares are left (the
+        hub closed its connections first; normally none) and announces them."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(BrokerUnavailable, TimeoutError):
+            async with asyncio.timeout(grace):  # Redis may be down
+                await self._call("ZADD", self.keys.replicas, "XX", 0, self.replica)
+
+    async def count_add(self, key: str, member: str, delta: int) -> int:
+        keys = self.keys
+        self._shares.add(key, member, delta)
+        try:
+            n, registered = await self._call(
+                "EVAL", COUNT_ADD, 3, keys.total(key), keys.shares(self.replica), keys.replicas,
+                member, delta, field(key, member), self.replica, self._ttl_ms)
+        except BrokerUnavailable:
+            self._resync = True  # it may or may not have been applied: SYNC knows
+            raise
+        if not registered:  # taken for dead (and reaped) while alive
+            self._resync = True
+            self._wake.set()
+        return int(n)
+
+    async def _loop(self) -> None:
+        interval = self.ttl / 3  # a live replica misses two rounds before it expires
+        while True:
+            self._wake.clear()
+            try:
+                await self.round()
+            except BrokerUnavailable as exc:
+                log.debug("presence liveness round failed: %s", exc)
+            except Exception:
+                log.exception("presence liveness round failed")
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that
+            # arrives as the wait ends, and stop() would then wait on this task forever
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
+
+    async def round(self) -> None:
+        """Refresh this replica's expiry; write its shares back if it was taken for dead
+        (or a count failed); reap the dead."""
+        registered = await self._call("EVAL", REFRESH, 1, self.keys.replicas, self.replica,
+                                      self._ttl_ms)
+        if not registered or self._resync:
+            await self.sync()
+        await self.reap()
+
+    async def sync(self) -> None:
+        """Write this replica's shares as it holds them; announce the counters that moved."""
+        keys = self.keys
+        self._resync = False
+        try:
+            out = await self._call(
+                "EVAL", SYNC, 2, keys.replicas, keys.shares(self.replica), keys.base,
+                self.replica, self._ttl_ms, *self._shares.flat())
+        except BaseException:
+            self._resync = True
+            raise
+        self.resyncs += 1
+        self._notify([CountChange(*unfield(out[i]), bool(out[i + 1]))
+                      for i in range(0, len(out), 2)])
+
+    async def reap(self) -> None:
+        """Take dead replicas' shares off the counters; announce those that reached zero."""
+        for _ in range(64):  # bounded: REAP_BATCH dead replicas per script
+            reaped, *zeroed = await self._call("EVAL", REAP, 1, self.keys.replicas,
+                                               self.keys.base, REAP_BATCH)
+            self.reaped += reaped
+            self._notify([CountChange(*unfield(f), False) for f in zeroed])
+            if reaped < REAP_BATCH:
+                return
+
+    def _notify(self, changes: list[CountChange]) -> None:
+        if changes and self.on_counts is not None:
+            try:
+                self.on_counts(changes)
+            except Exception:
+                log.exception("count-change callback failed")

@@ -35,19 +35,16 @@ from redis.exceptions import NoScriptError, RedisError
 from servers.core.errors import BrokerUnavailable
 from servers.core.types import (
     DEFAULT_RETENTION,
-    CountChange,
     History,
     OnCountChange,
     OnMessage,
     Position,
     Retention,
 )
-from servers.fanout import presence
+from servers.fanout.presence import ReplicaPresence
 from servers.fanout.redis_history import META_TTL, SCRIPTS, Script, stream_keys
 
 log = logging.getLogger("rtbench.redis")
-
-REAP_BATCH = 16  # dead replicas one reap script takes at most (each is one script's work)
 
 # presence_ttl 0 (no expiry): HINCRBY that deletes the field when it reaches zero,
 # atomically (two replicas may race).
@@ -88,18 +85,8 @@ class RedisBroker:
         self._flusher: asyncio.Task[None] | None = None
         self.reconnects = 0
         self._retention(DEFAULT_RETENTION)
-        # presence shares (presence.py)
-        self.replica = uuid.uuid4().hex[:16]
         self.presence_ttl = presence_ttl
-        self._keys = presence.Keys.of(self._prefix)
-        self._presence_ttl_ms = str(max(1, int(presence_ttl * 1000)))
-        self._shares = presence.Shares()
-        self._resync = False  # write the shares back at the next liveness round
-        self._wake = asyncio.Event()  # run the next liveness round now
-        self._liveness_task: asyncio.Task[None] | None = None
-        self._on_counts: OnCountChange | None = None
-        self.reaped = 0  # dead replicas this one reaped
-        self.resyncs = 0  # times this replica wrote its shares back
+        self.presence = ReplicaPresence(self._call, self._prefix, presence_ttl)
 
     def _retention(self, retention: Retention) -> None:
         self._size = str(retention.size)
@@ -121,18 +108,15 @@ class RedisBroker:
             raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
         self._reader = asyncio.create_task(self._read_loop(), name="redis-reader")
         if self.presence_ttl > 0:
-            self._liveness_task = asyncio.create_task(self._liveness(), name="redis-liveness")
+            try:
+                await self.presence.start()
+            except BrokerUnavailable:
+                await self.close()
+                raise
 
     async def close(self) -> None:
         self._closing = True
-        if self._liveness_task is not None:
-            self._liveness_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._liveness_task
-            # gone for good: expire now, so that a peer reaps whatever shares are left
-            # (the hub closed its connections; normally none) and announces them
-            with contextlib.suppress(BrokerUnavailable, NoScriptError):
-                await self._call("ZADD", self._keys.replicas, "XX", 0, self.replica)
+        await self.presence.stop(min(self._timeout, 1.0))
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -200,7 +184,7 @@ class RedisBroker:
         self._sub_flush_scheduled = False
         ops, self._sub_ops = self._sub_ops, []
         conn = self._sub
-        if conn is None or not self._connected.is_set():
+        if conn is None or not self._connected.is_set() or not conn.is_connected:
             return  # the reconnect resubscribes everything in _wanted
         # group consecutive ops of one kind into one command, keeping the order
         commands: list[list[Any]] = []
@@ -209,9 +193,15 @@ class RedisBroker:
                 commands[-1].append(ch)
             else:
                 commands.append([op, ch])
-        packed = conn.pack_commands(commands)
-        task = asyncio.ensure_future(conn.send_packed_command(packed, check_health=False))
+        task = asyncio.ensure_future(self._send_sub(conn, conn.pack_commands(commands)))
         task.add_done_callback(_log_failure)
+
+    async def _send_sub(self, conn: RedisConnection, packed: list[bytes]) -> None:
+        # redis-py reconnects a disconnected connection on send: a connection the
+        # reader has lost (its read failed since the check above) must not come back
+        # behind its back, subscribed to a few channels and never read or closed
+        if conn is self._sub and conn.is_connected:
+            await conn.send_packed_command(packed, check_health=False)
 
     def _confirmed(self, ch: bytes) -> None:
         for fut in self._waiting.pop(ch, ()):
@@ -300,95 +290,20 @@ class RedisBroker:
         await self._call("PUBLISH", self._channel(topic), payload)
 
     async def count_add(self, key: str, member: str, delta: int) -> int:
-        keys = self._keys
-        if self.presence_ttl <= 0:
-            return int(await self._call("EVAL", _COUNT_ADD, 1, keys.total(key), member, delta))
-        self._shares.add(key, member, delta)
-        try:
-            n, registered = await self._call(
-                "EVAL", presence.COUNT_ADD, 3, keys.total(key), keys.shares(self.replica),
-                keys.replicas, member, delta, presence.field(key, member), self.replica,
-                self._presence_ttl_ms)
-        except BrokerUnavailable:
-            self._resync = True  # it may or may not have been applied: SYNC knows
-            raise
-        if not registered:  # taken for dead (and reaped) while alive
-            self._resync = True
-            self._wake.set()
-        return int(n)
+        if self.presence_ttl > 0:
+            return await self.presence.count_add(key, member, delta)
+        total = self.presence.keys.total(key)
+        return int(await self._call("EVAL", _COUNT_ADD, 1, total, member, delta))
 
     async def count_get(self, key: str, members: Iterable[str]) -> list[int]:
         names = list(members)
         if not names:
             return []
-        values = await self._call("HMGET", self._keys.total(key), *names)
+        values = await self._call("HMGET", self.presence.keys.total(key), *names)
         return [int(v) if v is not None else 0 for v in values]
 
     def watch_counts(self, callback: OnCountChange) -> None:
-        self._on_counts = callback
-
-    # ------------------------------------------------------------ liveness
-
-    async def _liveness(self) -> None:
-        """Refresh this replica's expiry, write its shares back if it was taken for dead,
-        reap dead replicas: every presence_ttl / 3 (a live replica misses two rounds
-        before it expires)."""
-        interval = self.presence_ttl / 3
-        while not self._closing:
-            self._wake.clear()
-            try:
-                await self.liveness_round()
-            except BrokerUnavailable as exc:
-                log.debug("presence liveness round failed: %s", exc)
-            except Exception:
-                log.exception("presence liveness round failed")
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that
-            # arrives as the wait ends, and close() would then wait on this task forever
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._wake.wait()
-
-    async def liveness_round(self) -> None:
-        """One round: refresh, sync if needed, reap (public for tests)."""
-        keys = self._keys
-        registered = await self._call("EVAL", presence.REFRESH, 1, keys.replicas,
-                                      self.replica, self._presence_ttl_ms)
-        if not registered or self._resync:
-            await self.sync()
-        await self.reap()
-
-    async def sync(self) -> None:
-        """Write this replica's shares as it holds them; announce the counters that moved."""
-        keys = self._keys
-        self._resync = False
-        try:
-            out = await self._call(
-                "EVAL", presence.SYNC, 2, keys.replicas, keys.shares(self.replica), keys.base,
-                self.replica, self._presence_ttl_ms, *self._shares.flat())
-        except BaseException:
-            self._resync = True
-            raise
-        self.resyncs += 1
-        self._notify([CountChange(*presence.unfield(out[i]), bool(out[i + 1]))
-                      for i in range(0, len(out), 2)])
-
-    async def reap(self) -> None:
-        """Take dead replicas' shares off the counters; announce those that reached zero."""
-        keys = self._keys
-        for _ in range(64):  # bounded: REAP_BATCH dead replicas per script
-            reaped, *zeroed = await self._call("EVAL", presence.REAP, 1, keys.replicas,
-                                               keys.base, REAP_BATCH)
-            self.reaped += reaped
-            self._notify([CountChange(*presence.unfield(f), False) for f in zeroed])
-            if reaped < REAP_BATCH:
-                return
-
-    def _notify(self, changes: list[CountChange]) -> None:
-        if changes and self._on_counts is not None:
-            try:
-                self._on_counts(changes)
-            except Exception:
-                log.exception("count-change callback failed")
+        self.presence.on_counts = callback
 
     # ------------------------------------------------------------- history
 
