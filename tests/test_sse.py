@@ -385,6 +385,19 @@ async def test_id_lines_carry_the_whole_cursor_and_retry_comes_first(
         assert direct["offset"] == 1
 
 
+async def test_the_aio_client_last_id_is_its_own_cursor(sse: ServerProcess) -> None:
+    room = unique("room")
+    client = await aio_connect("sse", sse.url, token(unique("u")))
+    try:
+        await client.join(room, presence=True)
+        await client.publish(room, 1)
+        await client.next_event("message", WAIT)
+        assert cursor_of(client.last_id) == client.cursor
+        assert client.cursor["rooms"][room][2] is True  # re-joined with presence
+    finally:
+        await client.close()
+
+
 async def test_last_event_id_resumes_with_exactly_the_missed_messages(
         http: httpx.AsyncClient) -> None:
     alice, bob, room = unique("alice"), unique("bob"), unique("room")
