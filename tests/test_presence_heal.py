@@ -125,6 +125,36 @@ async def test_one_of_two_reapers_takes_a_dead_replica(redis_server: RedisServer
             await raw.aclose()
 
 
+async def test_a_lagging_replica_does_not_reap_itself(redis_server: RedisServer) -> None:
+    url, space = redis_server.url, ns()
+    async with replica(url, space, 30) as (a, _), replica(url, space, 0.3) as (b, _):
+        await b.count_add("online", "u", 1)
+        await freeze(b)  # its refreshes stuck behind a backlog, say
+        await until_expired(url, b)
+        await b.presence.reap()
+        assert b.presence.reaped == 0
+        assert await b.count_get("online", ["u"]) == [1]
+        await b.presence.round()  # its refresh finds its entry: nothing to write back
+        assert b.presence.resyncs == 0
+        await a.presence.reap()
+        assert a.presence.reaped == 0  # b is alive again
+        assert await a.count_get("online", ["u"]) == [1]
+
+
+async def test_counts_survive_a_script_flush(redis_server: RedisServer) -> None:
+    async with replica(redis_server.url, ns(), 30) as (a, _):
+        assert await a.count_add("online", "u", 1) == 1
+        raw = aioredis.Redis.from_url(redis_server.url)
+        try:
+            await raw.script_flush()
+        finally:
+            await raw.aclose()
+        assert await a.count_add("online", "u", 1) == 2  # EVALSHA failed, EVAL did it
+        assert a.presence._resync  # the retry might have passed a later count: SYNC
+        await a.presence.round()
+        assert await a.count_get("online", ["u"]) == [2]
+
+
 async def test_background_reaper_expires_a_dead_replica(redis_server: RedisServer) -> None:
     url, space = redis_server.url, ns()
     async with replica(url, space, 0.6) as (a, seen), replica(url, space, 0.6) as (dead, _):
