@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import uuid
 from collections.abc import AsyncIterator
 
@@ -260,14 +261,47 @@ async def test_users_of_a_killed_replica_go_offline(redis_server: RedisServer) -
         assert await watcher.presence([victim_name]) == {victim_name: True}
 
         assert procs[1].proc is not None
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         procs[1].proc.kill()  # SIGKILL: no goodbye, its counts stay in Redis
         procs[1].proc.wait(5)
         ev = await presence_of(watcher, victim_name)  # within about 1.33 s
         assert (ev["room"], ev["status"]) == (room, "left")
+        print(f"left {loop.time() - start:.2f} s after the kill (presence_ttl 1 s)")
         users = await watcher.presence([victim_name, watcher_name])
         assert users == {victim_name: False, watcher_name: True}
         with contextlib.suppress(Exception):
             await victim.close()
     finally:
         await watcher.close()
+        stop_all(procs)
+
+
+@pytest.mark.e2e
+async def test_a_frozen_replica_comes_back_and_its_users_with_it(
+        redis_server: RedisServer) -> None:
+    args = ["--broker", "redis", "--redis-url", redis_server.url, "--namespace", ns(),
+            "--presence-ttl", "1", "--heartbeat", "30"]  # no ping timeout while frozen
+    procs = (server("ws", args), server("ws", args))
+    start_all(procs)
+    room, watcher_name, frozen_name = unique("room"), unique("w"), unique("f")
+    watcher = await connect("ws", procs[0].url, token(watcher_name))
+    frozen = await connect("ws", procs[1].url, token(frozen_name))
+    try:
+        await watcher.join(room, presence=True)
+        await frozen.join(room)
+        assert (await presence_of(watcher, frozen_name))["status"] == "joined"
+        assert procs[1].proc is not None
+        procs[1].proc.send_signal(signal.SIGSTOP)  # alive, silent: taken for dead
+        try:
+            assert (await presence_of(watcher, frozen_name))["status"] == "left"
+            assert await watcher.presence([frozen_name]) == {frozen_name: False}
+        finally:
+            procs[1].proc.send_signal(signal.SIGCONT)
+        # its connection never closed: once it runs again it writes its counts back
+        assert (await presence_of(watcher, frozen_name))["status"] == "joined"
+        assert await watcher.presence([frozen_name]) == {frozen_name: True}
+        await frozen.ping()  # and the connection itself works
+    finally:
+        await asyncio.gather(watcher.close(), frozen.close(), return_exceptions=True)
         stop_all(procs)

@@ -17,6 +17,13 @@ announce. A replica that was reaped while alive (cut from Redis, or frozen, for
 longer than `ttl`; or Redis lost its data) notices it, as its refresh or its next
 count finds its entry gone, and writes its shares again from its own record of
 them (`SYNC`), which returns the pairs that came back.
+
+Costs (measured on a busy 2-core machine): a count is one EVALSHA of about 9 us of
+Redis CPU (4 us for the plain counter of presence_ttl 0); reaping a
+replica is one script, O(its shares): about 0.1-0.2 s of Redis for 20 000 shares,
+once per dead replica. The scripts reach keys they compute (the totals named in a
+share's field): fine on one Redis, and on a Cluster only because every presence
+key is in one slot.
 """
 
 from __future__ import annotations
