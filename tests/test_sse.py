@@ -442,6 +442,11 @@ async def test_a_bad_last_event_id_is_400_bad_cursor_and_nothing_else_changes(
         assert await connections(http) == before + 1
 
 
+def _tcp_wmem_max() -> int:
+    """The most the kernel may buffer for sending on one TCP socket (autotuning's cap)."""
+    return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+
+
 async def test_a_stalled_stream_is_dropped_as_a_slow_consumer_and_others_keep_up() -> None:
     """A client that stops reading: its send stays blocked and the stream is cut after
     `heartbeat` s (the outbox is made big enough never to overflow first)."""
@@ -450,7 +455,9 @@ async def test_a_stalled_stream_is_dropped_as_a_slow_consumer_and_others_keep_up
         "--outbox-max-events", "100000", "--outbox-max-bytes", str(512 << 20)])
     start_all([proc])
     loop = asyncio.get_running_loop()
-    stalled, room, n, size = unique("stalled"), unique("room"), 400, 16 * 1024
+    stalled, room, size = unique("stalled"), unique("room"), 60_000
+    # enough to fill the most the kernel may buffer for the server's socket, and more
+    n = (_tcp_wmem_max() + (2 << 20)) // size + 1
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few KiB
     sock.setblocking(False)
@@ -471,7 +478,7 @@ async def test_a_stalled_stream_is_dropped_as_a_slow_consumer_and_others_keep_up
             try:
                 for client in (reader, publisher):
                     await client.join(room)
-                for i in range(n):  # 6.4 MiB: more than the socket buffers on both sides
+                for i in range(n):
                     await publisher.publish(room, {"i": i, "pad": "x" * size})
                 await eventually(lambda: _is(_slow_consumers(http), 1), "the stall to be noticed")
                 await eventually(lambda: _is(connections(http), 2), "the stalled stream to close")
