@@ -55,7 +55,7 @@ from bench.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
 from bench.cpu import cpu_clock
 from bench.fanout import Sink, _connect_many, _drain, http_opts, publish_open_loop
 from bench.output import run_each, write_json
-from loadgen.aio import TRANSPORTS, Client, Received, connect
+from loadgen.aio import TRANSPORTS, Client, ClientError, Received, connect
 from loadgen.measure import Histogram, now_us
 from servers.core.auth import DEV_SECRET, make_token
 from servers.testing import RedisServer
@@ -201,6 +201,16 @@ async def outage(transport: str, side: Side, p: Params, opts: dict[str, Any], n:
                              return_exceptions=True)
 
 
+async def measure_or_fail(transport: str, p: Params) -> dict[str, Any]:
+    """`measure`, or the reason it could not finish (a refused command, a dropped
+    client: on an overloaded machine Redis may miss its 3 s deadline)."""
+    try:
+        return await measure(transport, p)
+    except (ClientError, TimeoutError) as exc:
+        return {"format": FORMAT, "transport": transport, "error": f"{type(exc).__name__}: {exc}",
+                "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
 async def measure(transport: str, p: Params) -> dict[str, Any]:
     redis = RedisServer().start()
     opts = http_opts(transport)
@@ -280,6 +290,9 @@ def print_table(results: Sequence[dict[str, Any]]) -> None:
           f"{'srv us/dlv':>10} {'srv %':>6} {'redis us/msg':>12} {'complete':>8} "
           f"{'kept up':>7} {'load%':>6}")
     for r in results:
+        if "error" in r:
+            print(f"{r['transport']:<9} failed: {r['error']}")
+            continue
         for name, h in r["history"].items():
             print(f"{r['transport']:<9} {name:<4} {_ms(h['p50_us']):>7} {_ms(h['p99_us']):>7} "
                   f"{h['deliveries_per_s'] or 0:>8} {h['server_cpu_us_per_delivery'] or 0:>10} "
@@ -290,6 +303,8 @@ def print_table(results: Sequence[dict[str, Any]]) -> None:
     print(f"\n{'transport':<9} {'outage s':>8} {'missed':>6} {'connect ms':>10} "
           f"{'caught-up ms (median, min-max)':>30} {'lost':>4} {'dupes':>5} {'gaps':>4}")
     for r in results:
+        if "error" in r:
+            continue
         o = r["outage"]
         spread = (f"{o['catch_up_ms']} ({o['catch_up_ms_min']}-{o['catch_up_ms_max']})"
                   f"{'' if o['caught_up'] == o['repeats'] else ' NOT ALL CAUGHT UP'}")
@@ -314,10 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     params = Params(args.subscribers, args.rate, args.seconds, args.rounds, args.warmup,
                     args.outage, args.repeats)
-    results = run_each(args.transports, lambda t: measure(t, params))
+    results = run_each(args.transports, lambda t: measure_or_fail(t, params))
     print_table(results)
     write_json(args.json, results)
-    return 0
+    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":
