@@ -31,7 +31,7 @@ from servers.core.codec import parse_command
 from servers.core.cursor import Cursor, RoomCursor
 from servers.core.errors import BrokerUnavailable, ErrorCode, ProtocolError
 from servers.core.outbox import Outbox
-from servers.core.presence import ONLINE_KEY, Presence, presence_topic
+from servers.core.presence import Presence, presence_topic
 from servers.core.subscriptions import Subscriptions
 from servers.core.types import (
     Broker,
@@ -169,7 +169,7 @@ class Hub:
         self._conns[conn_id] = conn
         self._users.setdefault(user, set()).add(conn)
         self.stats.connections_opened += 1
-        self._spawn(self.broker.count_add(ONLINE_KEY, user, 1))
+        self._spawn(self._presence.connection_delta(user, 1))
         if self.draining is not None:
             conn.outbox.close(self.draining)  # welcome, then goodbye
         elif cursor is not None and cursor.rooms:
@@ -224,7 +224,7 @@ class Hub:
             if not users:
                 del self._users[conn.user]
         self._topics.release(user_topic(conn.user))
-        self._spawn(self.broker.count_add(ONLINE_KEY, conn.user, -1))
+        self._spawn(self._presence.connection_delta(conn.user, -1))
 
     def get(self, conn_id: str) -> Connection | None:
         return self._conns.get(conn_id)

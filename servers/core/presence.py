@@ -59,6 +59,10 @@ class Presence:
         except BrokerUnavailable as exc:
             log.warning("presence update for %s in %s lost: %s", user, room, exc)
 
+    async def connection_delta(self, user: str, delta: int) -> None:
+        """Count the user's connections across replicas (no events: `presence` asks)."""
+        await self.broker.count_add(ONLINE_KEY, user, delta)
+
     async def online(self, users: tuple[str, ...]) -> dict[str, bool]:
         counts = await self.broker.count_get(ONLINE_KEY, users)
         return {u: n > 0 for u, n in zip(users, counts, strict=True)}
