@@ -179,9 +179,10 @@ async def command(http: httpx.AsyncClient, user: str, conn: str, body: Any,
                            headers={"Authorization": f"Bearer {token(user)}"})
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], what: str,
+                     within: float = WAIT) -> None:
     """Wait (bounded) for a server-side state change that has no event of its own."""
-    deadline = time.monotonic() + WAIT
+    deadline = time.monotonic() + within
     while not await check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
@@ -480,7 +481,9 @@ async def test_a_stalled_stream_is_dropped_as_a_slow_consumer_and_others_keep_up
                     await client.join(room)
                 for i in range(n):
                     await publisher.publish(room, {"i": i, "pad": "x" * size})
-                await eventually(lambda: _is(_slow_consumers(http), 1), "the stall to be noticed")
+                # generous: the server first writes megabytes, then waits `heartbeat` (1 s)
+                await eventually(lambda: _is(_slow_consumers(http), 1), "the stall to be noticed",
+                                 within=4 * WAIT)
                 await eventually(lambda: _is(connections(http), 2), "the stalled stream to close")
                 got = [(await reader.next_event("message", WAIT))["data"]["i"] for _ in range(n)]
                 assert got == list(range(n))
