@@ -25,6 +25,7 @@ import httpx
 import orjson
 import psutil
 import pytest
+from starlette.requests import Request
 
 from loadgen.aio import connect as aio_connect
 from servers.core.cursor import Cursor, decode_cursor, encode_cursor
@@ -32,10 +33,12 @@ from servers.core.hub import Connection
 from servers.core.outbox import Outbox
 from servers.core.types import CloseReason, Event, Join, Leave, Limits, Ping
 from servers.testing import RedisServer, ServerProcess, free_port
+from servers.transports.sessions import requested_cursor
 from servers.transports.sse import (
     PING,
     RETRY_MS,
     SseSession,
+    _may_block,
     close_frame,
     encode,
     frame,
@@ -105,6 +108,39 @@ def test_joins_and_leaves_reach_the_cursor_in_outbox_order_as_id_only_blocks() -
     full.push(ack)
     assert session.replied(Join("c"), ack) is True  # the mark overflowed the outbox
     assert full.close_reason is CloseReason.SLOW_CONSUMER
+
+
+def _request(query: str, headers: dict[str, str]) -> Request:
+    return Request({"type": "http", "method": "GET", "path": "/sse", "query_string": query.encode(),
+                    "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})
+
+
+def test_last_event_id_wins_over_the_query_which_wins_over_the_header() -> None:
+    both = {"X-Rtbench-Resume": "hdr", "Last-Event-ID": "leid"}
+    assert requested_cursor(_request("resume=q", both), last_event_id=True) == "leid"
+    assert requested_cursor(_request("resume=q", both)) == "q"  # long-poll: no Last-Event-ID
+    assert requested_cursor(_request("resume=q", {"Last-Event-ID": ""}), True) == "q"
+    assert requested_cursor(_request("", {"X-Rtbench-Resume": "hdr"}), True) == "hdr"
+    assert requested_cursor(_request("resume=", {}), True) is None
+
+
+async def test_a_send_may_block_only_above_the_transports_low_water_mark() -> None:
+    loop = asyncio.get_running_loop()
+    ours, peer = socket.socketpair()
+    with peer:
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+        try:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.set_write_buffer_limits(high=64 * 1024)
+            assert not _may_block(transport)
+            for _ in range(200):  # the peer does not read: the kernel buffers fill, then ours
+                if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]:
+                    break
+                transport.write(b"x" * 65536)
+            assert _may_block(transport)
+            assert _may_block(None)  # a server that hides its transport: always
+        finally:
+            transport.abort()
 
 
 # ---------------------------------------------------------------- helpers
