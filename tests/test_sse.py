@@ -487,9 +487,10 @@ def _tcp_wmem_max() -> int:
 async def test_a_stalled_stream_is_dropped_as_a_slow_consumer_and_others_keep_up() -> None:
     """A client that stops reading: its send stays blocked and the stream is cut after
     `heartbeat` s (the outbox is made big enough never to overflow first)."""
+    log = Path(tempfile.mkdtemp()) / "server.log"
     proc = ServerProcess("sse", free_port(), args=[
         "--broker", "memory", "--heartbeat", "1", "--max-frame-bytes", "65536",
-        "--outbox-max-events", "100000", "--outbox-max-bytes", str(512 << 20)])
+        "--outbox-max-events", "100000", "--outbox-max-bytes", str(512 << 20)], log_path=log)
     start_all([proc])
     loop = asyncio.get_running_loop()
     stalled, room, size = unique("stalled"), unique("room"), 60_000
@@ -540,6 +541,10 @@ async def test_a_stalled_stream_is_dropped_as_a_slow_consumer_and_others_keep_up
     finally:
         sock.close()
         stop_all([proc])
+    text = log.read_text()  # the server cut the connection cleanly: nothing logged as an error
+    log.unlink()
+    log.parent.rmdir()
+    assert "ERROR" not in text and "Traceback" not in text, text
 
 
 async def test_slow_consumer_gets_close_4408_after_its_backlog() -> None:
