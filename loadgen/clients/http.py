@@ -37,9 +37,13 @@ class HttpClient(Client):
         self.auth = {"Authorization": f"Bearer {token}"}
         self._http = self._client(COMMAND_CONCURRENCY, timeout)
 
-    def _client(self, concurrency: int, network_timeout: float) -> HTTPClient:
+    def _client(self, concurrency: int, network_timeout: float,
+                block_size: int = HTTPClient.BLOCK_SIZE) -> HTTPClient:
+        """A keep-alive pool; `block_size`: bytes per `recv` (geventhttpclient's default,
+        4 KiB, suits small replies; a long-poll response can be megabytes)."""
         return HTTPClient(self.host, self.port, concurrency=concurrency,
-                          connection_timeout=self.timeout, network_timeout=network_timeout)
+                          connection_timeout=self.timeout, network_timeout=network_timeout,
+                          block_size=block_size)
 
     def command_path(self) -> str:
         raise NotImplementedError

@@ -24,6 +24,9 @@ RESPONSE_HEAD_BYTES = 150
 # queued on the server until a poll takes them. Only this many failures in a row,
 # or an HTTP error (404 unknown_session...), end the connection.
 POLL_RETRIES = 3
+# bytes per recv of a poll response: a backlog comes as one body of megabytes, which
+# geventhttpclient's 4 KiB default took in hundreds of reads and buffer copies
+RECV_BYTES = 256 * 1024
 
 
 class LongPollClient(HttpClient):
@@ -33,7 +36,7 @@ class LongPollClient(HttpClient):
         return f"/lp/{self.conn_id}"
 
     def _open(self) -> dict[str, Any]:
-        self._poll_http = self._client(1, POLL_TIMEOUT + 10)
+        self._poll_http = self._client(1, POLL_TIMEOUT + 10, RECV_BYTES)
         path = "/lp/connect"
         if self.resume_cursor:
             path += f"?{urlencode({RESUME_PARAM: self.resume_cursor})}"
