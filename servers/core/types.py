@@ -283,7 +283,8 @@ class Broker(Protocol):
     async def count_add(self, key: str, member: str, delta: int) -> int:
         """Add `delta` to this replica's share of `member`'s counter in set `key` (a share
         never goes below 0); return the counter's new value over all replicas, or -1 for
-        a decrement that found nothing of this replica's to take away."""
+        a decrement that found nothing of this replica's to take away (Redis with
+        presence_ttl 0 keeps no shares: the counter stays at 0 and 0 is returned)."""
         ...
 
     def watch_counts(self, callback: OnCountChange) -> None:
