@@ -205,6 +205,24 @@ async def test_a_replica_cannot_take_away_what_another_counted(pair: Pair) -> No
     assert await a.count_get("online", ["u"]) == [1]
 
 
+async def test_presence_ttl_zero_keeps_plain_counters(redis_server: RedisServer) -> None:
+    broker = RedisBroker(redis_server.url, namespace=namespace(), presence_ttl=0)
+    await broker.start(Inbox())
+    try:
+        assert broker.presence._task is None  # no liveness entry, no reaper
+        assert await broker.count_add("online", "u", 2) == 2
+        assert await broker.count_add("online", "u", -3) == 0
+        assert await broker.count_get("online", ["u"]) == [0]
+        raw = aioredis.Redis.from_url(redis_server.url)
+        try:
+            keys = broker.presence.keys
+            assert await raw.exists(keys.replicas, keys.shares(broker.presence.replica)) == 0
+        finally:
+            await raw.aclose()
+    finally:
+        await broker.close()
+
+
 async def test_count_get(pair: Pair) -> None:
     (a, _), (b, _) = pair
     assert await a.count_get("k", []) == []
