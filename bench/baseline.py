@@ -43,4 +43,9 @@ def main(argv: Sequence[str]) -> int:
     meta = {**machine_meta(plan), "calibration_s": [c0, c1]}
     write_json(args.out / "samples.json", samples_doc(meta, raw["head"]))
     print(f"baseline written: {args.out / 'samples.json'} ({len(raw['head'])} samples)")
+    if meta["git"]["dirty"]:
+        print("warning: servers/, loadgen/ or bench/ has uncommitted changes, so the recorded "
+              "revision is not what was measured: `rtbench regress` will use the stored "
+              "samples (unpaired) until a baseline is recorded from a clean tree",
+              file=sys.stderr)
     return 0
