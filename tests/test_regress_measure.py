@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
+import orjson
 import pytest
 
 from bench.regress import Plan, Side, measure
@@ -40,7 +42,7 @@ def test_knob_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_one_sample_on_a_real_server() -> None:
-    # ~1000 deliveries: several of psutil's 10 ms CPU ticks, so the CPU figure is not 0
+    # ~1000 deliveries in the measured window: the server's CPU over it is well above 0
     plan = Plan(subscribers=50, rate=20, seconds=1, warmup=0.3, pairs=1, broker="memory")
     cpus = os.sched_getaffinity(0)
     try:
@@ -52,3 +54,22 @@ def test_one_sample_on_a_real_server() -> None:
     assert m["lost"] == 0 and m["duplicates"] == 0
     assert m["cpu_per_delivery"] > 0 and m["throughput"] > 0
     assert 0 < m["p50"] <= m["p95"] <= m["p99"]
+
+
+def test_baseline_update_records_what_regress_needs(tmp_path: Path) -> None:
+    from bench.baseline import main as baseline_main
+    from bench.compare import load_set
+
+    cpus = os.sched_getaffinity(0)
+    try:
+        assert baseline_main(["update", "--out", str(tmp_path), "--samples", "1",
+                              "--broker", "memory"]) == 0
+    finally:
+        os.sched_setaffinity(0, cpus)
+    doc = orjson.loads((tmp_path / "samples.json").read_bytes())
+    meta = doc["meta"]
+    assert doc["format"] == "rtbench.samples" and len(doc["samples"]) == 1
+    assert len(meta["calibration_s"]) == 2 and all(c > 0 for c in meta["calibration_s"])
+    assert isinstance(meta["git"]["dirty"], bool) and len(meta["git"]["revision"]) == 40
+    assert meta["parameters"]["broker"] == "memory"
+    assert load_set(tmp_path).values[("ws", "fanout", "cpu_per_delivery")][0] > 0
