@@ -435,3 +435,19 @@ async def test_an_httpx_client_as_http_option_is_accepted_and_ignored(
                 assert await c.ping() > 0
             finally:
                 await c.close()
+
+
+def test_runs_on_uvloop() -> None:
+    """uvloop's transports do not subclass asyncio.Transport; the client must not care."""
+    import uvloop
+
+    async def go() -> bytes:
+        async with serving(echo) as peer:
+            conn = await Connection.open("127.0.0.1", peer.port, WAIT)
+            try:
+                return (await conn.request("GET", "/uv", timeout=WAIT)).body
+            finally:
+                await conn.aclose()
+
+    body = uvloop.run(go())
+    assert body.startswith(b"GET /uv HTTP/1.1\r\n")

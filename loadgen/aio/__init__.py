@@ -50,7 +50,11 @@ __all__ = [
 
 
 async def connect(transport: str, url: str, token: str | None, **opts: Any) -> Client:
-    """Open one connection and wait for its `welcome` (ServerClosed if refused)."""
+    """Open one connection and wait for its `welcome` (ServerClosed if refused).
+
+    `opts` go to the transport's client; every transport takes `timeout` and
+    `resume=<an earlier client's .cursor>` (docs/protocol.md 4.1: the missed events,
+    then the live stream; a refused cursor is ServerClosed 4400)."""
     # imported on use: a WebSocket run should not pay for importing grpc
     if transport == "ws":
         from loadgen.aio.ws import WsClient
