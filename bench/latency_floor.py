@@ -2,39 +2,82 @@
 Locust load generator, `loadgen/broadcast.py`) against a raw Redis PUBLISH -> subscriber
 round trip (redis-py asyncio + hiredis, the server's own fanout client), in the same run.
 
-All run side by side for the same time on the load core (server pinned to core 0):
-rtbench's path is client -> server -> Redis -> server -> client, the baseline is
-the Redis hop alone, so the ratio is what the server stack adds to the one hop
-it cannot avoid. Target: ratio <= 2. A third stream, the same WebSocket path
-timed by a plain asyncio client (`loadgen.aio`), tells the load generator's share
-from the server's.
+    python -m bench.latency_floor --seconds 20 --rounds 3 --json results/latency_floor.json
 
-    python -m bench.latency_floor --seconds 60 --json results/latency_floor.json
+Each round runs five streams side by side for the same time, each at `--rate`, spread
+over the send interval so that they never overlap (Locust keeps its own schedule):
+
+- `ws`: rtbench, client -> server -> Redis -> server -> client, timed by Locust;
+- `ws_asyncio_client`: the same path timed by a plain asyncio client (`loadgen.aio`),
+  which tells the load generator's share from the server's;
+- `redis`: the baseline, PUBLISH -> subscriber, both in one asyncio process;
+- `floor.relay` and `floor.direct`: the same process hops with no work at all. A 16-byte
+  message goes from a client on the load core through a relay process on the server
+  core to an echo process on Redis's core and back (rtbench's four hops), or straight
+  to the echo and back (the baseline's two hops), over plain blocking sockets.
+
+At 1 message/s every hop wakes an idle process, often on the other core; on a small VM
+that costs 100-150 us a hop before any work is done. rtbench's path has four hops and
+the baseline two, so even a server that did nothing would sit near
+`floor_ratio = relay / direct` (about 2), and `above_floor_us` is what each side's
+software adds over its own hops. The verdict is on the median of the per-round ratios.
+
+Placement is explicit, as in the other benchmarks: the server on core 0, clients on the
+other core, and Redis on the server's core (`--redis-cpu server`, part of the system
+under test; `load` puts it with the clients, `none` leaves it to the scheduler, which
+moves it between rounds and was the main source of the spread of earlier runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import selectors
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-WARMUP = 3.0  # seconds of start-up (imports, connects) left out on both sides
+WARMUP = 3.0  # seconds of start-up (imports, connects, cold paths) left out on every stream
+STREAM_PHASES = {"aio-ws": 0.25, "redis": 0.5, "floor": 0.75}  # of the interval; floor.direct
+DIRECT_PHASE = 0.125  # ... runs this much of the interval after floor.relay
 
 
-def _redis_role(args: argparse.Namespace) -> int:
-    """Baseline: PUBLISH at `rate`, time each message from just before PUBLISH to receipt."""
+def _summary(values: list[int], sent: int) -> dict[str, Any]:
+    from loadgen.measure import Histogram
+
+    hist = Histogram()
+    for v in values:
+        hist.record(v)
+    return {"count": hist.count, "sent": sent, "p50_us": hist.percentile(50),
+            "p90_us": hist.percentile(90), "p99_us": hist.percentile(99),
+            "max_us": hist.percentile(100)}
+
+
+def _schedule(args: argparse.Namespace, role: str) -> tuple[list[float], int]:
+    """Wall-clock due times of this role's sends, and how many of them are warm-up."""
+    interval = 1.0 / args.rate
+    first = args.t0 + STREAM_PHASES[role] * interval
+    n_warm = int(WARMUP * args.rate)
+    return [first + k * interval for k in range(n_warm + int(args.seconds * args.rate))], n_warm
+
+
+# ----------------------------------------------------------------- roles (child processes)
+
+
+def _redis_role(args: argparse.Namespace) -> dict[str, Any]:
+    """Baseline: PUBLISH, time each message from just before PUBLISH to its receipt."""
     import asyncio
 
     import redis.asyncio as redis
-
-    from loadgen.measure import Histogram, now_us
 
     async def go() -> dict[str, Any]:
         pub = redis.Redis.from_url(args.redis_url)
@@ -42,161 +85,343 @@ def _redis_role(args: argparse.Namespace) -> int:
         ps = sub.pubsub()
         await ps.subscribe("floor")
         await ps.get_message(timeout=5)  # the subscribe confirmation
-        hist = Histogram()
-        sent: dict[int, int] = {}
-        count = int((args.seconds + WARMUP) * args.rate)
-        interval = 1.0 / args.rate
-        loop = asyncio.get_running_loop()
-        start = loop.time() + interval / 2  # out of phase with the Locust publisher's sends
+        dues, n_warm = _schedule(args, "redis")
+        samples: list[int] = []
         try:
-            for k in range(count):
-                await asyncio.sleep(max(0.0, start + k * interval - loop.time()))
-                sent[k] = now_us()
+            for k, due in enumerate(dues):
+                await asyncio.sleep(max(0.0, due - time.time()))
+                sent = time.time_ns()
                 await pub.publish("floor", str(k))
                 msg = await ps.get_message(timeout=5)
                 while msg is not None and msg.get("type") != "message":
                     msg = await ps.get_message(timeout=5)
-                if msg is None or k < WARMUP * args.rate:
-                    continue
-                hist.record(now_us() - sent[int(msg["data"])])
+                if msg is not None and k >= n_warm and int(msg["data"]) == k:
+                    samples.append((time.time_ns() - sent) // 1000)
         finally:
             await ps.aclose()  # type: ignore[no-untyped-call]
             await pub.aclose()
             await sub.aclose()
-        return {"count": hist.count, "sent": count, "p50_us": hist.percentile(50),
-                "p90_us": hist.percentile(90), "p99_us": hist.percentile(99),
-                "max_us": hist.percentile(100)}
+        return _summary(samples, len(dues) - n_warm)
 
-    print(json.dumps(asyncio.run(go())), flush=True)
-    return 0
+    return asyncio.run(go())
 
 
-def _aio_ws_role(args: argparse.Namespace) -> int:
-    """The same WebSocket path, timed by asyncio clients (publisher + subscriber)."""
+def _aio_ws_role(args: argparse.Namespace) -> dict[str, Any]:
+    """The WebSocket path, timed by asyncio clients (publisher + subscriber)."""
     import asyncio
 
     import orjson
 
     from loadgen.aio import Received, connect
-    from loadgen.measure import Histogram, build_payload, now_us, parse_stamp
+    from loadgen.measure import build_payload, now_us, parse_stamp
     from servers.core.auth import DEV_SECRET, make_token
 
     async def go() -> dict[str, Any]:
         sub = await connect("ws", args.url, make_token("floor-aio-sub", DEV_SECRET))
         pub = await connect("ws", args.url, make_token("floor-aio-pub", DEV_SECRET))
-        hist = Histogram()
-        warm = now_us() + int(WARMUP * 1e6)
+        dues, n_warm = _schedule(args, "aio-ws")
+        samples: list[int] = []
 
         def on_event(ev: Received) -> None:
             stamp = parse_stamp(ev.body.get("data")) if ev.type == "message" else None
-            if stamp is not None and stamp.intended_us >= warm:
-                hist.record(ev.recv_us - stamp.intended_us)
+            if stamp is not None and stamp.seq >= n_warm:
+                samples.append(ev.recv_us - stamp.intended_us)
 
         sub.on_event = on_event
         await sub.join("floor-aio")
         await pub.join("floor-aio")
-        loop = asyncio.get_running_loop()
-        interval = 1.0 / args.rate
-        start = loop.time() + interval / 4  # out of phase with the other two streams
         try:
-            for k in range(int((args.seconds + WARMUP) * args.rate)):
-                await asyncio.sleep(max(0.0, start + k * interval - loop.time()))
+            for k, due in enumerate(dues):
+                await asyncio.sleep(max(0.0, due - time.time()))
+                # stamped with the actual send time, like the baseline
                 payload = build_payload("floor-aio-pub", k, now_us(), 100)
                 await pub.publish("floor-aio", orjson.loads(payload), ack=False)
             await asyncio.sleep(1)
         finally:
             await asyncio.gather(sub.close(), pub.close(), return_exceptions=True)
-        return {"count": hist.count, "p50_us": hist.percentile(50),
-                "p90_us": hist.percentile(90), "p99_us": hist.percentile(99),
-                "max_us": hist.percentile(100)}
+        return _summary(samples, len(dues) - n_warm)
 
-    print(json.dumps(asyncio.run(go())), flush=True)
-    return 0
+    return asyncio.run(go())
 
 
-def measure(seconds: float, rate: float) -> dict[str, Any]:
-    from bench.cluster import Cluster, load_cpus, pin_self
+def _echo_role(args: argparse.Namespace) -> dict[str, Any]:
+    """Echo every message back on each of `args.conns` connections (no work: the floor)."""
+    listener = socket.create_server(("127.0.0.1", args.port))
+    sel = selectors.DefaultSelector()
+    for _ in range(args.conns):
+        conn, _addr = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sel.register(conn, selectors.EVENT_READ)
+    listener.close()
+    open_conns = args.conns
+    while open_conns:
+        for key, _ in sel.select():
+            sock: socket.socket = key.fileobj  # type: ignore[assignment]
+            data = sock.recv(4096)
+            if data:
+                sock.sendall(data)
+            else:
+                sel.unregister(sock)
+                sock.close()
+                open_conns -= 1
+    return {}
+
+
+def _relay_role(args: argparse.Namespace) -> dict[str, Any]:
+    """Forward each message to the echo and its answer back (the server's two extra hops)."""
+    listener = socket.create_server(("127.0.0.1", args.port))
+    client, _addr = listener.accept()
+    listener.close()
+    echo = socket.create_connection(("127.0.0.1", args.echo_port))
+    for s in (client, echo):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while data := client.recv(4096):
+        echo.sendall(data)
+        client.sendall(_recv_exactly(echo, len(data)))
+    return {}
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("peer closed")
+        data += chunk
+    return data
+
+
+def _connect(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port))
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _floor_role(args: argparse.Namespace) -> dict[str, Any]:
+    """The hop floor: relay (4 hops) and direct (2 hops) round trips of 16 bytes."""
+    from servers.testing import free_port
+
+    echo_port, relay_port = free_port(), free_port()
+    me = [sys.executable, "-m", "bench.latency_floor"]
+    procs = [
+        subprocess.Popen([*me, "--role", "echo", "--port", str(echo_port), "--conns", "2",
+                          "--cpu", str(args.redis_cpu)], cwd=ROOT),
+        subprocess.Popen([*me, "--role", "relay", "--port", str(relay_port),
+                          "--echo-port", str(echo_port), "--cpu", str(args.server_cpu)], cwd=ROOT),
+    ]
+    try:
+        # not servers.testing.wait_port: its probe connection would be taken for the client
+        relay = _connect(relay_port, procs[1])
+        direct = _connect(echo_port, procs[0])
+        for s in (relay, direct):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        dues, n_warm = _schedule(args, "floor")
+        gap = DIRECT_PHASE / args.rate
+        out: dict[str, list[int]] = {"relay": [], "direct": []}
+        for k, due in enumerate(dues):
+            for name, sock, at in (("relay", relay, due), ("direct", direct, due + gap)):
+                time.sleep(max(0.0, at - time.time()))
+                t = time.time_ns()
+                sock.sendall(b"%016d" % k)
+                _recv_exactly(sock, 16)
+                if k >= n_warm:
+                    out[name].append((time.time_ns() - t) // 1000)
+        relay.close()
+        direct.close()
+    finally:
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    return {name: _summary(v, len(dues) - n_warm) for name, v in out.items()}
+
+
+ROLES = {"redis": _redis_role, "aio-ws": _aio_ws_role, "floor": _floor_role,
+         "echo": _echo_role, "relay": _relay_role}
+
+
+# --------------------------------------------------------------------------- one round
+
+
+def _pin_process(pid: int, cpu: int) -> None:
+    """Pin every thread of `pid` (redis-server has background threads) to `cpu`."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            os.sched_setaffinity(int(tid), {cpu})
+
+
+def round_result(redis_floor: dict[str, Any], ws: dict[str, Any], aio: dict[str, Any],
+                 floor: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One round's streams and the ratios derived from them (None where a p50 is missing)."""
+
+    def ratio(a: float, b: float) -> float | None:
+        return a / b if a and b else None
+
+    base = redis_floor["p50_us"]
+    relay, direct = floor["relay"]["p50_us"], floor["direct"]["p50_us"]
+    return {
+        "redis": redis_floor, "ws": ws, "ws_asyncio_client": aio, "floor": floor,
+        "ratio_p50": ratio(ws["p50_us"], base),
+        "ratio_p50_asyncio_client": ratio(aio["p50_us"], base),
+        "floor_ratio": ratio(relay, direct),
+        "above_floor_us": {"ws": ws["p50_us"] - relay, "ws_asyncio_client": aio["p50_us"] - relay,
+                           "redis": base - direct},
+    }
+
+
+def summarize(rounds: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    """Medians over rounds of every ratio and excess; the verdict is on `ratio_p50`."""
+
+    def median(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    keys = ("ratio_p50", "ratio_p50_asyncio_client", "floor_ratio")
+    out: dict[str, Any] = {k: median([r[k] for r in rounds]) for k in keys}
+    out["above_floor_us"] = {k: median([r["above_floor_us"][k] for r in rounds])
+                             for k in ("ws", "ws_asyncio_client", "redis")}
+    out["target"] = target
+    out["ok"] = out["ratio_p50"] is not None and out["ratio_p50"] <= target
+    out["valid"] = all(r["ws"]["valid"] and not r["ws"]["missing"] for r in rounds)
+    return out
+
+
+def _run_round(url: str, redis_url: str, seconds: float, rate: float, server_cpu: int,
+               redis_cpu: int) -> dict[str, Any]:
     from loadgen import result as result_mod
 
-    with Cluster("ws", replicas=1, broker="redis") as cluster, \
-            tempfile.TemporaryDirectory() as tmp:
-        pin_self(load_cpus())
-        assert cluster.redis_url is not None
+    load_before = os.getloadavg()
+    t0 = time.time() + 2.0  # every stream's schedule starts here, once the processes are up
+    common = ["--seconds", str(seconds), "--rate", str(rate), "--t0", repr(t0)]
+    me = [sys.executable, "-m", "bench.latency_floor"]
+    with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "floor.json"
-        baseline = subprocess.Popen(
-            [sys.executable, "-m", "bench.latency_floor", "--role", "redis", "--redis-url",
-             cluster.redis_url, "--seconds", str(seconds), "--rate", str(rate)],
-            stdout=subprocess.PIPE)
-        aio_ws = subprocess.Popen(
-            [sys.executable, "-m", "bench.latency_floor", "--role", "aio-ws", "--url",
-             cluster.nodes[0].url, "--seconds", str(seconds), "--rate", str(rate)],
-            stdout=subprocess.PIPE)
-        with baseline, aio_ws:
-            # 1 publisher + 1 subscriber; both receive, both are one-subscriber samples
-            run = subprocess.run(
-                [sys.executable, "-m", "locust", "-f", str(ROOT / "loadgen" / "broadcast.py"),
-                 "--headless", "-u", "2", "-r", "10", "-t", f"{seconds + WARMUP + 2:g}s",
-                 "--servers", cluster.nodes[0].url, "--transport", "ws",
-                 "--publish-rate", str(rate), "--drain", "2", "--warmup", str(WARMUP),
-                 "--result-file", str(out),
-                 "--only-summary", "--invalid-exit-code", "0"],
-                cwd=ROOT, capture_output=True, timeout=seconds + 120)
-            raw, _ = baseline.communicate(timeout=seconds + 60)
-            raw_aio, _ = aio_ws.communicate(timeout=seconds + 60)
+        children = {
+            "redis": subprocess.Popen([*me, "--role", "redis", "--redis-url", redis_url, *common],
+                                      stdout=subprocess.PIPE, cwd=ROOT),
+            "aio-ws": subprocess.Popen([*me, "--role", "aio-ws", "--url", url, *common],
+                                       stdout=subprocess.PIPE, cwd=ROOT),
+            "floor": subprocess.Popen([*me, "--role", "floor", "--server-cpu", str(server_cpu),
+                                       "--redis-cpu", str(redis_cpu), *common],
+                                      stdout=subprocess.PIPE, cwd=ROOT),
+        }
+        # 1 publisher + 1 subscriber; both receive, both are one-subscriber samples
+        run = subprocess.run(
+            [sys.executable, "-m", "locust", "-f", str(ROOT / "loadgen" / "broadcast.py"),
+             "--headless", "-u", "2", "-r", "10", "-t", f"{seconds + WARMUP + 4:g}s",
+             "--servers", url, "--transport", "ws",
+             "--publish-rate", str(rate), "--drain", "2", "--warmup", str(WARMUP),
+             "--result-file", str(out), "--only-summary", "--invalid-exit-code", "0"],
+            cwd=ROOT, capture_output=True, timeout=seconds + 120)
+        raw = {}
+        for name, proc in children.items():
+            stdout, _ = proc.communicate(timeout=seconds + 60)
+            if proc.returncode != 0:
+                raise RuntimeError(f"latency_floor role {name} failed ({proc.returncode})")
+            raw[name] = json.loads(stdout.decode().strip().splitlines()[-1])
         if not out.exists():
             raise RuntimeError(f"locust wrote no result:\n{run.stdout.decode()[-3000:]}"
                                f"{run.stderr.decode()[-3000:]}")
         res = result_mod.load(out)
-    redis_floor = json.loads(raw.decode().strip().splitlines()[-1])
-    aio_floor = json.loads(raw_aio.decode().strip().splitlines()[-1])
     lat = res["latency_us"]["all"]
-    p50 = lat["percentiles"]["p50"]
-    return {
-        "seconds": seconds, "rate": rate,
-        "redis": redis_floor,
-        "ws": {"count": lat["count"], "p50_us": p50, "p90_us": lat["percentiles"]["p90"],
-               "p99_us": lat["percentiles"]["p99"], "max_us": lat["max"],
-               "missing": res["delivery"]["missing"], "valid": res["validity"]["valid"],
-               "saturation_reasons": res["validity"]["reasons"]},
-        "ws_asyncio_client": aio_floor,
-        "ratio_p50": p50 / redis_floor["p50_us"] if redis_floor["p50_us"] else None,
-        "ratio_p50_asyncio_client": (aio_floor["p50_us"] / redis_floor["p50_us"]
-                                     if redis_floor["p50_us"] else None),
-    }
+    ws = {"count": lat["count"], "p50_us": lat["percentiles"]["p50"],
+          "p90_us": lat["percentiles"]["p90"], "p99_us": lat["percentiles"]["p99"],
+          "max_us": lat["max"], "missing": res["delivery"]["missing"],
+          "valid": res["validity"]["valid"], "saturation_reasons": res["validity"]["reasons"]}
+    r = round_result(raw["redis"], ws, raw["aio-ws"], raw["floor"])
+    r["loadavg"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
+    return r
+
+
+def measure(seconds: float, rate: float, rounds: int = 3, redis_cpu: str = "server",
+            target: float = 2.0) -> dict[str, Any]:
+    from bench.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
+    from servers.testing import RedisServer
+
+    load = load_cpus()
+    pin_self(load)
+    cpu = {"server": SERVER_CPU, "load": load[0], "none": None}[redis_cpu]
+    redis = RedisServer().start()
+    try:
+        assert redis.proc is not None
+        if cpu is not None:
+            _pin_process(redis.proc.pid, cpu)
+        with Cluster("ws", replicas=1, broker="redis", redis_url=redis.url) as cluster:
+            results = []
+            for i in range(rounds):
+                r = _run_round(cluster.nodes[0].url, redis.url, seconds, rate, SERVER_CPU,
+                               SERVER_CPU if cpu is None else cpu)
+                r["round"] = i + 1
+                results.append(r)
+                _print_round(r)
+    finally:
+        redis.stop()
+    return {"seconds": seconds, "rate": rate, "rounds": results,
+            "placement": {"server_cpu": SERVER_CPU, "load_cpus": load, "redis_cpu": redis_cpu},
+            "summary": summarize(results, target)}
+
+
+def _fmt(x: float | None, unit: str = "") -> str:
+    return "-" if x is None else f"{x:.2f}{unit}"
+
+
+def _print_round(r: dict[str, Any]) -> None:
+    f = r["floor"]
+    print(f"round {r['round']}: p50 ms  ws(locust) {r['ws']['p50_us'] / 1e3:.3f}  "
+          f"ws(asyncio) {r['ws_asyncio_client']['p50_us'] / 1e3:.3f}  "
+          f"redis {r['redis']['p50_us'] / 1e3:.3f}  floor relay {f['relay']['p50_us'] / 1e3:.3f} "
+          f"direct {f['direct']['p50_us'] / 1e3:.3f}  | ratio {_fmt(r['ratio_p50'])} "
+          f"(asyncio {_fmt(r['ratio_p50_asyncio_client'])}, floor {_fmt(r['floor_ratio'])})  "
+          f"samples ws {r['ws']['count']} redis {r['redis']['count']}  "
+          f"loadavg {r['loadavg'][0]:.2f}->{r['loadavg'][3]:.2f}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.latency_floor",
                                 description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per round")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--rate", type=float, default=1.0, help="messages per second")
     p.add_argument("--target", type=float, default=2.0, help="allowed p50 ratio")
+    p.add_argument("--redis-cpu", default="server", help="server | load | none (unpinned)")
     p.add_argument("--json", help="write the result to this file")
-    p.add_argument("--role", choices=("redis", "aio-ws"), help=argparse.SUPPRESS)
-    p.add_argument("--redis-url", help=argparse.SUPPRESS)
-    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
+    for hidden in ("--redis-url", "--url"):
+        p.add_argument(hidden, help=argparse.SUPPRESS)
+    for hidden in ("--port", "--echo-port", "--conns", "--cpu", "--server-cpu"):
+        p.add_argument(hidden, type=int, help=argparse.SUPPRESS)
+    p.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.role == "redis":
-        return _redis_role(args)
-    if args.role == "aio-ws":
-        return _aio_ws_role(args)
-    r = measure(args.seconds, args.rate)
-    print(json.dumps(r), flush=True)
-    ratio = r["ratio_p50"]
-    ok = ratio is not None and ratio <= args.target
-    print(f"\nredis PUBLISH->subscriber p50 {r['redis']['p50_us'] / 1e3:.3f} ms "
-          f"({r['redis']['count']} samples)")
-    print(f"rtbench ws (locust)      p50 {r['ws']['p50_us'] / 1e3:.3f} ms "
-          f"({r['ws']['count']} samples, missing {r['ws']['missing']})")
-    print(f"rtbench ws (asyncio)     p50 {r['ws_asyncio_client']['p50_us'] / 1e3:.3f} ms "
-          f"({r['ws_asyncio_client']['count']} samples)")
-    print(f"ratio {ratio if ratio is None else round(ratio, 2)}  "
-          f"{'ok' if ok else 'ABOVE'} target {args.target}")
+    if args.role is not None:
+        if args.cpu is not None:
+            os.sched_setaffinity(0, {args.cpu})
+        if args.role in ("floor",):
+            args.redis_cpu = int(args.redis_cpu)
+        out = ROLES[args.role](args)
+        print(json.dumps(out), flush=True)
+        return 0
+    if args.redis_cpu not in ("server", "load", "none") or args.rounds < 1 or args.rate <= 0:
+        p.error("--redis-cpu is server, load or none; --rounds >= 1; --rate > 0")
+    r = measure(args.seconds, args.rate, args.rounds, args.redis_cpu, args.target)
+    s = r["summary"]
+    print(f"\nmedian over {args.rounds} rounds: ratio {_fmt(s['ratio_p50'])} "
+          f"({'ok' if s['ok'] else 'ABOVE'} target {args.target}), asyncio client "
+          f"{_fmt(s['ratio_p50_asyncio_client'])}, zero-work hop floor {_fmt(s['floor_ratio'])}; "
+          f"above the hop floor: ws {s['above_floor_us']['ws']} us, "
+          f"redis {s['above_floor_us']['redis']} us"
+          f"{'' if s['valid'] else '  (INVALID: lost messages or saturated load generator)'}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
-    return 0 if ok else 1
+    return 0 if s["ok"] else 1
 
 
 if __name__ == "__main__":
