@@ -19,17 +19,19 @@ process waiting for a core burns no CPU time). Both ratios are printed; the
 target is judged on the wall-clock one, the issue's "messages/s".
 
 The gevent subscriber runs the exact delivery path of `loadgen.users.RtbenchUser`
-(stamp parse, HDR record, delivery ledger, Locust `request` event into Locust's
-stats); the asyncio baseline only counts messages, so the ratio is conservative.
+(stamp parse, HDR record, delivery ledger, the delivery logged into Locust's
+stats with the default `--request-events batched`); the asyncio baseline only
+counts messages, so the ratio is conservative.
 `--ws-validate-utf8` adds two WebSocket rows: websocket-client's own receive path
 (instead of `loadgen.clients.wsframes`), without and with its pure-Python UTF-8
 validation (`skip_utf8_validation=False`: the known trap). gRPC always has a
 second gevent row: the grpcio client (`--grpc-client grpcio`) beside the default
 h2 one (`loadgen.clients.grpc_h2`). Every transport also has a "quiet" gevent row:
 the same path with `--request-events off` (our accounting and HDR histograms, no
-Locust request event per delivery), which says how much of a client's cost is
-Locust's own bookkeeping (two `StatsEntry.log` calls and an event dispatch per
-delivery, about as much as the asyncio client's whole per-message cost on SSE).
+deliveries in Locust's stats), which says how much of a client's cost is Locust's
+own bookkeeping. (`--request-events on`, one Locust request event per delivery,
+costs 4-5 µs per delivery, about as much as the asyncio client's whole
+per-message cost on SSE: see loadgen/locuststats.py.)
 
 Server pinned to core 0, subscribers and publisher to the other core(s):
 
@@ -101,7 +103,7 @@ def _gevent_subscriber(args: argparse.Namespace) -> int:
         publishers=1, publish_rate=1.0, payload_bytes=PAYLOAD_BYTES, max_messages=1,
         warmup=0.0, drain=0.0, step_users=0, step_seconds=1.0, p99_limit_ms=1.0,
         conns_per_user=1, churn_interval=1.0, connect_timeout=30.0,
-        request_events=args.request_events == "on",
+        request_events=args.request_events,
         result_file="", metrics_urls="", max_connect_failures=1, max_cpu=90.0,
         max_lag_ms=20.0, invalid_exit_code=0, run_time=None, grpc_client=args.grpc_client)
     windows: dict[str, Any] = {}
@@ -133,7 +135,9 @@ def _gevent_subscriber(args: argparse.Namespace) -> int:
     if not ok:
         print(json.dumps({"error": f"received {seen['n']} of {args.count}"}), flush=True)
         return 1
-    if run.params.request_events:
+    if run.params.request_events != "off":
+        if run.batch is not None:
+            run.batch.flush()
         stats = env.stats.get("message", args.transport)
         assert stats.num_requests == args.count, "Locust's stats missed deliveries"
     _report(args.count, int(seen["last"]), seen["cpu"] - cpu0)
@@ -229,7 +233,7 @@ def _round(kind: str, transport: str, url: str, count: int, timeout: float) -> d
     room = f"ingest-{uuid.uuid4().hex[:8]}"
     role, recv = ("gevent", WS_KINDS[kind]) if kind in WS_KINDS else (kind, "frames")
     role, grpc_client = ("gevent", GRPC_KINDS[kind]) if kind in GRPC_KINDS else (role, "h2")
-    role, events = ("gevent", "off") if kind == QUIET else (role, "on")
+    role, events = ("gevent", "off") if kind == QUIET else (role, "batched")
     cmd = [sys.executable, "-m", "bench.ingest", "--role", role, "--transport", transport,
            "--url", url, "--count", str(count), "--room", room, "--timeout", str(timeout),
            "--ws-recv", recv, "--grpc-client", grpc_client, "--request-events", events]
@@ -315,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "validation")
     p.add_argument("--ws-recv", default="frames", help=argparse.SUPPRESS)
     p.add_argument("--grpc-client", default="h2", help=argparse.SUPPRESS)
-    p.add_argument("--request-events", default="on", help=argparse.SUPPRESS)
+    p.add_argument("--request-events", default="batched", help=argparse.SUPPRESS)
     p.add_argument("--target", type=float, default=0.6, help="ratio the issue asks for")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--json", help="write the results to this file")

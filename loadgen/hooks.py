@@ -35,6 +35,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from loadgen import result as result_mod
 from loadgen import saturation
+from loadgen.locuststats import StatsBatch
 from loadgen.measure import now_us
 from loadgen.options import Params, add_options
 from loadgen.recorder import Collector, Recorder
@@ -73,6 +74,7 @@ class Run:
         self._final_sent = False
         self._index = itertools.count()
         self._monitors: list[gevent.Greenlet] = []
+        self.batch: StatsBatch | None = None
         short = re.sub(r"[^A-Za-z0-9_.-]", "", socket.gethostname().split(".")[0])[:20]
         self.tag = f"{short or 'host'}-{os.getpid()}"
 
@@ -93,11 +95,24 @@ class Run:
 
     def fire(self, request_type: str, name: str, response_time_ms: float, length: int,
              exception: Exception | None = None) -> None:
-        if self.env is not None and (exception is not None or self.p.request_events):
-            request: Any = self.env.events.request
-            request.fire(request_type=request_type, name=name,
-                                         response_time=response_time_ms, response_length=length,
-                                         exception=exception, context={})
+        """A Locust request: failures fire `events.request` at once; successes too with
+        `--request-events on`, or go into Locust's stats in batches (`batched`, the
+        default: loadgen/locuststats.py), or nowhere (`off`)."""
+        env = self.env
+        if env is None:
+            return
+        if exception is None:
+            mode = self.p.request_events
+            if mode == "off":
+                return
+            if mode == "batched":
+                if self.batch is None:
+                    self.batch = StatsBatch(env.stats)
+                self.batch.add(request_type, name, response_time_ms, length)
+                return
+        request: Any = env.events.request
+        request.fire(request_type=request_type, name=name, response_time=response_time_ms,
+                     response_length=length, exception=exception, context={})
 
     # ----------------------------------------------------------- lifecycle
 
@@ -119,6 +134,10 @@ class Run:
         if not isinstance(environment.runner, MasterRunner):
             self.hosts[self.recorder.host] = result_mod.host_metadata()
             self._monitors = saturation.start_monitor(self.recorder, self.stop)
+            self.batch = None
+            if self.params.request_events == "batched":
+                self.batch = StatsBatch(environment.stats)
+                self._monitors.append(self.batch.run(self.stop))
         for hook in self.on_start:
             hook(self)
 
@@ -126,6 +145,8 @@ class Run:
         if self.params is None:
             return
         self.stop.set()
+        if self.batch is not None:
+            self.batch.flush()  # before Locust's final stats report
         for client in list(self.open_clients):
             self.recorder.count("clients_closed_at_stop")
             client.close()

@@ -58,9 +58,10 @@ def add_options(parser: Any) -> None:
                    help="churn: seconds between two reconnects of one subscriber (default 3)")
     g.add_argument("--connect-timeout", type=float, default=10.0, env_var="LOCUST_CONNECT_TIMEOUT",
                    help="seconds to wait for a welcome or a command reply (default 10)")
-    g.add_argument("--request-events", choices=("on", "off"), default="on",
+    g.add_argument("--request-events", choices=("batched", "on", "off"), default="batched",
                    env_var="LOCUST_REQUEST_EVENTS",
-                   help="fire Locust request events per delivery for the UI/CSV (default on)")
+                   help="deliveries in Locust's UI/CSV stats: logged in batches (default), "
+                        "one request event each (on: other listeners see them), or not (off)")
     g.add_argument("--max-connect-failures", type=int, default=10,
                    env_var="LOCUST_MAX_CONNECT_FAILURES",
                    help="connections: end the run after this many failed connects (default 10)")
@@ -98,7 +99,7 @@ class Params:
     conns_per_user: int
     churn_interval: float
     connect_timeout: float
-    request_events: bool
+    request_events: str  # batched | on | off
     result_file: str
     metrics_urls: str
     max_connect_failures: int
@@ -123,7 +124,7 @@ class Params:
             step_users=opts.step_users, step_seconds=opts.step_seconds,
             p99_limit_ms=opts.p99_limit_ms, conns_per_user=opts.conns_per_user,
             churn_interval=opts.churn_interval, connect_timeout=opts.connect_timeout,
-            request_events=opts.request_events == "on", result_file=opts.result_file,
+            request_events=opts.request_events, result_file=opts.result_file,
             metrics_urls=opts.metrics_urls, max_connect_failures=opts.max_connect_failures,
             max_cpu=opts.max_cpu, max_lag_ms=opts.max_lag_ms,
             invalid_exit_code=opts.invalid_exit_code,

@@ -1,0 +1,97 @@
+"""Deliveries logged into Locust's request statistics in batches.
+
+Locust's per-request API (`events.request.fire` -> `RequestStats.log_request`, two
+`StatsEntry.log` calls) costs 4-5 µs of load-generator CPU per call. A push transport
+delivers tens of thousands of messages per second to one process, so firing one
+request event per delivery made Locust's bookkeeping the largest cost of ingesting
+an SSE or long-poll stream, larger than reading and decoding it. `StatsBatch` keeps
+the deliveries of the last fraction of a second and logs them in one step per
+(type, name), leaving every statistic exactly as per-delivery logging would (the
+same counts, sums, min/max, content lengths and bucketed response times; tested
+against `StatsEntry.log` in tests/test_locuststats.py), except that a batch's
+requests are counted in the second it is flushed (`num_reqs_per_sec`, up to
+`FLUSH_INTERVAL` late).
+
+What batching gives up: `events.request` listeners other than Locust's own stats do
+not see successful deliveries (failures still fire one event each). A run that needs
+them uses `--request-events on`. rtbench's own latencies never come from these
+statistics: they are the lossless HDR histograms of the result file.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gevent
+import locust.stats
+from gevent.event import Event
+from locust.stats import RequestStats, StatsEntry
+
+FLUSH_INTERVAL = 0.25  # seconds; Locust's UI and worker reports read every 2-3 s
+
+
+class _Pending:
+    __slots__ = ("length", "times")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.length = 0
+
+
+def log_many(entry: StatsEntry, times: list[float], length: int, now: float) -> None:
+    """`entry.log(t, ...)` for every `t` in `times`, in one step (all at `now`)."""
+    if not times:
+        return
+    t = int(now)
+    if (entry.use_response_times_cache and entry.last_request_timestamp
+            and t > int(entry.last_request_timestamp)):
+        entry._cache_response_times(t - 1)
+    k = len(times)
+    entry.num_requests += k
+    entry.num_reqs_per_sec[t] += k
+    entry.last_request_timestamp = now
+    # Locust annotates these as int but stores what request events carry (float ms)
+    stored: Any = entry
+    stored.total_response_time += sum(times)
+    lo, hi = min(times), max(times)
+    low = entry.min_response_time
+    stored.min_response_time = lo if low is None else min(low, lo)
+    stored.max_response_time = max(entry.max_response_time, hi)
+    bucket = locust.stats.bucket_response_time  # looked up: Locust lets users replace it
+    counts = entry.response_times
+    for value in times:
+        counts[bucket(value)] += 1
+    entry.total_content_length += length
+
+
+class StatsBatch:
+    """Successful deliveries for Locust's `stats`, logged every `FLUSH_INTERVAL`."""
+
+    def __init__(self, stats: RequestStats) -> None:
+        self.stats = stats
+        self._pending: dict[tuple[str, str], _Pending] = {}
+
+    def add(self, request_type: str, name: str, response_time_ms: float, length: int) -> None:
+        pending = self._pending.get((name, request_type))
+        if pending is None:
+            pending = self._pending[(name, request_type)] = _Pending()
+        pending.times.append(response_time_ms)
+        pending.length += length
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        now = time.time()
+        for (name, method), p in pending.items():
+            log_many(self.stats.get(name, method), p.times, p.length, now)
+            log_many(self.stats.total, p.times, p.length, now)
+
+    def run(self, stop: Event) -> gevent.Greenlet:
+        """A greenlet flushing every `FLUSH_INTERVAL` until `stop`, then once more."""
+
+        def loop() -> None:
+            while not stop.wait(FLUSH_INTERVAL):
+                self.flush()
+            self.flush()
+
+        return gevent.spawn(loop)
