@@ -46,6 +46,14 @@ class HubCollector(Collector):
         yield counter("broker_messages", "Messages received from the broker", st.broker_messages)
         yield counter("deliveries", "Events queued to client connections", st.deliveries)
         yield counter("slow_consumers", "Connections dropped for a full outbox", st.slow_consumers)
+        presence = getattr(hub.broker, "presence", None)  # replica liveness: Redis broker only
+        if presence is not None:
+            yield counter("presence_replicas_reaped",
+                          "Dead replicas whose presence counts this replica cleared",
+                          presence.reaped)
+            yield counter("presence_resyncs",
+                          "Times this replica wrote its presence counts back (after it was "
+                          "taken for dead, or Redis lost them)", presence.resyncs)
 
 
 def make_registry(hub: Hub, transport: str) -> CollectorRegistry:
