@@ -7,6 +7,10 @@ are held for it here. Then, with no await in between, `replay` pushes the missed
 events (or a `gap`), then the held events past the position read, and the hub
 registers it as a normal recipient: nothing lost or repeated at the seam, and the
 hub's delivery loop for everyone else stays a plain set iteration.
+
+The same machinery heals a topic whose broker subscription broke (heal.py): its
+live events are then held for the heal alone (`suspended`) while the history the
+members missed is read.
 """
 
 from __future__ import annotations
@@ -27,20 +31,60 @@ class Read:
     history: History | None  # None: only the position was read
     held: list[Event]
 
+    def last(self) -> Position | None:
+        """The position of the last event `replay` queues (None: history is off)."""
+        pos = self.position
+        if pos is None:
+            return None
+        for ev in reversed(self.held):
+            p = position_of(ev.json())
+            if p is not None and is_after(p, pos):
+                return p
+        return pos
+
 
 _OFF = Read(None, None, [])
+
+
+def is_after(p: Position, pos: Position) -> bool:
+    """Whether an event at `p` comes after `pos` (another epoch: the stream restarted)."""
+    return p.epoch != pos.epoch or p.offset > pos.offset
 
 
 class CatchUp:
     """The outboxes catching up on each topic and the live events held for them."""
 
-    __slots__ = ("broker", "holding", "limits")
+    __slots__ = ("broker", "holding", "limits", "suspended")
 
     def __init__(self, broker: Broker, limits: Limits) -> None:
         self.broker = broker
         self.limits = limits
         # topic -> outbox catching up on it -> live events held for it (empty most of the time)
         self.holding: dict[str, dict[Outbox, list[Event]]] = {}
+        # topics being healed: their live events go to the holds only (heal.py)
+        self.suspended: set[str] = set()
+
+    def start_hold(self, outbox: Outbox, topic: str) -> list[Event]:
+        """Hold `topic`'s live events for `outbox` from now on (until `stop_hold`)."""
+        held: list[Event] = []
+        self.holding.setdefault(topic, {})[outbox] = held
+        return held
+
+    def stop_hold(self, outbox: Outbox, topic: str) -> None:
+        table = self.holding.get(topic)
+        if table is not None:
+            table.pop(outbox, None)
+            if not table:
+                del self.holding[topic]
+
+    async def fetch(self, topic: str, since: Position | None, held: list[Event]) -> Read:
+        """The stream's position, or its history after `since` (history on)."""
+        if since is None:
+            return Read(await self.broker.position(topic), None, held)
+        hist = await self.broker.history(
+            topic, since.offset, since.epoch, self.limits.history_size
+        )
+        return Read(hist.position, hist, held)
 
     async def read(self, outbox: Outbox, topic: str, since: Position | None) -> Read:
         """The stream's position (or its history after `since`), holding the topic's live
@@ -48,20 +92,11 @@ class CatchUp:
         connection with no await in between, or events would slip past both."""
         if not self.limits.history:
             return _OFF  # no await either: the caller registers at once
-        held: list[Event] = []
-        table = self.holding.setdefault(topic, {})
-        table[outbox] = held
+        held = self.start_hold(outbox, topic)
         try:
-            if since is None:
-                return Read(await self.broker.position(topic), None, held)
-            hist = await self.broker.history(
-                topic, since.offset, since.epoch, self.limits.history_size
-            )
-            return Read(hist.position, hist, held)
+            return await self.fetch(topic, since, held)
         finally:
-            del table[outbox]
-            if not table and self.holding.get(topic) is table:
-                del self.holding[topic]
+            self.stop_hold(outbox, topic)
 
     def hold(self, topic: str, event: Event) -> int:
         """Broker callback path: keep `event` for every outbox catching up on `topic`;
@@ -85,6 +120,12 @@ class CatchUp:
         """Push what was missed after `since` (or a gap), then the held live events past
         the position read (earlier ones are in the history or before the position).
         Returns how many events were queued."""
+        return push_all(outbox, CatchUp.events(read, since, stream))
+
+    @staticmethod
+    def events(read: Read, since: Position | None, stream: dict[str, Any]) -> list[Event]:
+        """What `replay` pushes: the history after `since` (or a gap), then the held
+        live events past the position read."""
         pos, hist = read.position, read.history
         events: list[Event] = []
         if since is not None:
@@ -98,11 +139,17 @@ class CatchUp:
             for ev in read.held:
                 p = position_of(ev.json())
                 # another epoch: the stream restarted while we read; its events are new
-                if p is None or p.epoch != pos.epoch or p.offset > pos.offset:
+                if p is None or is_after(p, pos):
                     events.append(ev)
-        queued = 0
-        for ev in events:
-            if not outbox.push(ev):
-                break  # slow consumer: closed, it will resume from what it got
-            queued += 1
-        return queued
+        return events
+
+
+def push_all(outbox: Outbox, events: list[Event]) -> int:
+    """Push `events` in order, stopping if `outbox` closes (slow consumer: it will
+    resume from what it got); how many were queued."""
+    queued = 0
+    for ev in events:
+        if not outbox.push(ev):
+            break
+        queued += 1
+    return queued

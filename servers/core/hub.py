@@ -12,6 +12,9 @@ and to `user:<u>` only while u has a local connection.
 With history on (Limits.history_size > 0) room and direct messages are recorded
 (`publish_recorded`): each carries its offset and epoch in its stream, and a
 joining (or resuming) connection catches up before it goes live (catchup.py).
+The hub keeps the last position it delivered per room and inbox, so that when the
+broker's subscription broke and is back, what the members missed meanwhile is
+replayed from history (heal.py).
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from typing import Any
 
 import orjson
 
-from servers.core.catchup import CatchUp
+from servers.core.catchup import CatchUp, Read
 from servers.core.codec import parse_command
 from servers.core.cursor import Cursor, RoomCursor
 from servers.core.errors import BrokerUnavailable, ErrorCode, ProtocolError
+from servers.core.heal import Healer, LastSeen
 from servers.core.outbox import Outbox
 from servers.core.presence import Presence, presence_topic
 from servers.core.subscriptions import Subscriptions
@@ -104,6 +108,9 @@ class Hub:
         self._topics = Subscriptions(broker, self._spawn)
         self._presence = Presence(broker, self._spawn)
         self._catchup = CatchUp(broker, self.limits)
+        # room/user topic -> the last event delivered here, or the first member's join position
+        self._last: LastSeen = {}
+        self._healer = Healer(self._catchup, self._last, self._outboxes, self._spawn)
         self._ids = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
         self.draining: CloseReason | None = None  # set by drain(): the process is stopping
@@ -112,6 +119,7 @@ class Hub:
 
     async def start(self) -> None:
         lim = self.limits
+        self.broker.watch_resubscribe(self._healer.resubscribed)
         await self.broker.start(self._on_message, Retention(lim.history_size, lim.history_ttl))
 
     def drain(self, reason: CloseReason = CloseReason.GOING_AWAY) -> None:
@@ -167,6 +175,7 @@ class Hub:
         conn.outbox.push(self._welcome(conn_id, user, read.position))
         self.stats.deliveries += self._catchup.replay(conn.outbox, read, since, {"inbox": True})
         self._conns[conn_id] = conn
+        self._track(topic, conn, read, user not in self._users)
         self._users.setdefault(user, set()).add(conn)
         self.stats.connections_opened += 1
         self._spawn(self._presence.connection_delta(user, 1))
@@ -223,6 +232,7 @@ class Hub:
             users.discard(conn)
             if not users:
                 del self._users[conn.user]
+                self._last.pop(user_topic(conn.user), None)
         self._topics.release(user_topic(conn.user))
         self._spawn(self._presence.connection_delta(conn.user, -1))
 
@@ -376,6 +386,7 @@ class Hub:
                 self._topics.release(topic)
             return None
         self.stats.deliveries += self._catchup.replay(conn.outbox, read, cmd.since, {"room": room})
+        self._track(topics[0], conn, read, room not in self._rooms)
         conn.rooms.add(room)
         self._rooms.setdefault(room, set()).add(conn)
         if cmd.presence:
@@ -393,6 +404,7 @@ class Hub:
             members.discard(conn)
             if not members:
                 del self._rooms[room]
+                self._last.pop(room_topic(room), None)
         self._topics.release(room_topic(room))
         if conn.watching is not None and room in conn.watching:
             conn.watching.discard(room)
@@ -402,6 +414,21 @@ class Hub:
                 if not watchers:
                     del self._watchers[room]
             self._topics.release(presence_topic(room))
+
+    def _track(self, topic: str, conn: Connection, read: Read, first: bool) -> None:
+        """A member registered with what `read` replayed: where it is in the stream."""
+        pos = read.last()
+        if pos is None:
+            return  # history off
+        if first:  # the local members' position is its own
+            self._last[topic] = pos
+        self._healer.joined(topic, conn.outbox, pos)
+
+    def _outboxes(self, topic: str) -> list[Outbox]:
+        """The outboxes of a room's or a user's local members."""
+        kind, _, name = topic.partition(":")
+        members = self._rooms.get(name) if kind == "room" else self._users.get(name)
+        return [c.outbox for c in members] if members else []
 
     # ------------------------------------------------------ background work
 
@@ -434,12 +461,14 @@ class Hub:
         if holding and topic in holding:
             event = Event.from_json(payload)
             self.stats.slow_consumers += self._catchup.hold(topic, event)
-            if not targets:
+            if not targets or topic in self._catchup.suspended:  # healing: held for it
                 return
         elif not targets:
             return
         else:
             event = Event.from_json(payload)
+        if kind != "presence":
+            self._last[topic] = payload  # for a heal (heal.py); decoded only then
         delivered = 0
         for conn in targets:
             outbox = conn.outbox

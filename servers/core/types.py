@@ -221,6 +221,10 @@ class CountChange(NamedTuple):
 # called with the counters a broker changed on its own (see Broker.watch_counts)
 OnCountChange = Callable[[list[CountChange]], None]
 
+# called with the topics a broker subscribed again after losing its subscription
+# (see Broker.watch_resubscribe)
+OnResubscribed = Callable[[list[str]], None]
+
 
 def room_topic(room: str) -> str:
     return "room:" + room
@@ -291,6 +295,12 @@ class Broker(Protocol):
         """Have `callback` told of counters crossing zero on their own: the shares of a
         replica that stopped refreshing them expired, or this replica wrote its shares
         back after it had been taken for dead (docs/protocol.md 6.1)."""
+        ...
+
+    def watch_resubscribe(self, callback: OnResubscribed) -> None:
+        """Have `callback` told, with the topics concerned, when the subscription broke
+        (what was published meanwhile reached nobody here) and is confirmed again: every
+        later publish reaches `on_message` again (the hub replays the rest from history)."""
         ...
 
     async def count_get(self, key: str, members: Iterable[str]) -> list[int]: ...

@@ -14,6 +14,7 @@ from servers.core.types import (
     History,
     OnCountChange,
     OnMessage,
+    OnResubscribed,
     Position,
     Retention,
 )
@@ -45,6 +46,8 @@ class MemoryBroker:
         self._streams: dict[str, _Stream] = {}
         self.epoch = secrets.token_hex(4)
         self.retention = DEFAULT_RETENTION
+        self._on_resubscribed: OnResubscribed | None = None
+        self._cut = False  # cut(): publishes are carried out but reach no subscriber
 
     async def start(
         self, on_message: OnMessage, retention: Retention = DEFAULT_RETENTION
@@ -64,8 +67,24 @@ class MemoryBroker:
     async def publish(self, topic: str, payload: bytes) -> None:
         if self._on_message is None:
             raise BrokerUnavailable("memory broker is closed")
-        if topic in self._topics:
+        if topic in self._topics and not self._cut:
             self._on_message(topic, payload)
+
+    # fault injection (tests): the one process cannot lose its subscription otherwise
+
+    def cut(self) -> None:
+        """Lose the subscription, as a broken Redis subscriber connection: publishes are
+        still carried out (and recorded) but reach no subscriber until `restore`."""
+        self._cut = True
+
+    def restore(self) -> None:
+        """Subscribed again: tell the watcher (Broker.watch_resubscribe)."""
+        self._cut = False
+        if self._on_resubscribed is not None:
+            self._on_resubscribed(sorted(self._topics))
+
+    def watch_resubscribe(self, callback: OnResubscribed) -> None:
+        self._on_resubscribed = callback
 
     async def count_add(self, key: str, member: str, delta: int) -> int:
         counts = self._counts.setdefault(key, {})
@@ -108,7 +127,7 @@ class MemoryBroker:
         stream.entries.append((time.monotonic(), payload))
         if len(stream.entries) > self.retention.size:
             stream.entries.popleft()
-        if topic in self._topics:
+        if topic in self._topics and not self._cut:
             self._on_message(topic, payload)
         return pos
 

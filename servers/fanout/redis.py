@@ -30,7 +30,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection as RedisConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from servers.core.errors import BrokerUnavailable
 from servers.core.types import (
@@ -38,6 +41,7 @@ from servers.core.types import (
     History,
     OnCountChange,
     OnMessage,
+    OnResubscribed,
     Position,
     Retention,
 )
@@ -67,10 +71,20 @@ class RedisBroker:
         self._bprefix = self._prefix.encode()
         self._timeout = op_timeout
         self._client = aioredis.Redis.from_url(
-            url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout, max_connections=4
+            url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout, max_connections=4,
+            # never re-send a batch (module docstring: "Retry rule")
+            retry=Retry(NoBackoff(), 0),
+            # with maintenance notifications on ("auto"), the pool skips its check for a
+            # connection Redis has closed and hands it out: the first batch after a Redis
+            # restart then failed on it
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         self._control = f"{self._prefix}ctl:{uuid.uuid4().hex}".encode()
         self._on_message: OnMessage | None = None
+        self._on_resubscribed: OnResubscribed | None = None
+        # after a reconnect: channels whose SUBSCRIBE Redis has not confirmed yet
+        self._resubscribing: set[bytes] | None = None
+        self._resubscribed_channels: list[bytes] = []
         self._sub: RedisConnection | None = None
         self._connected = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -136,7 +150,11 @@ class RedisBroker:
             await conn.connect()  # type: ignore[no-untyped-call]
             # no await between reading _wanted and going live: a subscribe queued in
             # between would be dropped (not connected yet) and missing from this SUBSCRIBE
-            packed = conn.pack_command("SUBSCRIBE", self._control, *self._wanted)
+            channels = [self._control, *self._wanted]
+            packed = conn.pack_command("SUBSCRIBE", *channels)
+            if self._reader is not None:  # a reconnect: tell the hub once all are confirmed
+                self._resubscribing = set(channels)
+                self._resubscribed_channels = channels
             self._sub = conn
             self._connected.set()
             await conn.send_packed_command(packed, check_health=False)
@@ -247,6 +265,28 @@ class RedisBroker:
                     log.exception("delivery callback failed")
             elif kind == b"subscribe":
                 self._confirmed(resp[1])
+                if self._resubscribing is not None:
+                    self._resubscribing.discard(resp[1])
+                    if not self._resubscribing:
+                        self._resubscribing = None
+                        self._resubscribed()
+
+    def _resubscribed(self) -> None:
+        """A new subscriber connection has every channel back: what was published
+        while it was down reached none of them; the hub replays it from history."""
+        callback = self._on_resubscribed
+        if callback is None:
+            return
+        prefix_len = len(self._bprefix)
+        channels, self._resubscribed_channels = self._resubscribed_channels, []
+        topics = [ch[prefix_len:].decode() for ch in channels if ch in self._wanted]
+        try:
+            callback(topics)
+        except Exception:
+            log.exception("resubscribe callback failed")
+
+    def watch_resubscribe(self, callback: OnResubscribed) -> None:
+        self._on_resubscribed = callback
 
     # ------------------------------------------------------ command pipeline
 
