@@ -7,19 +7,11 @@
   afterwards the same server processes carry publishes again and every acknowledged
   publish reaches the subscriber (docs/protocol.md 4.1 and 5).
 
-Known server bug, pinned down by the Redis test (it xfails on exactly this, and fails
-on any other loss): after Redis comes back, the publishing replica's command
-connection reconnects at once and acks publishes, while the subscriber's replica
-re-subscribes only after its reconnect backoff (up to 2 s). The messages published
-in between are in the new epoch's history but never reach that replica's live
-clients, and nothing tells them (no gap, no close): the first new-epoch offset they
-see is not 1. The fix belongs to servers/fanout/redis.py (signal the re-subscribe)
-and servers/core/hub.py (replay each local stream from history after it).
-
-A second, milder one: a replica that sent Redis no command during the outage keeps
-a dead pooled connection, and its first command after Redis is back fails
-(`unavailable`, a refused connect) although Redis is up; the test allows exactly
-that one refusal.
+  The subscriber's replica lost its Redis subscription too: once it is back, the
+  replica replays what its clients missed from history (servers/core/heal.py); Redis
+  kept nothing, so they first get a `gap` with reason `epoch` per stream, then the
+  new epoch's messages from offset 1. A replica that sent Redis no command during
+  the outage serves its next connect at once (no stale pooled connection).
 """
 
 from __future__ import annotations
@@ -102,18 +94,26 @@ class Publisher:
 
 
 class Collector:
-    """A subscriber's `message` events across its reconnects."""
+    """A subscriber's `message` and `gap` events across its reconnects, in order."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self.messages: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == "message"]
+
+    def gaps(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == "gap"]
 
     async def until(self, last: Any, timeout: float = WAIT) -> None:  # noqa: ASYNC109
         """Collect until the message whose data is `last` (ServerClosed if the server
         ends the connection first, TimeoutError if it does not come)."""
         async with asyncio.timeout(timeout):
-            while not self.messages or self.messages[-1]["data"] != last:
-                self.messages.append((await self.client.next_event("message", WAIT)).body)
+            while not self.events or self.events[-1].get("data") != last:
+                ev = await self.client.next_event(("message", "gap"), WAIT)
+                self.events.append(ev.body)
 
     async def until_closed(self, timeout: float = WAIT) -> None:  # noqa: ASYNC109
         """Collect until the server side goes away."""
@@ -159,7 +159,7 @@ async def test_killed_replica_its_subscriber_resumes_on_the_other_with_no_loss(
         assert [pub.acked[d[1]] for d in got.data()] == offsets
         assert got.data() == [["n", k] for k in range(count + 1)]
         assert len({m["epoch"] for m in got.messages}) == 1
-        assert got.client.take_events("gap") == []
+        assert got.gaps() == [] and got.client.take_events("gap") == []
     finally:
         stop_all((a, b))
 
@@ -213,30 +213,14 @@ async def test_redis_restart_fails_publishes_loudly_then_recovers_without_loss(
         assert all(pub.failed[k].code == "unavailable" for k in pub.failed)
 
         last = max(pub.acked)
-        try:
-            await got.until(["n", last])
-        except ServerClosed:  # the replica dropped it: resume, as a client would
-            got.client = await clients(b, user, resume=got.client.cursor)
-            await got.until(["n", last])
+        await got.until(["n", last])  # on the same connection: nothing closed it
 
         # the same processes serve new rooms too (a fresh SUBSCRIBE on the new connection)
         assert a.proc is not None and b.proc is not None
         assert a.proc.poll() is None and b.proc.poll() is None
-        # B has sent Redis no command since the restart: its first one goes out on the
-        # dead connection and fails (a second server bug, see the module docstring);
-        # the connect is refused with `unavailable`, and the next one works
-        refusals: list[ServerClosed] = []
-        for _ in range(3):
-            try:
-                newcomer = await clients(b, unique("new"))
-                break
-            except ServerClosed as exc:
-                refusals.append(exc)
-        assert len(refusals) <= 1, refusals
-        for refused in refusals:
-            assert refused.code == 1011 and "unavailable" in refused.reason, refused
-            assert refused.status == {"sse": 503, "longpoll": 503, "grpc": "UNAVAILABLE"}.get(
-                transport), refused
+        # B has sent Redis no command since the restart: its pooled connection is dead,
+        # and is replaced before the connect's first command goes out (no refusal)
+        newcomer = await clients(b, unique("new"))
         fresh = unique("room")
         await newcomer.join(fresh)
         await pub_client.join(fresh)
@@ -246,22 +230,29 @@ async def test_redis_restart_fails_publishes_loudly_then_recovers_without_loss(
         received = got.data()
         assert len(received) == len(set(map(tuple, received)))  # no duplicate
         assert [d for d in received if d[1] in pub.failed] == []  # refused = not carried out
-        assert [d for d in received if d[1] < 20] == [["n", k] for k in range(20)]
         # the room's new life (Redis kept nothing): a new epoch, offsets from 1
         after = sorted((pub.acked[k], k) for k in recovered)
         assert [offset for offset, _ in after] == list(range(1, len(after) + 1))
-        new = [m for m in got.messages if m["epoch"] != old_epoch]
-        assert new, "nothing published after the restart reached the subscriber"
-        assert [m["offset"] for m in new] == list(range(new[0]["offset"], after[-1][0] + 1))
-        assert [pub.acked[m["data"][1]] for m in new] == [m["offset"] for m in new]
-        missing = [k for _, k in after if ["n", k] not in received]
-        if missing:
-            # Known server bug (see the module docstring): the offsets the publishing
-            # replica acked before the subscriber's replica re-subscribed to Redis are
-            # lost to its live clients, silently. Anything else is a new failure.
-            assert missing == [k for _, k in after[:len(missing)]], missing
-            assert new[0]["offset"] == len(missing) + 1
-            pytest.xfail(f"{len(missing)} acknowledged publishes (new-epoch offsets "
-                         f"1..{len(missing)}) lost while the replica re-subscribed")
+        new_epoch = got.messages[-1]["epoch"]
+        assert new_epoch != old_epoch
+        # the room's stream as the subscriber saw it: the old life, the gap saying it
+        # ended at offset 20, then every acked message of the new life, once, in order
+        stream = [e for e in got.events if e.get("room") == room]
+        assert stream[:20] == got.messages[:20]
+        assert [m["data"] for m in stream[:20]] == [["n", k] for k in range(20)]
+        assert [m["offset"] for m in stream[:20]] == list(range(1, 21))
+        assert stream[20] == {"type": "gap", "room": room, "from": 20, "reason": "epoch",
+                              "offset": 0, "epoch": new_epoch}
+        new = stream[21:]
+        assert [m["type"] for m in new] == ["message"] * len(after)
+        assert [(m["offset"], m["epoch"]) for m in new] == [(o, new_epoch) for o, _ in after]
+        assert [m["data"] for m in new] == [["n", k] for _, k in after]  # nothing acked lost
+        # the inbox lost its life too (nothing was in it): one gap to the new epoch's start
+        (inbox_gap,) = [g for g in got.gaps() if g.get("inbox")]
+        assert inbox_gap["from"] == 0 and inbox_gap["reason"] == "epoch"
+        assert inbox_gap["offset"] == 0 and inbox_gap["epoch"] != old_epoch
+        assert len(got.gaps()) == 2
+        # the client's cursor followed the new epoch
+        assert got.client.cursor["rooms"][room] == [after[-1][0], new_epoch]
     finally:
         stop_all((a, b))
