@@ -188,3 +188,19 @@ def test_a_clean_baseline_names_the_revision_to_measure_alongside(tmp_path: Path
                                                             "dirty": False}})
     assert baseline_revision(gone) is None
     assert baseline_revision(tmp_path / "missing") is None
+
+
+def test_latency_against_stored_samples_only_warns() -> None:
+    def rows(cpu: float, p50: float) -> list[dict[str, Any]]:
+        return [{"transport": "ws", "scenario": "fanout",
+                 "metrics": {"cpu_per_delivery": cpu + 0.1 * i, "p50": p50 + 0.01 * i}}
+                for i in range(10)]
+    stored = to_set(rows(30.0, 5.0), {})
+    slow_machine = {"calibration_s": [0.040, 0.041], "samples": {"head": rows(30.05, 8.0)}}
+    verdict, comps, _ = evaluate([slow_machine], {}, stored, {})
+    p50 = next(c for c in comps if c.metric == "p50")
+    assert p50.verdict == "warn" and "stored baseline" in p50.note
+    assert verdict == "pass"
+    paired = {"calibration_s": [0.040, 0.041],
+              "samples": {"base": rows(30.0, 5.0), "head": rows(30.05, 8.0)}}
+    assert evaluate([paired], {}, None, {})[0] == "regression"  # measured alongside: it counts
