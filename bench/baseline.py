@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.compare import EXIT, samples_doc
-from bench.regress import BASELINE, Plan, Side, calibrate, machine_meta, measure
+from bench.regress import BASELINE
+from bench.regress_samples import Plan, Side, calibrate, machine_meta, measure
 from bench.runs import write_json
 
 

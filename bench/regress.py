@@ -1,6 +1,6 @@
 """`rtbench regress`: the CI perf check. Base and head measured interleaved in one job.
 
-The signal is the fanout benchmark's (bench/fanout.py), not a full `rtbench run`:
+The signal (bench/regress_samples.py) is the fanout benchmark's, not a full `rtbench run`:
 one room of N subscribers on one pinned server, an open-loop publisher, and per
 sample the server's CPU per delivery (and its inverse, deliveries per CPU
 second; bench.cpu's ns process clock), delivery latency percentiles and
@@ -42,18 +42,15 @@ Exit codes: 0 pass, 1 confirmed regression, 2 inconclusive, 3 harness error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +68,10 @@ from bench.compare import (
     verdict_json,
     write_outputs,
 )
-from bench.cpu import cpu_clock
+from bench.regress_samples import Plan, Side, calibrate, machine_meta, measure
 from bench.stats import METRICS, Comparison, overall
 
 BASELINE = Path("results/baseline")
-MEASURED_PATHS = ("servers", "loadgen", "bench")  # the code a sample runs
-SCENARIO = "fanout"
 # Calibration is CPU time (see `calibrate`): time-sharing barely moves it (wall-clock best
 # of 5 on the loaded load core: 44-130 ms over 30 s; CPU time 40-42 ms, one reading 56 ms).
 # Paired rounds cancel a steady drift (A B B A) and their CI absorbs bursts, so there a
@@ -86,179 +81,6 @@ CALIBRATION_DRIFT = 0.25
 CALIBRATION_DRIFT_PAIRED = 1.0
 MIN_PAIRS = 6
 BASELINE_SPEED = 0.10  # a stored baseline's machine must run the calibration loop within 10%
-
-
-@dataclass(frozen=True)
-class Plan:
-    transports: tuple[str, ...] = ("ws",)
-    # light enough that the load side (one core) is far from saturation: its
-    # latency figures otherwise measure the load generator (spread > 100% seen
-    # at 200 x 50/s)
-    subscribers: int = 100
-    rate: float = 20.0
-    seconds: float = 4.0
-    warmup: float = 1.0
-    # 10 pairs: n=8 missed ~3% of +20% trials under load (paired sd(log) 0.11), see README
-    pairs: int = 10
-    broker: str = "redis"
-
-    def params(self) -> dict[str, Any]:
-        return {"transports": list(self.transports), "subscribers": self.subscribers,
-                "rate": self.rate, "seconds": self.seconds, "warmup": self.warmup,
-                "broker": self.broker, "scenario": SCENARIO}
-
-
-@dataclass
-class Side:
-    name: str
-    tree: Path | None = None  # None: this process's own code
-    env: dict[str, str] = field(default_factory=dict)
-
-
-@contextlib.contextmanager
-def _side_env(side: Side) -> Iterator[None]:
-    """While a side's servers start: its tree first on the path, its extra env set."""
-    saved_env = dict(os.environ)
-    saved_cwd = os.getcwd()
-    try:
-        os.environ.update(side.env)
-        if side.tree is not None:
-            # `python -m servers.serve` puts its cwd first on sys.path
-            os.environ["PYTHONPATH"] = str(side.tree)
-            os.chdir(side.tree)
-        yield
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
-
-
-class _Room:
-    """One side's subscribers and publisher, connected once and warmed up, then sampled."""
-
-    def __init__(self, transport: str, url: str, cpu: Callable[[], float], plan: Plan) -> None:
-        from bench.fanout import Sink
-
-        self.transport, self.url, self.cpu, self.plan = transport, url, cpu, plan
-        self.sink = Sink()
-        self.opts: dict[str, Any] = {}
-        self.clients: list[Any] = []
-        self.sent = 0
-
-    async def open(self) -> None:
-        from bench.fanout import _connect_many, _drain, _publish
-        from loadgen.aio import connect
-        from servers.core.auth import DEV_SECRET, make_token
-
-        plan = self.plan
-        if self.transport in ("sse", "longpoll"):
-            from loadgen.aio.http11 import Pool
-
-            self.opts["http"] = Pool()
-        self.clients = await _connect_many(self.transport, self.url, plan.subscribers, self.opts)
-        self.pub = await connect(self.transport, self.url, make_token("publisher", DEV_SECRET),
-                                 **self.opts)
-        self.clients.append(self.pub)
-        await self.pub.join("fan")
-        for c in self.clients:
-            c.on_event = self.sink
-        self.sent = await _publish(self.pub, plan.rate, plan.warmup, 0)
-        await _drain(self.sink, self.sent * len(self.clients), 10)
-
-    async def sample(self) -> dict[str, float]:
-        """One measured window: publish for `plan.seconds`, drain, read the server's CPU."""
-        from bench.fanout import _drain, _publish
-        from loadgen.measure import Histogram
-
-        sink, members = self.sink, len(self.clients)
-        sink.hist = Histogram()
-        await _drain(sink, self.sent * members, 10)  # stragglers of the last window
-        cpu0, count0 = self.cpu(), sink.count
-        sink.recording = True
-        n = await _publish(self.pub, self.plan.rate, self.plan.seconds, self.sent)
-        self.sent += n
-        await _drain(sink, self.sent * members, 10)
-        sink.recording = False
-        cpu, delivered = self.cpu() - cpu0, sink.count - count0
-        # cumulative: a message late past its window's drain is not counted twice
-        missing = self.sent * members - sink.count
-        h = sink.hist
-        measured = cpu > 0 and delivered > 0
-        return {"cpu_per_delivery": cpu / delivered * 1e6 if measured else float("nan"),
-                "throughput": delivered / cpu if measured else float("nan"),
-                "p50": h.percentile(50) / 1000, "p95": h.percentile(95) / 1000,
-                "p99": h.percentile(99) / 1000,
-                "lost": max(0, missing), "duplicates": max(0, -missing)}
-
-    async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
-        if "http" in self.opts:
-            await self.opts["http"].aclose()
-
-
-def calibrate(rounds: int = 5) -> float:
-    """CPU seconds of a fixed pure-Python loop (best of `rounds`): this core's current speed.
-
-    Thread CPU time, not wall time: on a shared core the wall time measures how
-    often the scheduler ran us (contention, which the paired design absorbs),
-    the CPU time how fast the core is (frequency, cache), which a stored
-    baseline depends on.
-    """
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.thread_time()
-        sum(i * i for i in range(1_000_000))
-        best = min(best, time.thread_time() - t0)
-    return best
-
-
-async def _measure(sides: Sequence[Side], transport: str, nodes: dict[str, Any], plan: Plan,
-                   out: dict[str, list[dict[str, Any]]], log: Any) -> None:
-    rooms = {s.name: _Room(transport, nodes[s.name].url, cpu_clock(nodes[s.name].pid), plan)
-             for s in sides}
-    try:
-        for room in rooms.values():
-            await room.open()
-        for i in range(plan.pairs):
-            order = list(sides) if i % 2 == 0 else list(reversed(sides))
-            for side in order:
-                metrics = await rooms[side.name].sample()
-                out[side.name].append({"transport": transport, "scenario": SCENARIO,
-                                       "metrics": metrics})
-                print(f"  {transport} {side.name:<4} #{i + 1}: "
-                      f"{metrics['cpu_per_delivery']:.2f} µs/delivery, "
-                      f"p50 {metrics['p50']:.2f} ms", file=log, flush=True)
-    finally:
-        await asyncio.gather(*(r.close() for r in rooms.values()), return_exceptions=True)
-
-
-def measure(sides: Sequence[Side], plan: Plan, log: Any = sys.stderr) -> dict[str, list[
-        dict[str, Any]]]:
-    """Samples per side, interleaved A B B A ...; one server per side, its clients kept
-    connected between its samples (a sample is then only the measured window)."""
-    from bench.cluster import Cluster, load_cpus, pin_self
-
-    out: dict[str, list[dict[str, Any]]] = {s.name: [] for s in sides}
-    pin_self(load_cpus())
-    for transport in plan.transports:
-        with contextlib.ExitStack() as stack:
-            nodes = {}
-            for side in sides:
-                with _side_env(side):
-                    cl = stack.enter_context(Cluster(transport, broker=plan.broker))
-                nodes[side.name] = cl.nodes[0]
-            asyncio.run(_measure(sides, transport, nodes, plan, out, log))
-    return out
-
-
-def machine_meta(plan: Plan) -> dict[str, Any]:
-    from bench.runs import _git, cpu_model
-
-    # dirty: uncommitted changes in the measured code, so the revision is not what ran
-    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", *MEASURED_PATHS)
-    return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "python": sys.version.split()[0],
-            "git": {"revision": _git("rev-parse", "HEAD"), "dirty": bool(dirty)},
-            "parameters": plan.params(), "created_unix": int(time.time())}
 
 
 def baseline_revision(baseline_dir: Path) -> str | None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from bench.regress import Plan, Side, measure
+from bench.regress_samples import Plan, Side, measure
 
 
 def per_message_cost_us(plan: Plan, samples: int = 6) -> float:

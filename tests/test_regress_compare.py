@@ -19,8 +19,9 @@ from bench.compare import (
     markdown,
     samples_doc,
 )
-from bench.regress import Plan, baseline_revision, evaluate, machine_meta, to_set
+from bench.regress import baseline_revision, evaluate, to_set
 from bench.regress import main as regress_main
+from bench.regress_samples import Plan, machine_meta
 from bench.stats import overall
 
 

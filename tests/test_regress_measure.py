@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.regress import Plan, Side, measure
+from bench.regress_samples import Plan, Side, measure
 from servers.fanout import make_broker
 from servers.fanout.slowdown import SlowBroker
 
