@@ -2,6 +2,10 @@
 
 - A replica is SIGKILLed mid-stream: its subscriber resumes on the other replica
   with its cursor and ends up with every published offset exactly once, in order.
+- The replicas' Redis subscriber connections are cut (`CLIENT KILL TYPE pubsub`)
+  mid-stream while publishes go on: every acked message still reaches the
+  subscriber once, in order (the replica replays what it missed from history);
+  with history off, each stream gets a `gap` with reason `disabled` instead.
 - The Redis server is restarted mid-stream (a private one, no persistence): publishes
   during the outage fail with `unavailable` (never a silent drop, never a false ack);
   afterwards the same server processes carry publishes again and every acknowledged
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from loadgen.aio import TRANSPORTS, Client, CommandError, ServerClosed, connect
 from servers.testing import RedisServer, ServerProcess
@@ -40,10 +45,11 @@ def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def replicas(transport: str, redis_url: str) -> tuple[ServerProcess, ServerProcess]:
+def replicas(transport: str, redis_url: str, *extra: str,
+             ) -> tuple[ServerProcess, ServerProcess]:
     """Two Redis replicas sharing a fresh namespace, started."""
     args = ["--broker", "redis", "--redis-url", redis_url,
-            "--namespace", f"faults-{uuid.uuid4().hex[:8]}"]
+            "--namespace", f"faults-{uuid.uuid4().hex[:8]}", *extra]
     procs = (server(transport, args), server(transport, args))
     start_all(procs)
     return procs
@@ -254,5 +260,73 @@ async def test_redis_restart_fails_publishes_loudly_then_recovers_without_loss(
         assert len(got.gaps()) == 2
         # the client's cursor followed the new epoch
         assert got.client.cursor["rooms"][room] == [after[-1][0], new_epoch]
+    finally:
+        stop_all((a, b))
+
+
+# ------------------------------------------------------- subscriptions cut
+
+
+async def kill_subscribers(redis_url: str) -> int:
+    """Cut every pub/sub connection of this Redis (both replicas'); how many."""
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        return await admin.client_kill_filter(_type="pubsub")
+    finally:
+        await admin.aclose()
+
+
+async def test_cut_subscriptions_are_healed_from_history_without_loss(
+        transport: str, own_redis: list[RedisServer], clients: Any) -> None:
+    redis = own_redis[0]
+    a, b = replicas(transport, redis.url)
+    try:
+        room, user = unique("room"), unique("sub")
+        sub = await clients(b, user)
+        base = (await sub.join(room))["offset"]
+        pub_client = await clients(a, unique("pub"))
+        await pub_client.join(room)
+        pub = Publisher(pub_client, room)
+        count = 400
+        publishing = asyncio.create_task(pub.run(0, count))
+        got = Collector(sub)
+        for k in (30, 130, 230):  # three cuts, each while publishes go on
+            await got.until(["n", k])
+            assert await kill_subscribers(redis.url) == 2  # one per replica
+        assert not publishing.done(), "raise the count: the stream ended before the cuts"
+        await publishing
+        await got.until(["n", count - 1])
+
+        assert pub.failed == {}  # the command connections were not touched
+        offsets = [m["offset"] for m in got.messages]
+        assert offsets == list(range(base + 1, base + count + 1))  # no hole, no duplicate
+        assert got.data() == [["n", k] for k in range(count)]
+        assert [pub.acked[d[1]] for d in got.data()] == offsets
+        assert got.gaps() == [] and got.client.take_events("gap") == []
+    finally:
+        stop_all((a, b))
+
+
+async def test_cut_subscriptions_with_history_off_give_disabled_gaps(
+        transport: str, own_redis: list[RedisServer], clients: Any) -> None:
+    redis = own_redis[0]
+    a, b = replicas(transport, redis.url, "--history-size", "0")
+    try:
+        room = unique("room")
+        sub = await clients(b, unique("sub"))
+        await sub.join(room)
+        pub_client = await clients(a, unique("pub"))
+        await pub_client.join(room)
+        assert await kill_subscribers(redis.url) == 2
+        # nothing can be replayed: each stream of the member says so, once
+        gaps = [(await sub.next_event("gap", WAIT)).body for _ in range(2)]
+        assert sorted(gaps, key=lambda g: "room" in g) == [
+            {"type": "gap", "inbox": True, "from": 0, "reason": "disabled"},
+            {"type": "gap", "room": room, "from": 0, "reason": "disabled"},
+        ]
+        # the gaps came once the replica had every channel back: live again
+        await pub_client.publish(room, "after")
+        assert (await sub.next_event("message", WAIT))["data"] == "after"
+        assert sub.take_events("gap") == []
     finally:
         stop_all((a, b))

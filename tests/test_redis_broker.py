@@ -351,6 +351,55 @@ async def test_subscribe_during_an_outage_completes_when_redis_is_back() -> None
         server.stop()
 
 
+async def test_a_cut_subscription_is_announced_once_every_channel_is_back() -> None:
+    server = RedisServer().start()
+    try:
+        ns = namespace()
+        async with started(server.url, ns) as (a, inbox_a), started(server.url, ns) as (b, _):
+            calls: list[list[str]] = []
+            announced = asyncio.Event()
+
+            def resubscribed(topics: list[str]) -> None:
+                calls.append(sorted(topics))
+                announced.set()
+
+            a.watch_resubscribe(resubscribed)
+            for topic in ("room:x", "user:u", "presence:x"):
+                await a.subscribe(topic)
+            await a.unsubscribe("presence:x")
+            await b.publish("room:x", b"before")
+            await inbox_a.until_got("room:x", b"before")
+            assert calls == []  # subscribing is not a resubscribe
+            admin = aioredis.Redis.from_url(server.url)
+            try:
+                assert await admin.client_kill_filter(_type="pubsub") == 2
+            finally:
+                await admin.aclose()
+            await asyncio.wait_for(announced.wait(), 10)
+            assert calls == [["room:x", "user:u"]]  # what it needs, not the control channel
+            # announced only once Redis confirmed them: a publish now is delivered
+            await b.publish("room:x", b"after")
+            await inbox_a.until_got("room:x", b"after")
+            assert a.reconnects == 1 and len(calls) == 1
+    finally:
+        server.stop()
+
+
+async def test_first_command_after_a_restart_works_on_a_broker_idle_meanwhile() -> None:
+    server = RedisServer().start()
+    try:
+        async with started(server.url, namespace()) as (a, _):
+            first = await a.position("room:r")  # the pooled command connection is open
+            server.stop()
+            server = RedisServer(port=server.port).start()  # a sent nothing meanwhile
+            # its pooled connection is dead: replaced before anything is sent on it
+            second = await a.position("room:r")
+            assert second.offset == 0 and second.epoch != first.epoch  # Redis lost it
+            assert await a.publish_recorded("room:r", b'{"type":"message"}') == (1, second.epoch)
+    finally:
+        server.stop()
+
+
 # ----------------------------------------------------------- hubs over Redis
 
 
