@@ -14,7 +14,17 @@ The seed's listener ended at start-up because nothing was subscribed yet; here
 the reader is subscribed to a per-process control channel from the start. Its
 connects went through a default pool of 100 and failed at 100 concurrent
 connects; here connects share the two connections. On a lost connection the
-reader reconnects with backoff and resubscribes every channel it needs.
+reader reconnects with backoff and resubscribes every channel it needs; once Redis
+has confirmed them all it tells the hub (`watch_resubscribe`), which replays from
+history what was published meanwhile (servers/core/heal.py).
+
+Retry rule (docs/protocol.md 4.2): a command batch is never sent twice. Once written,
+it may have been executed even if the connection then fails, and a recorded
+publish executed twice would be two messages: its callers get BrokerUnavailable.
+redis-py's own retries are off for that reason. What is allowed is a reconnect
+*before* writing: the pool replaces a connection whose end Redis has closed (EOF
+already read, e.g. after a Redis restart while this replica was idle), where Redis
+cannot have executed anything of the batch.
 """
 
 from __future__ import annotations
