@@ -206,7 +206,9 @@ def _floor_role(args: argparse.Namespace) -> dict[str, Any]:
     """The hop floor: relay (4 hops) and direct (2 hops) round trips of 16 bytes."""
     from servers.testing import free_port
 
-    echo_port, relay_port = free_port(), free_port()
+    echo_port = relay_port = free_port()
+    while relay_port == echo_port:  # free_port can hand out the same port twice
+        relay_port = free_port()
     me = [sys.executable, "-m", "bench.latency_floor"]
     procs = [
         subprocess.Popen([*me, "--role", "echo", "--port", str(echo_port), "--conns", "2",
@@ -216,8 +218,8 @@ def _floor_role(args: argparse.Namespace) -> dict[str, Any]:
     ]
     try:
         # not servers.testing.wait_port: its probe connection would be taken for the client
+        direct = _connect(echo_port, procs[0])  # first: the relay connects to the echo
         relay = _connect(relay_port, procs[1])
-        direct = _connect(echo_port, procs[0])
         for s in (relay, direct):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         dues, n_warm = _schedule(args, "floor")
@@ -305,12 +307,12 @@ def _run_round(url: str, redis_url: str, seconds: float, rate: float, server_cpu
         out = Path(tmp) / "floor.json"
         children = {
             "redis": subprocess.Popen([*me, "--role", "redis", "--redis-url", redis_url, *common],
-                                      stdout=subprocess.PIPE, cwd=ROOT),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT),
             "aio-ws": subprocess.Popen([*me, "--role", "aio-ws", "--url", url, *common],
-                                       stdout=subprocess.PIPE, cwd=ROOT),
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT),
             "floor": subprocess.Popen([*me, "--role", "floor", "--server-cpu", str(server_cpu),
                                        "--redis-cpu", str(redis_cpu), *common],
-                                      stdout=subprocess.PIPE, cwd=ROOT),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT),
         }
         # 1 publisher + 1 subscriber; both receive, both are one-subscriber samples
         run = subprocess.run(
@@ -322,9 +324,10 @@ def _run_round(url: str, redis_url: str, seconds: float, rate: float, server_cpu
             cwd=ROOT, capture_output=True, timeout=seconds + 120)
         raw = {}
         for name, proc in children.items():
-            stdout, _ = proc.communicate(timeout=seconds + 60)
+            stdout, stderr = proc.communicate(timeout=seconds + 60)
             if proc.returncode != 0:
-                raise RuntimeError(f"latency_floor role {name} failed ({proc.returncode})")
+                raise RuntimeError(f"latency_floor role {name} failed ({proc.returncode}):\n"
+                                   f"{stderr.decode(errors='replace')[-3000:]}")
             raw[name] = json.loads(stdout.decode().strip().splitlines()[-1])
         if not out.exists():
             raise RuntimeError(f"locust wrote no result:\n{run.stdout.decode()[-3000:]}"
