@@ -9,22 +9,30 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
+from servers.core import heal
+from servers.core.errors import BrokerUnavailable
 from servers.core.hub import Connection, Hub
-from servers.core.types import Direct, History, Join, Limits, Position, Publish
+from servers.core.types import CloseReason, Direct, History, Join, Limits, Position, Publish
 from servers.fanout.memory import MemoryBroker
 
 
 class GatedHistory(MemoryBroker):
-    """history() waits while `gate` is clear (a slow history read)."""
+    """history() answers only once `gate` is set, with what it read when called (a slow
+    round trip)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gate = asyncio.Event()
         self.gate.set()
+        self.called = asyncio.Event()  # set when history() has read
 
     async def history(self, topic: str, after: int, epoch: str, limit: int) -> History:
+        hist = await super().history(topic, after, epoch, limit)
+        self.called.set()
         await self.gate.wait()
-        return await super().history(topic, after, epoch, limit)
+        return hist
 
 
 async def make(broker: MemoryBroker, **limits: int) -> Hub:
@@ -147,6 +155,7 @@ async def test_a_member_joining_during_the_heal_gets_only_what_follows_its_join(
     await hub.handle(alice, Publish("r", 1))
     broker.gate.clear()
     broker.restore()
+    await broker.called.wait()  # the heal has read [1] and waits for the answer
     await hub.handle(alice, Publish("r", 2))  # held by the heal
     carol = await hub.open("carol")
     await hub.handle(carol, Join("r", ref=1))  # joins at offset 2, registered mid-heal
@@ -178,4 +187,47 @@ async def test_heal_position_of_a_member_that_received_nothing_is_its_join_posit
     got = events(bob)
     assert summary(got) == [3] and got[0]["offset"] == 4
     assert hub._last["room:r"] != Position(3, broker.epoch)  # moved to the event delivered
+    await hub.shutdown()
+
+
+async def test_a_second_cut_during_the_heal_is_healed_too() -> None:
+    broker = GatedHistory()
+    hub = await make(broker)
+    alice, bob = await member(hub, "alice", "r"), await member(hub, "bob", "r")
+    broker.cut()
+    await hub.handle(alice, Publish("r", 1))
+    broker.gate.clear()
+    broker.restore()
+    await broker.called.wait()  # the heal has read [1] and waits for the answer
+    broker.cut()
+    await hub.handle(alice, Publish("r", 2))  # neither held nor, yet, read
+    broker.restore()
+    await hub.handle(alice, Publish("r", 3))
+    broker.gate.set()
+    await settle(hub)
+    assert summary(events(bob)) == [1, 2, 3]
+    assert summary(events(alice)) == [1, 2, 3]
+    await hub.shutdown()
+
+
+class FailingHistory(MemoryBroker):
+    async def history(self, topic: str, after: int, epoch: str, limit: int) -> History:
+        raise BrokerUnavailable("redis is down (test)")
+
+
+async def test_members_are_closed_when_history_cannot_be_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heal, "RETRY_DELAY", 0.01)
+    broker = FailingHistory()
+    hub = await make(broker)
+    alice, bob = await member(hub, "alice", "r"), await member(hub, "bob", "r")
+    carol = await member(hub, "carol", "other")
+    broker.cut()
+    await hub.handle(alice, Publish("r", 1))
+    broker.restore()
+    await settle(hub)
+    # every stream of theirs failed (rooms and inboxes): closed, to resume with the cursor
+    assert alice.outbox.close_reason == bob.outbox.close_reason == CloseReason.INTERNAL
+    assert carol.outbox.close_reason == CloseReason.INTERNAL  # its inbox too
+    assert hub._catchup.holding == {} and hub._catchup.suspended == set()
     await hub.shutdown()

@@ -30,7 +30,7 @@ from typing import Any
 from servers.core.catchup import CatchUp, Read, is_after, push_all
 from servers.core.errors import BrokerUnavailable
 from servers.core.outbox import Outbox
-from servers.core.streams import GAP_DISABLED, GAP_EPOCH, gap_body, position_of
+from servers.core.streams import GAP_DISABLED, GAP_EPOCH, GAP_TRIMMED, gap_body, position_of
 from servers.core.types import CloseReason, Event, Limits, Position
 
 log = logging.getLogger("rtbench.heal")
@@ -108,11 +108,9 @@ class Healer:
         if heal is not None and pos is not None:
             heal.late[outbox] = pos
 
-    def _since(self, topic: str) -> Position:
+    def _since(self, topic: str) -> Position | None:
         last = self.last.get(topic)
-        if isinstance(last, bytes):
-            last = position_of(last)
-        return last if last is not None else Position(0, "")
+        return position_of(last) if isinstance(last, bytes) else last
 
     async def _heal(self, topic: str, stream: dict[str, Any], heal: _Heal,
                     held: list[Event]) -> None:
@@ -142,13 +140,16 @@ class Healer:
         if events and outboxes:
             self.last[topic] = events[-1].json()
 
-    async def _read(self, topic: str, since: Position, stream: dict[str, Any], heal: _Heal,
-                    held: list[Event]) -> list[Event]:
+    async def _read(self, topic: str, since: Position | None, stream: dict[str, Any],
+                    heal: _Heal, held: list[Event]) -> list[Event]:
         """The events the members missed after `since`, then the held ones."""
         for attempt in range(1, TRIES + 1):
             heal.again = False
             try:
                 read = await self.catchup.fetch(topic, since, held)
+                if since is None:  # not expected: where the members are is unknown
+                    gap = Event(gap_body(stream, 0, read.position, GAP_TRIMMED))
+                    return [gap, *CatchUp.events(read, None, stream)]
                 hist = read.history
                 if hist is not None and hist.gap == GAP_EPOCH and read.position is not None:
                     # a new life of the stream: everything in it is new to the members
