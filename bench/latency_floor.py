@@ -3,6 +3,7 @@ Locust load generator, `loadgen/broadcast.py`) against a raw Redis PUBLISH -> su
 round trip (redis-py asyncio + hiredis, the server's own fanout client), in the same run.
 
     python -m bench.latency_floor --seconds 20 --rounds 3 --json results/latency_floor.json
+    python -m bench.latency_floor --server-args "--ws-impl websockets"  # a server setting's share
 
 Each round runs five streams side by side for the same time, each at `--rate`, spread
 over the send interval so that they never overlap (Locust keeps its own schedule):
@@ -35,6 +36,7 @@ import contextlib
 import json
 import os
 import selectors
+import shlex
 import socket
 import statistics
 import subprocess
@@ -344,7 +346,7 @@ def _run_round(url: str, redis_url: str, seconds: float, rate: float, server_cpu
 
 
 def measure(seconds: float, rate: float, rounds: int = 3, redis_cpu: str = "server",
-            target: float = 2.0) -> dict[str, Any]:
+            target: float = 2.0, server_args: Sequence[str] = ()) -> dict[str, Any]:
     from bench.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
     from servers.testing import RedisServer
 
@@ -356,7 +358,8 @@ def measure(seconds: float, rate: float, rounds: int = 3, redis_cpu: str = "serv
         assert redis.proc is not None
         if cpu is not None:
             _pin_process(redis.proc.pid, cpu)
-        with Cluster("ws", replicas=1, broker="redis", redis_url=redis.url) as cluster:
+        with Cluster("ws", replicas=1, broker="redis", redis_url=redis.url,
+                     server_args=server_args) as cluster:
             results = []
             for i in range(rounds):
                 r = _run_round(cluster.nodes[0].url, redis.url, seconds, rate, SERVER_CPU,
@@ -366,7 +369,7 @@ def measure(seconds: float, rate: float, rounds: int = 3, redis_cpu: str = "serv
                 _print_round(r)
     finally:
         redis.stop()
-    return {"seconds": seconds, "rate": rate, "rounds": results,
+    return {"seconds": seconds, "rate": rate, "server_args": list(server_args), "rounds": results,
             "placement": {"server_cpu": SERVER_CPU, "load_cpus": load, "redis_cpu": redis_cpu},
             "summary": summarize(results, target)}
 
@@ -394,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1.0, help="messages per second")
     p.add_argument("--target", type=float, default=2.0, help="allowed p50 ratio")
     p.add_argument("--redis-cpu", default="server", help="server | load | none (unpinned)")
+    p.add_argument("--server-args", default="",
+                   help="extra `rtbench serve` arguments, e.g. '--ws-impl websockets'")
     p.add_argument("--json", help="write the result to this file")
     p.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
     for hidden in ("--redis-url", "--url"):
@@ -412,7 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.redis_cpu not in ("server", "load", "none") or args.rounds < 1 or args.rate <= 0:
         p.error("--redis-cpu is server, load or none; --rounds >= 1; --rate > 0")
-    r = measure(args.seconds, args.rate, args.rounds, args.redis_cpu, args.target)
+    r = measure(args.seconds, args.rate, args.rounds, args.redis_cpu, args.target,
+                shlex.split(args.server_args))
     s = r["summary"]
     print(f"\nmedian over {args.rounds} rounds: ratio {_fmt(s['ratio_p50'])} "
           f"({'ok' if s['ok'] else 'ABOVE'} target {args.target}), asyncio client "
