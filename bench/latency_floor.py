@@ -17,16 +17,18 @@ over the send interval so that they never overlap (Locust keeps its own schedule
   core to an echo process on Redis's core and back (rtbench's four hops), or straight
   to the echo and back (the baseline's two hops), over plain blocking sockets.
 
-At 1 message/s every hop wakes an idle process, often on the other core; on a small VM
-that costs 100-150 us a hop before any work is done. rtbench's path has four hops and
-the baseline two, so even a server that did nothing would sit near
-`floor_ratio = relay / direct` (about 2), and `above_floor_us` is what each side's
-software adds over its own hops. The verdict is on the median of the per-round ratios.
+At 1 message/s every hop wakes an idle process, often on the other core (a bare
+cross-core ping-pong between two Python processes idle for 1 s took ~250 us on the
+2-core VM this was written on, same-core ~140 us). rtbench's path has four hops and the
+baseline two: `floor_ratio = relay / direct` is the ratio a server doing no work would
+get, and `above_floor_us` is what each side's software adds over its own hops. The
+verdict is on the median of the per-round ratios.
 
 Placement is explicit, as in the other benchmarks: the server on core 0, clients on the
-other core, and Redis on the server's core (`--redis-cpu server`, part of the system
-under test; `load` puts it with the clients, `none` leaves it to the scheduler, which
-moves it between rounds and was the main source of the spread of earlier runs).
+other core, and Redis on the server's core (`--redis-cpu server`: part of the system
+under test; floor_ratio ~1.2-1.6). `load` puts Redis with the clients, where the
+baseline's hops stay on one core and rtbench's all cross (floor_ratio ~2.4 by itself);
+`none` leaves it to the scheduler, which may do either.
 """
 
 from __future__ import annotations
