@@ -231,3 +231,44 @@ async def test_members_are_closed_when_history_cannot_be_read(
     assert carol.outbox.close_reason == CloseReason.INTERNAL  # its inbox too
     assert hub._catchup.holding == {} and hub._catchup.suspended == set()
     await hub.shutdown()
+
+
+class LateDelivery(MemoryBroker):
+    """Records publishes at once but delivers them only on `deliver()`: a message the
+    history or position already holds is still on its way on the subscription (with
+    Redis they are separate connections)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[str, bytes]] = []
+
+    async def start(self, on_message: Any, retention: Any = None) -> None:
+        await super().start(lambda t, p: self.pending.append((t, p)), retention or self.retention)
+        self.deliver_to = on_message
+
+    def deliver(self) -> None:
+        pending, self.pending = self.pending, []
+        for topic, payload in pending:
+            self.deliver_to(topic, payload)
+
+
+async def test_an_event_read_from_history_and_arriving_late_live_is_not_repeated() -> None:
+    broker = LateDelivery()
+    hub = await make(broker)
+    alice = await hub.open("alice")
+    await hub.handle(alice, Join("r"))
+    broker.deliver()
+    alice.outbox.take()
+    await hub.handle(alice, Publish("r", 1))  # recorded (offset 1), on its way
+    bob = await hub.open("bob")
+    await hub.handle(bob, Join("r", since=Position(0, broker.epoch)))  # history: [1]
+    carol = await hub.open("carol")
+    await hub.handle(carol, Join("r", ref=7))  # its ack says offset 1: 1 is not its
+    broker.deliver()  # 1 arrives live now
+    await hub.handle(alice, Publish("r", 2))
+    broker.deliver()
+    assert summary(events(alice)) == [1, 2]
+    assert summary(events(bob)) == [1, 2]  # once
+    assert summary(events(carol)) == [2]
+    assert hub._catchup.fences == {}  # lifted by the first event past them (none at 0)
+    await hub.shutdown()

@@ -8,6 +8,11 @@ events (or a `gap`), then the held events past the position read, and the hub
 registers it as a normal recipient: nothing lost or repeated at the seam, and the
 hub's delivery loop for everyone else stays a plain set iteration.
 
+The broker's subscription and the reads are separate connections: an event in the
+history (or before the position) read may still be on its way on the subscription
+when the connection is registered. `fence` makes the live path drop, for that
+outbox, the events up to what it was replayed, until one past it arrives.
+
 The same machinery heals a topic whose broker subscription broke (heal.py): its
 live events are then held for the heal alone (`suspended`) while the history the
 members missed is read.
@@ -15,6 +20,7 @@ members missed is read.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +50,7 @@ class Read:
 
 
 _OFF = Read(None, None, [])
+FENCE_TTL = 5.0  # seconds a fence lasts at most (CatchUp.fence)
 
 
 def is_after(p: Position, pos: Position) -> bool:
@@ -54,7 +61,7 @@ def is_after(p: Position, pos: Position) -> bool:
 class CatchUp:
     """The outboxes catching up on each topic and the live events held for them."""
 
-    __slots__ = ("broker", "holding", "limits", "suspended")
+    __slots__ = ("broker", "fences", "holding", "limits", "suspended")
 
     def __init__(self, broker: Broker, limits: Limits) -> None:
         self.broker = broker
@@ -63,6 +70,46 @@ class CatchUp:
         self.holding: dict[str, dict[Outbox, list[Event]]] = {}
         # topics being healed: their live events go to the holds only (heal.py)
         self.suspended: set[str] = set()
+        # topic -> outbox -> the position it was replayed up to (rare, mostly empty)
+        self.fences: dict[str, dict[Outbox, Position]] = {}
+
+    def fence(self, topic: str, outbox: Outbox, pos: Position) -> None:
+        """`outbox` has the stream up to `pos`: drop live events up to it for it (until
+        one past it comes, or FENCE_TTL: what was on its way has arrived by then)."""
+        if pos.offset == 0:
+            return  # nothing can be on its way
+        table = self.fences.setdefault(topic, {})
+        had = table.get(outbox)
+        if had is None or is_after(pos, had):
+            table[outbox] = pos
+            asyncio.get_running_loop().call_later(FENCE_TTL, self._lift, topic, outbox, pos)
+
+    def _lift(self, topic: str, outbox: Outbox, pos: Position) -> None:
+        table = self.fences.get(topic)
+        if table is not None and table.get(outbox) == pos:
+            self.unfence(topic, outbox)
+
+    def unfence(self, topic: str, outbox: Outbox) -> None:
+        table = self.fences.get(topic)
+        if table is not None and table.pop(outbox, None) is not None and not table:
+            del self.fences[topic]
+
+    def fenced(self, topic: str, event: Event) -> set[Outbox]:
+        """The outboxes that already have `event` (live path, `topic` in `fences`);
+        fences it is past are lifted (the subscription delivers in order)."""
+        p = position_of(event.json())
+        if p is None:
+            return set()
+        table = self.fences[topic]
+        skip = set()
+        for outbox, pos in list(table.items()):
+            if is_after(p, pos):
+                del table[outbox]
+            else:
+                skip.add(outbox)
+        if not table:
+            del self.fences[topic]
+        return skip
 
     def start_hold(self, outbox: Outbox, topic: str) -> list[Event]:
         """Hold `topic`'s live events for `outbox` from now on (until `stop_hold`)."""

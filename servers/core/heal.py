@@ -138,7 +138,12 @@ class Healer:
             else:
                 push_all(outbox, [ev for ev in events if _past(ev, pos)])
         if events and outboxes:
-            self.last[topic] = events[-1].json()
+            last = events[-1].json()
+            self.last[topic] = last
+            # what history gave may still be on its way on the subscription
+            if (reached := position_of(last)) is not None:
+                for outbox in outboxes:
+                    self.catchup.fence(topic, outbox, reached)
 
     async def _read(self, topic: str, since: Position | None, stream: dict[str, Any],
                     heal: _Heal, held: list[Event]) -> list[Event]:

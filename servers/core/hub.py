@@ -233,6 +233,7 @@ class Hub:
             if not users:
                 del self._users[conn.user]
                 self._last.pop(user_topic(conn.user), None)
+        self._catchup.unfence(user_topic(conn.user), conn.outbox)
         self._topics.release(user_topic(conn.user))
         self._spawn(self._presence.connection_delta(conn.user, -1))
 
@@ -405,6 +406,7 @@ class Hub:
             if not members:
                 del self._rooms[room]
                 self._last.pop(room_topic(room), None)
+        self._catchup.unfence(room_topic(room), conn.outbox)
         self._topics.release(room_topic(room))
         if conn.watching is not None and room in conn.watching:
             conn.watching.discard(room)
@@ -422,6 +424,7 @@ class Hub:
             return  # history off
         if first:  # the local members' position is its own
             self._last[topic] = pos
+        self._catchup.fence(topic, conn.outbox, pos)
         self._healer.joined(topic, conn.outbox, pos)
 
     def _outboxes(self, topic: str) -> list[Outbox]:
@@ -467,6 +470,12 @@ class Hub:
             return
         else:
             event = Event.from_json(payload)
+        fences = self._catchup.fences  # just caught up: rare, mostly empty
+        if fences and topic in fences:
+            skip = self._catchup.fenced(topic, event)
+            targets = {c for c in targets if c.outbox not in skip}
+            if not targets:
+                return
         if kind != "presence":
             self._last[topic] = payload  # for a heal (heal.py); decoded only then
         delivered = 0
