@@ -31,13 +31,20 @@ RTBENCH = [sys.executable, "-c", "import sys; from bench.cli import main; sys.ex
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Harness:
     """`rtbench run ...` as a child process; remembers every descendant it ever saw."""
 
     def __init__(self, out: Path, *args: str) -> None:
         self.out = out
+        # SIGINT as in a terminal: a test run started in the background (`cmd &`) hands
+        # its children SIGINT ignored, and Python then keeps it ignored
         self.proc = subprocess.Popen([*RTBENCH, "run", "--out", str(out), *args], cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     preexec_fn=_default_sigint)
         self.seen: dict[int, float] = {}
 
     def watch(self) -> list[psutil.Process]:
