@@ -75,9 +75,12 @@ async def test_missed_room_and_inbox_messages_are_replayed_once_in_order() -> No
         await hub.handle(alice, Publish("r", k))
     await hub.handle(alice, Direct("bob", "d1"))
     assert events(bob) == []  # lost for now
+    before = hub.stats.deliveries
     broker.restore()
     await hub.handle(alice, Publish("r", 4))  # live during the heal: held, then in order
     await settle(hub)
+    # replayed: 1-3 to both and d1 to bob; held, then released: 4 to both
+    assert hub.stats.deliveries - before == 3 * 2 + 1 + 2 * 1
     got = events(bob)
     rooms = [e for e in got if e["type"] == "message"]
     assert [e["data"] for e in rooms] == [1, 2, 3, 4]

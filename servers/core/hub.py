@@ -110,7 +110,8 @@ class Hub:
         self._catchup = CatchUp(broker, self.limits)
         # room/user topic -> the last event delivered here, or the first member's join position
         self._last: LastSeen = {}
-        self._healer = Healer(self._catchup, self._last, self._outboxes, self._spawn)
+        self._healer = Healer(self._catchup, self._last, self._outboxes, self._spawn,
+                              self.stats)
         self._ids = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
         self.draining: CloseReason | None = None  # set by drain(): the process is stopping
