@@ -130,6 +130,31 @@ class Collector:
         return [m["data"] for m in self.messages]
 
 
+@dataclass
+class Stream:
+    """A subscriber in a fresh room and a publisher sending to it, already running."""
+
+    user: str
+    base: int  # the room's offset when the subscriber joined
+    sub: Client
+    pub: Publisher
+    got: Collector
+    publishing: asyncio.Task[None]
+
+
+async def start_stream(clients: Any, sub_on: ServerProcess, pub_on: ServerProcess,
+                       count: int) -> Stream:
+    """Subscriber on `sub_on`, publisher on `pub_on` publishing `count` messages."""
+    room, user = unique("room"), unique("sub")
+    sub = await clients(sub_on, user)
+    base = (await sub.join(room))["offset"]
+    pub_client = await clients(pub_on, unique("pub"))
+    await pub_client.join(room)
+    pub = Publisher(pub_client, room)
+    publishing = asyncio.create_task(pub.run(0, count))
+    return Stream(user, base, sub, pub, Collector(sub), publishing)
+
+
 # ------------------------------------------------------------- replica killed
 
 
@@ -137,15 +162,10 @@ async def test_killed_replica_its_subscriber_resumes_on_the_other_with_no_loss(
         transport: str, redis_server: RedisServer, clients: Any) -> None:
     a, b = replicas(transport, redis_server.url)
     try:
-        room, user = unique("room"), unique("sub")
-        sub = await clients(b, user)
-        base = (await sub.join(room))["offset"]
-        pub_client = await clients(a, unique("pub"))
-        await pub_client.join(room)
-        pub = Publisher(pub_client, room)
         count = 300
-        publishing = asyncio.create_task(pub.run(0, count))
-        got = Collector(sub)
+        st = await start_stream(clients, b, a, count)
+        user, base, sub, pub, got, publishing = (
+            st.user, st.base, st.sub, st.pub, st.got, st.publishing)
         await got.until(["n", 40])
         assert b.proc is not None
         b.proc.kill()  # SIGKILL mid-stream: no close frame, no going_away
@@ -281,15 +301,9 @@ async def test_cut_subscriptions_are_healed_from_history_without_loss(
     redis = own_redis[0]
     a, b = replicas(transport, redis.url)
     try:
-        room, user = unique("room"), unique("sub")
-        sub = await clients(b, user)
-        base = (await sub.join(room))["offset"]
-        pub_client = await clients(a, unique("pub"))
-        await pub_client.join(room)
-        pub = Publisher(pub_client, room)
         count = 400
-        publishing = asyncio.create_task(pub.run(0, count))
-        got = Collector(sub)
+        st = await start_stream(clients, b, a, count)
+        base, pub, got, publishing = st.base, st.pub, st.got, st.publishing
         for k in (30, 130, 230):  # three cuts, each while publishes go on
             await got.until(["n", k])
             assert await kill_subscribers(redis.url) == 2  # one per replica
