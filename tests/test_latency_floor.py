@@ -23,17 +23,21 @@ def stream(p50: int, **extra: Any) -> dict[str, Any]:
             "max_us": p50, **extra}
 
 
-def a_round(ws: int, aio: int, redis: int, relay: int, direct: int) -> dict[str, Any]:
+def a_round(ws: int, aio: int, redis: int, relay: int, direct: int, lean: int = 0,
+            ) -> dict[str, Any]:
     return lf.round_result(stream(redis), stream(ws, missing=0, valid=True), stream(aio),
-                           {"relay": stream(relay), "direct": stream(direct)})
+                           {"relay": stream(relay), "direct": stream(direct)},
+                           stream(lean) if lean else None)
 
 
 def test_round_ratios_and_what_each_side_adds_over_its_hops() -> None:
-    r = a_round(ws=1500, aio=1600, redis=600, relay=300, direct=200)
+    r = a_round(ws=1500, aio=1600, redis=600, relay=300, direct=200, lean=500)
     assert r["ratio_p50"] == pytest.approx(2.5)
     assert r["ratio_p50_asyncio_client"] == pytest.approx(1600 / 600)
+    assert r["ratio_p50_lean_baseline"] == pytest.approx(3.0)
     assert r["floor_ratio"] == pytest.approx(1.5)
-    assert r["above_floor_us"] == {"ws": 1200, "ws_asyncio_client": 1300, "redis": 400}
+    assert r["above_floor_us"] == {"ws": 1200, "ws_asyncio_client": 1300, "redis": 400,
+                                   "redis_lean": 300}
 
 
 def test_a_stream_without_samples_gives_no_ratio_instead_of_a_division_error() -> None:
@@ -72,8 +76,9 @@ def test_floor_role_times_every_relay_and_direct_round_trip() -> None:
         assert 0 < res[name]["p50_us"] <= res[name]["max_us"]
 
 
-def test_redis_role_times_every_publish(redis_server: RedisServer) -> None:
-    res = run_role("--role", "redis", "--redis-url", redis_server.url, "--seconds", "0.5",
+@pytest.mark.parametrize("role", ["redis", "redis-lean"])
+def test_redis_roles_time_every_publish(redis_server: RedisServer, role: str) -> None:
+    res = run_role("--role", role, "--redis-url", redis_server.url, "--seconds", "0.5",
                    "--rate", "20", "--t0", repr(time.time() + 0.5))
     assert res["count"] == res["sent"] == 10
     assert 0 < res["p50_us"] <= res["max_us"]

@@ -35,11 +35,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NamedTuple
 
-from redis.exceptions import NoScriptError
-
 from servers.core.errors import BrokerUnavailable
 from servers.core.types import CountChange, OnCountChange
 from servers.fanout.redis_history import Script
+from servers.fanout.resp import NoScriptError
 
 log = logging.getLogger("rtbench.redis")
 

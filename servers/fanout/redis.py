@@ -2,13 +2,14 @@
 that expire with their replica: presence.py), streams for history (redis_history.py).
 
 Two connections per replica, whatever the number of clients:
-- one subscriber connection, driven by a reader task that owns it; SUBSCRIBE /
-  UNSUBSCRIBE commands are batched per loop tick and sent in order, and a
-  subscribe returns only once Redis has confirmed it (so a join acked to a
-  client can never miss a message published after the ack);
-- one command connection with automatic pipelining: every PUBLISH and counter
-  update issued while a round trip is in flight goes out in the next pipeline,
-  in call order (per-publisher order is kept; one round trip serves many).
+- one subscriber connection, read in its Protocol callback (resp.py): a message goes
+  to the hub with no task wake-up in between; SUBSCRIBE / UNSUBSCRIBE commands are
+  batched per loop tick and sent in order, and a subscribe returns only once Redis
+  has confirmed it (so a join acked to a client can never miss a message published
+  after the ack);
+- one command connection with automatic pipelining: every command issued during one
+  loop tick goes out in one write, in call order (per-publisher order is kept), and
+  its reply resolves the caller's future as soon as it is parsed.
 
 The seed's listener ended at start-up because nothing was subscribed yet; here
 the reader is subscribed to a per-process control channel from the start. Its
@@ -21,10 +22,9 @@ history what was published meanwhile (servers/core/heal.py).
 Retry rule (docs/protocol.md 4.2): a command batch is never sent twice. Once written,
 it may have been executed even if the connection then fails, and a recorded
 publish executed twice would be two messages: its callers get BrokerUnavailable.
-redis-py's own retries are off for that reason. What is allowed is a reconnect
-*before* writing: the pool replaces a connection whose end Redis has closed (EOF
-already read, e.g. after a Redis restart while this replica was idle), where Redis
-cannot have executed anything of the batch.
+What is allowed is a reconnect *before* writing: a connection whose end Redis has
+closed (EOF read, e.g. after a Redis restart while this replica was idle) is
+replaced before the next batch goes out, where Redis cannot have executed any of it.
 """
 
 from __future__ import annotations
@@ -38,13 +38,6 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection as RedisConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
-from redis.maint_notifications import MaintNotificationsConfig
-
 from servers.core.errors import BrokerUnavailable
 from servers.core.types import (
     DEFAULT_RETENTION,
@@ -57,6 +50,7 @@ from servers.core.types import (
 )
 from servers.fanout.presence import ReplicaPresence
 from servers.fanout.redis_history import META_TTL, SCRIPTS, Script, stream_keys
+from servers.fanout.resp import NoScriptError, RespConnection, open_connection, pack
 
 log = logging.getLogger("rtbench.redis")
 
@@ -80,33 +74,27 @@ class RedisBroker:
         self._prefix = namespace + ":"
         self._bprefix = self._prefix.encode()
         self._timeout = op_timeout
-        self._client = aioredis.Redis.from_url(
-            url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout, max_connections=4,
-            # never re-send a batch (module docstring: "Retry rule")
-            retry=Retry(NoBackoff(), 0),
-            # with maintenance notifications on ("auto"), the pool skips its check for a
-            # connection Redis has closed and hands it out: the first batch after a Redis
-            # restart then failed on it
-            maint_notifications_config=MaintNotificationsConfig(enabled=False),
-        )
         self._control = f"{self._prefix}ctl:{uuid.uuid4().hex}".encode()
         self._on_message: OnMessage | None = None
         self._on_resubscribed: OnResubscribed | None = None
-        # after a reconnect: channels whose SUBSCRIBE Redis has not confirmed yet
+        self._closing = False
+        # subscriber connection; after a reconnect, the channels whose SUBSCRIBE Redis
+        # has not confirmed yet
+        self._sub: RespConnection | None = None
+        self._sub_reconnect: asyncio.Task[None] | None = None
         self._resubscribing: set[bytes] | None = None
         self._resubscribed_channels: list[bytes] = []
-        self._sub: RedisConnection | None = None
-        self._connected = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
-        self._closing = False
         # subscriptions: what we need, and who waits for a confirmation
         self._wanted: set[bytes] = set()
         self._waiting: dict[bytes, list[asyncio.Future[None]]] = {}
         self._sub_ops: list[tuple[str, bytes]] = []
         self._sub_flush_scheduled = False
-        # command auto-pipeline
-        self._batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # command connection and its auto-pipeline: commands packed, not yet written
+        self._cmd: RespConnection | None = None
+        self._cmd_connect: asyncio.Task[None] | None = None
+        self._batch: list[bytes] = []
+        self._batch_futures: list[asyncio.Future[Any]] = []
+        self._flush_scheduled = False
         self.reconnects = 0
         self._retention(DEFAULT_RETENTION)
         self.presence_ttl = presence_ttl
@@ -125,12 +113,15 @@ class RedisBroker:
         self._on_message = on_message
         self._retention(retention)
         try:
-            await asyncio.wait_for(self._client.ping(), self._timeout)
+            self._cmd = await self._open_command()
+            await self._cmd.call("PING")
             await self._connect_subscriber()
-        except (RedisError, OSError, TimeoutError) as exc:
-            await self._client.aclose()
+        except (BrokerUnavailable, OSError, TimeoutError) as exc:
+            self._closing = True
+            for conn in (self._cmd, self._sub):
+                if conn is not None:
+                    conn.abort()
             raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
-        self._reader = asyncio.create_task(self._read_loop(), name="redis-reader")
         if self.presence_ttl > 0:
             try:
                 await self.presence.start()
@@ -141,37 +132,61 @@ class RedisBroker:
     async def close(self) -> None:
         self._closing = True
         await self.presence.stop(min(self._timeout, 1.0))
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._sub_reconnect, self._cmd_connect):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._sub is not None:
-            await self._sub.disconnect()
-        if self._flusher is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._flusher, self._timeout)
-        await self._client.aclose()
+            self._sub.close()
+        in_flight = [f for f in self._batch_futures if not f.done()]
+        self._flush()
+        if self._cmd is not None:
+            in_flight += self._cmd.in_flight()
+        if in_flight:  # let what was written get its replies
+            await asyncio.wait(in_flight, timeout=self._timeout)
+        if self._cmd is not None:
+            self._cmd.close()
+
+    async def _open_command(self) -> RespConnection:
+        conn = await open_connection(self.url, self._timeout)
+        conn.when_writable(self._flush)
+        return conn
 
     async def _connect_subscriber(self) -> None:
-        kwargs = dict(self._client.connection_pool.connection_kwargs)
-        kwargs["socket_timeout"] = None  # the reader blocks until a message comes
-        conn = RedisConnection(**kwargs)
+        conn = await open_connection(self.url, self._timeout, on_push=self._on_push,
+                                     on_lost=self._subscriber_lost)
+        # no await between reading _wanted and going live: a subscribe queued in
+        # between would be dropped (not connected yet) and missing from this SUBSCRIBE
+        channels = [self._control, *self._wanted]
+        if self._sub is not None:  # a reconnect: tell the hub once all are confirmed
+            self._resubscribing = set(channels)
+            self._resubscribed_channels = channels
+        self._sub = conn
+        conn.send(pack(("SUBSCRIBE", *channels)))
+
+    def _subscriber_lost(self, exc: BaseException | None) -> None:
+        if self._closing or self._sub_reconnect is not None:
+            return
+        log.warning("Redis subscriber connection lost (%r); reconnecting", exc)
+        self._sub_reconnect = asyncio.get_running_loop().create_task(
+            self._reconnect_subscriber(), name="redis-resubscribe")
+
+    async def _reconnect_subscriber(self) -> None:
+        backoff = 0.05
         try:
-            await conn.connect()  # type: ignore[no-untyped-call]
-            # no await between reading _wanted and going live: a subscribe queued in
-            # between would be dropped (not connected yet) and missing from this SUBSCRIBE
-            channels = [self._control, *self._wanted]
-            packed = conn.pack_command("SUBSCRIBE", *channels)
-            if self._reader is not None:  # a reconnect: tell the hub once all are confirmed
-                self._resubscribing = set(channels)
-                self._resubscribed_channels = channels
-            self._sub = conn
-            self._connected.set()
-            await conn.send_packed_command(packed, check_health=False)
-        except BaseException:
-            self._connected.clear()
-            await conn.disconnect()
-            raise
+            while not self._closing:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                try:
+                    await self._connect_subscriber()
+                except (BrokerUnavailable, OSError, TimeoutError) as exc:
+                    log.warning("Redis reconnect failed: %r", exc)
+                    continue
+                self.reconnects += 1
+                return
+        finally:
+            self._sub_reconnect = None
 
     # -------------------------------------------------------- subscriptions
 
@@ -212,74 +227,38 @@ class RedisBroker:
         self._sub_flush_scheduled = False
         ops, self._sub_ops = self._sub_ops, []
         conn = self._sub
-        if conn is None or not self._connected.is_set() or not conn.is_connected:
+        if conn is None or conn.closed:
             return  # the reconnect resubscribes everything in _wanted
         # group consecutive ops of one kind into one command, keeping the order
-        commands: list[list[Any]] = []
+        commands: list[list[str | bytes]] = []
         for op, ch in ops:
             if commands and commands[-1][0] == op:
                 commands[-1].append(ch)
             else:
                 commands.append([op, ch])
-        task = asyncio.ensure_future(self._send_sub(conn, conn.pack_commands(commands)))
-        task.add_done_callback(_log_failure)
-
-    async def _send_sub(self, conn: RedisConnection, packed: list[bytes]) -> None:
-        # redis-py reconnects a disconnected connection on send: a connection the
-        # reader has lost (its read failed since the check above) must not come back
-        # behind its back, subscribed to a few channels and never read or closed
-        if conn is self._sub and conn.is_connected:
-            await conn.send_packed_command(packed, check_health=False)
+        conn.send(b"".join(pack(tuple(c)) for c in commands))
 
     def _confirmed(self, ch: bytes) -> None:
         for fut in self._waiting.pop(ch, ()):
             if not fut.done():
                 fut.set_result(None)
 
-    async def _read_loop(self) -> None:
-        on_message = self._on_message
-        assert on_message is not None
-        prefix_len = len(self._bprefix)
-        backoff = 0.05
-        while not self._closing:
-            conn = self._sub
+    def _on_push(self, resp: Any) -> None:
+        """A reply on the subscriber connection, in the Protocol's data_received."""
+        kind = resp[0]
+        if kind == b"message":
+            assert self._on_message is not None
             try:
-                assert conn is not None
-                # push_request: redis-py >= 5 routes pub/sub replies to a push handler otherwise
-                resp = await conn.read_response(push_request=True)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self._closing:
-                    return
-                self._connected.clear()
-                log.warning("Redis subscriber connection lost (%r); reconnecting", exc)
-                with contextlib.suppress(Exception):
-                    await conn.disconnect()  # type: ignore[union-attr]
-                while not self._closing:
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    try:
-                        await self._connect_subscriber()
-                        self.reconnects += 1
-                        backoff = 0.05
-                        break
-                    except (RedisError, OSError) as exc2:
-                        log.warning("Redis reconnect failed: %r", exc2)
-                continue
-            kind = resp[0]
-            if kind == b"message":
-                try:
-                    on_message(resp[1][prefix_len:].decode(), resp[2])
-                except Exception:
-                    log.exception("delivery callback failed")
-            elif kind == b"subscribe":
-                self._confirmed(resp[1])
-                if self._resubscribing is not None:
-                    self._resubscribing.discard(resp[1])
-                    if not self._resubscribing:
-                        self._resubscribing = None
-                        self._resubscribed()
+                self._on_message(resp[1][len(self._bprefix):].decode(), resp[2])
+            except Exception:
+                log.exception("delivery callback failed")
+        elif kind == b"subscribe":
+            self._confirmed(resp[1])
+            if self._resubscribing is not None:
+                self._resubscribing.discard(resp[1])
+                if not self._resubscribing:
+                    self._resubscribing = None
+                    self._resubscribed()
 
     def _resubscribed(self) -> None:
         """A new subscriber connection has every channel back: what was published
@@ -300,41 +279,55 @@ class RedisBroker:
 
     # ------------------------------------------------------ command pipeline
 
-    async def _call(self, *args: Any) -> Any:
+    def _call(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command; its reply (or a BrokerUnavailable) comes in the future.
+        Every command queued during one loop tick goes out in one write, in call order."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._batch.append((args, fut))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        return await fut
+        self._batch.append(pack(args))
+        self._batch_futures.append(fut)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return fut
 
-    async def _flush(self) -> None:
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._batch:
+            return
+        conn = self._cmd
+        if conn is None or conn.stale():
+            # reconnect before writing (never after: "Retry rule"); Redis may have
+            # closed an idle connection (a restart), which is no failure of the batch
+            if conn is not None:
+                conn.abort()
+            if self._closing:
+                self._fail_batch(BrokerUnavailable("the broker is closed"))
+            elif self._cmd_connect is None:
+                self._cmd_connect = asyncio.get_running_loop().create_task(
+                    self._reconnect_command(), name="redis-reconnect")
+            return
+        if not conn.writable:
+            return  # Redis reads slower than we write: the rest waits (when_writable)
+        data, futures = b"".join(self._batch), self._batch_futures
+        self._batch, self._batch_futures = [], []
+        conn.send(data, futures)
+
+    async def _reconnect_command(self) -> None:
         try:
-            while self._batch:
-                batch, self._batch = self._batch, []
-                pipe = self._client.pipeline(transaction=False)
-                for args, _ in batch:
-                    pipe.execute_command(*args)
-                try:
-                    results = await asyncio.wait_for(
-                        pipe.execute(raise_on_error=False), self._timeout
-                    )
-                except (RedisError, OSError, TimeoutError) as exc:
-                    err = BrokerUnavailable(f"Redis request failed: {exc!r}")
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(err)
-                    continue
-                for (_, fut), res in zip(batch, results, strict=True):
-                    if fut.done():
-                        continue
-                    if isinstance(res, NoScriptError):
-                        fut.set_exception(res)  # _script loads it and retries
-                    elif isinstance(res, Exception):
-                        fut.set_exception(BrokerUnavailable(f"Redis error: {res}"))
-                    else:
-                        fut.set_result(res)
+            conn = await self._open_command()
+        except (BrokerUnavailable, OSError, TimeoutError) as exc:
+            self._fail_batch(BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc!r}"))
+        else:
+            self._cmd = conn
         finally:
-            self._flusher = None
+            self._cmd_connect = None
+        self._flush()
+
+    def _fail_batch(self, error: BrokerUnavailable) -> None:
+        futures, self._batch, self._batch_futures = self._batch_futures, [], []
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(error)
 
     async def publish(self, topic: str, payload: bytes) -> None:
         await self._call("PUBLISH", self._channel(topic), payload)

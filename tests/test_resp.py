@@ -1,0 +1,124 @@
+"""servers/fanout/resp.py, the fanout layer's Redis connection, against real redis-servers."""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+import time
+import uuid
+
+import pytest
+
+from servers.core.errors import BrokerUnavailable
+from servers.fanout.resp import (
+    ConnectionLost,
+    NoScriptError,
+    ReplyError,
+    RespError,
+    open_connection,
+    pack,
+)
+from servers.testing import RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_pipelined_replies_resolve_in_order(redis_server: RedisServer) -> None:
+    conn = await open_connection(redis_server.url, 3.0)
+    key = "t" + uuid.uuid4().hex
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(4)]
+    conn.send(pack(("SET", key, 41)) + pack(("INCR", key)) + pack(("LPUSH", key, "x"))
+              + pack(("GET", key)), futures)
+    assert await futures[0] == b"OK"
+    assert await futures[1] == 42
+    with pytest.raises(ReplyError, match="WRONGTYPE"):  # one command's error is its own
+        await futures[2]
+    assert await futures[3] == b"42"
+    with pytest.raises(NoScriptError):
+        await conn.call("EVALSHA", "0" * 40, 0)
+    assert isinstance(NoScriptError("x"), BrokerUnavailable)  # what the core catches
+    assert await conn.call("PING") == b"PONG"
+    conn.close()
+
+
+async def test_url_password_and_database_are_applied() -> None:
+    server = RedisServer().start()
+    try:
+        admin = await open_connection(server.url, 3.0)
+        await admin.call("CONFIG", "SET", "requirepass", "s3cret")
+        await admin.call("AUTH", "s3cret")
+        await admin.call("SELECT", 2)
+        await admin.call("SET", "where", "db2")
+        base = f"127.0.0.1:{server.port}"
+        conn = await open_connection(f"redis://:s3cret@{base}/2", 3.0)
+        assert await conn.call("GET", "where") == b"db2"
+        with pytest.raises(ReplyError):
+            await open_connection(f"redis://:wrong@{base}/2", 3.0)
+        with pytest.raises(ReplyError, match="NOAUTH"):
+            anon = await open_connection(f"redis://{base}/0", 3.0)
+            await anon.call("GET", "where")
+        with pytest.raises(RespError, match="scheme"):
+            await open_connection(f"http://{base}", 3.0)
+        conn.close()
+        admin.close()
+    finally:
+        server.stop()
+
+
+async def test_a_reply_that_never_comes_fails_within_the_timeout() -> None:
+    server = RedisServer().start()
+    try:
+        admin = await open_connection(server.url, 3.0)
+        conn = await open_connection(server.url, 0.4)
+        await admin.call("CLIENT", "PAUSE", 3000, "ALL")  # Redis answers nobody for 3 s
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost, match="no reply"):
+            await conn.call("GET", "x")
+        # the watchdog looks every timeout/4: the failure comes within 1.25 x timeout
+        assert time.monotonic() - started < 0.4 * 1.25 + 0.3
+        assert conn.closed and conn.stale()
+        with pytest.raises(ConnectionLost):  # a closed connection refuses to send
+            await conn.call("PING")
+        admin.close()
+    finally:
+        server.stop()
+
+
+async def test_a_connection_redis_closed_is_stale_before_the_loop_sees_it() -> None:
+    server = RedisServer().start()
+    try:
+        conn = await open_connection(server.url, 3.0)
+        assert not conn.stale()
+        lost = asyncio.Event()
+        conn.on_lost = lambda exc: lost.set()
+        fd = conn._transport.get_extra_info("socket").fileno()  # type: ignore[union-attr]
+        # kill it and wait for its EOF without giving the loop a turn, so that the loop
+        # has not read it, as after a Redis restart while the connection was idle
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as admin:
+            admin.sendall(pack(("CLIENT", "KILL", "SKIPME", "yes")))
+            assert admin.recv(64) == b":1\r\n"  # one client killed: conn
+        assert select.select([fd], [], [], 5)[0] == [fd]
+        assert not conn.closed and conn.stale()
+        await asyncio.wait_for(lost.wait(), 5)  # then the loop sees it
+        assert conn.closed and conn.stale()
+    finally:
+        server.stop()
+
+
+async def test_subscriber_mode_pushes_every_reply() -> None:
+    server = RedisServer().start()
+    try:
+        got: asyncio.Queue[object] = asyncio.Queue()
+        sub = await open_connection(server.url, 3.0, on_push=got.put_nowait)
+        sub.send(pack(("SUBSCRIBE", "a", "b")))
+        assert await asyncio.wait_for(got.get(), 5) == [b"subscribe", b"a", 1]
+        assert await asyncio.wait_for(got.get(), 5) == [b"subscribe", b"b", 2]
+        pub = await open_connection(server.url, 3.0)
+        assert await pub.call("PUBLISH", "b", b"\x00payload") == 1
+        assert await asyncio.wait_for(got.get(), 5) == [b"message", b"b", b"\x00payload"]
+        sub.close()
+        pub.close()
+    finally:
+        server.stop()
