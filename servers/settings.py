@@ -52,7 +52,7 @@ class Settings:
     poll_timeout: float = 25.0  # long-poll: longest a poll is held open
     session_ttl: float = 30.0  # long-poll/SSE: session kept this long without a client
     log_level: str = "warning"
-    ws_impl: str = "wsproto"  # uvicorn --ws implementation (see pyproject on why wsproto)
+    ws_impl: str = "websockets-sansio"  # uvicorn --ws implementation (pyproject says why)
     # detector validation only (bench/validate_regress.py): CPU µs burnt per broker message
     inject_work_us: float = 0.0
 

@@ -14,6 +14,7 @@ from servers.core.cursor import RESUME_HEADER, RESUME_PARAM, Cursor, decode_curs
 from servers.core.errors import AuthError, BrokerUnavailable, ProtocolError
 from servers.core.hub import Connection, Hub
 from servers.core.types import CloseReason
+from servers.transports import eager
 from servers.transports.http import (
     SUBPROTOCOL,
     TOKEN_SUBPROTOCOL_PREFIX,
@@ -32,23 +33,30 @@ def _subprotocol(ws: WebSocket) -> str | None:
 
 
 class _Sender:
-    """Outbox -> socket, as a task that exists only while there is something to send.
+    """Outbox -> socket, started eagerly when events arrive: the frames are written in
+    the delivering callback itself, and only a send that has to wait (the client reads
+    slower than we write) goes on as a task until the outbox is empty.
 
     An idle connection holds this small object and no task (about 1 KB less per held
     connection than a permanent pump). When the outbox closes, the socket is closed
     with the outbox's reason once what was queued has been written.
     """
 
-    __slots__ = ("conn", "send", "task")
+    __slots__ = ("busy", "conn", "send", "task")
 
     def __init__(self, send: Send, conn: Connection) -> None:
         self.send = send
         self.conn = conn
         self.task: asyncio.Task[None] | None = None
+        self.busy = False  # draining right now, in the caller's stack
 
     def ready(self) -> None:
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._drain())
+        if self.task is None and not self.busy:
+            self.busy = True
+            try:
+                self.task = eager.start(self._drain())
+            finally:
+                self.busy = False
 
     async def _drain(self) -> None:
         outbox, send = self.conn.outbox, self.send
