@@ -21,6 +21,7 @@ statistics: they are the lossless HDR histograms of the result file.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import gevent
@@ -41,28 +42,46 @@ class _Pending:
 
 def log_many(entry: StatsEntry, times: list[float], length: int, now: float) -> None:
     """`entry.log(t, ...)` for every `t` in `times`, in one step (all at `now`)."""
-    if not times:
-        return
-    t = int(now)
-    if (entry.use_response_times_cache and entry.last_request_timestamp
-            and t > int(entry.last_request_timestamp)):
-        entry._cache_response_times(t - 1)
-    k = len(times)
-    entry.num_requests += k
-    entry.num_reqs_per_sec[t] += k
-    entry.last_request_timestamp = now
-    # Locust annotates these as int but stores what request events carry (float ms)
-    stored: Any = entry
-    stored.total_response_time += sum(times)
-    lo, hi = min(times), max(times)
-    low = entry.min_response_time
-    stored.min_response_time = lo if low is None else min(low, lo)
-    stored.max_response_time = max(entry.max_response_time, hi)
-    bucket = locust.stats.bucket_response_time  # looked up: Locust lets users replace it
-    counts = entry.response_times
-    for value in times:
-        counts[bucket(value)] += 1
-    entry.total_content_length += length
+    if times:
+        _Summary(times, length).log(entry, now)
+
+
+class _Summary:
+    """What `log_many` adds to an entry, computed once for the entry and the total."""
+
+    __slots__ = ("buckets", "count", "high", "length", "low", "total")
+
+    def __init__(self, times: list[float], length: int) -> None:
+        self.count = len(times)
+        self.total = sum(times)
+        self.low, self.high = min(times), max(times)
+        self.length = length
+        # one bucket call per distinct time (Counter counts in C); bucketing is a pure
+        # function of the time, looked up here: Locust lets users replace it
+        bucket = locust.stats.bucket_response_time
+        buckets: Counter[int] = Counter()
+        for value, n in Counter(times).items():
+            buckets[bucket(value)] += n
+        self.buckets = buckets
+
+    def log(self, entry: StatsEntry, now: float) -> None:
+        t = int(now)
+        if (entry.use_response_times_cache and entry.last_request_timestamp
+                and t > int(entry.last_request_timestamp)):
+            entry._cache_response_times(t - 1)
+        entry.num_requests += self.count
+        entry.num_reqs_per_sec[t] += self.count
+        entry.last_request_timestamp = now
+        # Locust annotates these as int but stores what request events carry (float ms)
+        stored: Any = entry
+        stored.total_response_time += self.total
+        low = entry.min_response_time
+        stored.min_response_time = self.low if low is None else min(low, self.low)
+        stored.max_response_time = max(entry.max_response_time, self.high)
+        counts = entry.response_times
+        for key, n in self.buckets.items():
+            counts[key] += n
+        entry.total_content_length += self.length
 
 
 class StatsBatch:
@@ -83,8 +102,10 @@ class StatsBatch:
         pending, self._pending = self._pending, {}
         now = time.time()
         for (name, method), p in pending.items():
-            log_many(self.stats.get(name, method), p.times, p.length, now)
-            log_many(self.stats.total, p.times, p.length, now)
+            if p.times:
+                summary = _Summary(p.times, p.length)
+                summary.log(self.stats.get(name, method), now)
+                summary.log(self.stats.total, now)
 
     def run(self, stop: Event) -> gevent.Greenlet:
         """A greenlet flushing every `FLUSH_INTERVAL` until `stop`, then once more."""

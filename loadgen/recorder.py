@@ -14,7 +14,7 @@ import socket
 from collections import Counter
 from typing import Any
 
-from loadgen.delivery import PublisherLog, Verdict, Window, judge
+from loadgen.delivery import PublisherLog, StreamTracker, Verdict, Window, judge
 from loadgen.measure import Histogram, Stamp, now_us
 
 # Histogram names: delivery latency per event kind, plus the timings every run records.
@@ -73,6 +73,44 @@ class Recorder:
         else:
             c["warmup_deliveries"] += 1
         return True
+
+    def deliver(self, w: Window | None, kind: str, data: Any, recv_us: int,
+                wire_bytes: int) -> int | None:
+        """`delivered(w, kind, parse_stamp(data), recv_us, wire_bytes)` in one call, for the
+        hot path of a load generator (one Python call per delivery instead of about six):
+        the latency in µs of a stamped first delivery (also during warm-up, when it is
+        not timed), None for an unstamped delivery or a duplicate."""
+        c = self.counters
+        c["received"] += 1
+        c["wire_bytes"] += wire_bytes
+        if type(data) is not dict:  # parse_stamp, inline from here
+            self._unstamped(w)
+            return None
+        p: Any = data.get("p")
+        s: Any = data.get("s")
+        t: Any = data.get("t")
+        if type(p) is not str or type(s) is not int or type(t) is not int or s < 0:
+            self._unstamped(w)
+            return None
+        if w is not None:
+            streams = w.streams
+            tracker = streams.get(p)
+            if tracker is None:
+                tracker = streams[p] = StreamTracker()
+            if not tracker.add(s):
+                c["duplicates"] += 1
+                return None
+        latency: int = recv_us - t
+        if t >= self.warmup_until_us:
+            self.hists[kind].record(latency)
+        else:
+            c["warmup_deliveries"] += 1
+        return latency
+
+    def _unstamped(self, w: Window | None) -> None:
+        self.counters["unstamped"] += 1
+        if w is not None:
+            w.unstamped += 1
 
     def timing(self, name: str, value_us: int) -> None:
         self.hists[name].record(value_us)

@@ -21,6 +21,7 @@ de-chunked body bytes as they arrive.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import repeat
 
 __all__ = ["BOM", "MAX_LINE", "EventCallback", "SseError", "SseParser"]
 
@@ -76,8 +77,76 @@ class SseParser:
         if len(tail) > self.max_line:
             self._tail = b""
             raise SseError(f"event-stream line longer than {self.max_line} bytes")
+        if len(lines) < 8 or b"\0" in buf:
+            self._lines(lines, 0, len(lines), recv_us)
+            return
+        i = 0
+        if self._data or self._event:  # a block is open: the line rules up to its end
+            try:
+                i = lines.index(b"", 0, 256) + 1
+            except ValueError:
+                i = len(lines)
+            self._lines(lines, 0, i, recv_us)
+        i = self._run(lines, i, recv_us)
+        self._lines(lines, i, len(lines), recv_us)
+
+    def _run(self, lines: list[bytes], i: int, recv_us: int) -> int:
+        """The fast path: from `lines[i]` (no field pending), a run of blocks of one shape,
+        checked and sliced column by column in C, with exactly the result of the line
+        rules; returns where the run ends (`i` if there is none).
+
+        The shape is the first block's: one `data: ` line, at most one `id: ` line and at
+        most one `event: ` line (the same in every block of the run), in any order, then
+        the blank line; the server writes `id`, `event: message`, `data` (about 1.5 µs
+        of Python per event by the line rules, about 0.2 µs here). A run with any other
+        line in it is left to the line rules whole.
+        """
+        try:
+            k = lines.index(b"", i, i + 4) + 1 - i  # lines per block, the blank one included
+        except ValueError:
+            return i
+        if k < 2:
+            return i
+        end = i + (len(lines) - i) // k * k
+        n = (end - i) // k
+        if n < 2 or lines[i + k - 1:end:k].count(b"") != n:
+            return i
+        datas: list[bytes] | None = None
+        event = b""
+        last_id: bytes | None = None
+        for col in range(k - 1):
+            column = lines[i + col:end:k]
+            first = column[0]
+            if first.startswith(b"data: "):
+                if datas is not None or not all(map(bytes.startswith, column, repeat(b"data: "))):
+                    return i
+                datas = column
+            elif first.startswith(b"id: "):
+                if last_id is not None or not all(map(bytes.startswith, column, repeat(b"id: "))):
+                    return i
+                last_id = column[-1][4:]
+            elif first.startswith(b"event: "):
+                if event or column.count(first) != n:
+                    return i
+                event = first[7:] or b"message"
+            else:
+                return i
+        if datas is None:
+            return i
+        if last_id is not None:
+            self._id = last_id
+        self.last_id = self._id
+        on_event = self._on_event
+        event = event or b"message"
+        for line in datas:
+            on_event(event, line[6:], recv_us)
+        return end
+
+    def _lines(self, lines: list[bytes], start: int, end: int, recv_us: int) -> None:
+        """The line rules of the spec for `lines[start:end]`."""
         data = self._data
-        for line in lines:
+        for k in range(start, end):
+            line = lines[k]
             if not line:
                 self.last_id = self._id
                 if data:

@@ -25,7 +25,7 @@ from loadgen import hooks
 from loadgen.clients import client_class
 from loadgen.clients.base import Client, ClientError
 from loadgen.delivery import PublisherLog, Window, room_channel, user_channel
-from loadgen.measure import now_us, parse_stamp
+from loadgen.measure import now_us
 from loadgen.openloop import spawn_publisher
 from servers.core.auth import make_token
 
@@ -165,8 +165,11 @@ class RtbenchUser(User):
     # ------------------------------------------------------------ delivery
 
     def _on_event(self, windows: Windows, transport: str) -> Any:
-        rec = self.rt.recorder
-        fire = self.rt.fire
+        """The client's `on_event`: account and time each delivery (the load generator's
+        hot path: one call into the recorder, then Locust's batch, per delivery)."""
+        rt = self.rt
+        rec = rt.recorder
+        deliver = rec.deliver
 
         def on_event(ev: dict[str, Any], nbytes: int, recv_us: int) -> None:
             kind = ev.get("type")
@@ -178,12 +181,16 @@ class RtbenchUser(User):
                 if kind == "error":
                     rec.count("errors")
                     rec.count(f"error:{ev.get('code')}")
-                    fire(transport, "error", 0.0, nbytes, ClientError(str(ev.get("code")),
-                                                                       str(ev.get("message"))))
+                    rt.fire(transport, "error", 0.0, nbytes, ClientError(str(ev.get("code")),
+                                                                         str(ev.get("message"))))
                 return
-            stamp = parse_stamp(ev.get("data"))
-            if rec.delivered(windows.get(channel), kind, stamp, recv_us, nbytes) and stamp:
-                fire(transport, kind, (recv_us - stamp.intended_us) / 1000, nbytes)
+            latency = deliver(windows.get(channel), kind, ev.get("data"), recv_us, nbytes)
+            if latency is not None:
+                batch = rt.batch  # set in batched mode (loadgen/locuststats.py)
+                if batch is not None:
+                    batch.add(transport, kind, latency / 1000, nbytes)
+                else:
+                    rt.fire(transport, kind, latency / 1000, nbytes)
 
         return on_event
 

@@ -176,3 +176,26 @@ def test_result_file_round_trip(tmp_path: object) -> None:
     assert back["version"] == result_mod.VERSION and back["validity"]["valid"]
     assert Histogram.from_dict(back["latency_us"]["message"]).percentile(50) == 899
     assert back["wire_bytes_per_delivery"] == 40.0
+
+
+def test_recorder_deliver_is_delivered_of_parse_stamp() -> None:
+    """The hot path (`deliver`: one call) accounts exactly like `delivered(parse_stamp(..))`."""
+    rng = random.Random(3)
+    datas: list[object] = [None, "text", {"p": "q", "s": -1, "t": 5}, {"p": "q", "s": 1}]
+    cases = [(rng.choice(("a", "b")), rng.randrange(0, 40), rng.randrange(0, 2000))
+             for _ in range(400)]  # duplicates, reordering, warm-up (t < 1000)
+    slow, fast = Recorder("h"), Recorder("h")
+    for r in (slow, fast):
+        r.warmup_until_us = 1000
+    ws, wf = slow.open_window("x", "room:r", 0), fast.open_window("x", "room:r", 0)
+    for i, (p, s, t) in enumerate(cases):
+        data = datas[i % 40] if i % 40 < len(datas) else {"p": p, "s": s, "t": t, "x": "y"}
+        window = (ws, wf) if i % 7 else (None, None)
+        stamp = parse_stamp(data)
+        kept = slow.delivered(window[0], "message", stamp, 5000 + i, 80 + i)
+        latency = fast.deliver(window[1], "message", data, 5000 + i, 80 + i)
+        assert latency == (5000 + i - stamp.intended_us if kept and stamp else None), i
+    assert fast.counters == slow.counters and fast.counters["duplicates"] > 0
+    assert fast.counters["warmup_deliveries"] > 0 and fast.counters["unstamped"] > 0
+    assert fast.hists["message"].equals(slow.hists["message"])
+    assert wf.to_dict() == ws.to_dict()

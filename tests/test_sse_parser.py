@@ -110,3 +110,64 @@ def test_last_id_moves_at_the_blank_line_ending_its_block() -> None:
     assert p.last_id == b"1"  # event 2 is not complete: resuming from 1 gets it again
     p.feed(b"data: b\n\nid: 3\n\n")
     assert p.last_id == b"3"  # an id-only block (no data) still sets it
+
+
+# --------------------------------------------- the fast path against the line rules
+
+def _observe(chunks: list[bytes]) -> tuple[list[Event], list[tuple[bytes, bytes]]]:
+    """Events and (last_id, pending id) after each chunk."""
+    out: list[Event] = []
+    p = SseParser(lambda event, data, recv_us: out.append((event, data, recv_us)))
+    ids = []
+    for i, chunk in enumerate(chunks):
+        p.feed(chunk, i)
+        ids.append((p.last_id, p._id))
+    return out, ids
+
+
+def _by_lines(stream: bytes, cuts: list[int]) -> tuple[list[Event], list[tuple[bytes, bytes]]]:
+    """The same cuts, each piece fed a byte at a time: too few lines for the fast path."""
+    out: list[Event] = []
+    p = SseParser(lambda event, data, recv_us: out.append((event, data, recv_us)))
+    ids = []
+    for i, (a, b) in enumerate(zip([0, *cuts], [*cuts, len(stream)], strict=True)):
+        for k in range(a, b):
+            p.feed(stream[k:k + 1], i)
+        ids.append((p.last_id, p._id))
+    return out, ids
+
+
+SERVER_BLOCK = b'id: c%d\nevent: message\ndata: {"type":"message","s":%d}\n\n'
+ODD_BLOCKS = [b"id: j%d\n\n", b": ping %d\n\n", b"data: %d\n\n", b"id: %d\ndata: x\n\n",
+              b"event: e%d\ndata: 1\ndata: 2\n\n", b"data:%d\nid: z\n\n", b"id: a\0%d\ndata: 1\n\n",
+              b"retry: 1%d\n\n", b"data: %d\nevent: message\nid: q\n\n", b"event: \ndata: %d\n\n",
+              b"id: %d\nevent: other\ndata: 1\n\n", b"\n%d\n"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fast_path_gives_exactly_what_the_line_rules_give(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    blocks = []
+    for i in range(rng.randrange(5, 120)):
+        if rng.random() < 0.85:  # runs of the server's shape, broken by anything else
+            blocks.append(SERVER_BLOCK % (i, i))
+        else:
+            blocks.append(rng.choice(ODD_BLOCKS) % i)
+    stream = b"".join(blocks)
+    cuts = sorted(rng.sample(range(1, len(stream)), rng.randrange(0, 12)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    assert _observe(chunks) == _by_lines(stream, cuts)
+
+
+def test_fast_path_takes_a_run_of_the_servers_blocks() -> None:
+    stream = b"".join(SERVER_BLOCK % (i, i) for i in range(50))
+    p, out = parse(stream)
+    assert [d for _, d, _ in out] == [b'{"type":"message","s":%d}' % i for i in range(50)]
+    assert {e for e, _, _ in out} == {b"message"} and p.last_id == b"c49"
+    # a block still open at the end of a chunk: its id is pending, not the last id yet
+    p.feed(b'id: c50\nevent: message\ndata: {"s":50}\n')
+    assert p.last_id == b"c49" and p._id == b"c50"
+    p.feed(b"\n" + stream)
+    assert p.last_id == b"c49" and len(out) == 101 and out[50][1] == b'{"s":50}'
