@@ -2,18 +2,22 @@
 bytes in, in pieces of any size, the `data` of each complete event out.
 
 httptools (llhttp, in C) parses the status line and headers and undoes the
-transfer encoding: uvicorn streams the body chunked, one HTTP chunk per batch of
-events the server had queued. The de-chunked body goes straight into the shared
-event-stream parser (`loadgen.sse_parser`). Per socket read that is one C call,
-then one Python call per HTTP chunk and one per event: no per-line work outside
-the parser, and each event's JSON is left for the caller to decode once.
+transfer encoding: uvicorn streams the body chunked, one HTTP chunk per write of
+the server (a batch of queued events, or a single event when the server writes
+each as it comes). The de-chunked pieces of one socket read are joined and go
+into the shared event-stream parser (`loadgen.sse_parser`) at once, whatever the
+chunk sizes: its fast path takes a whole run of events in a few C calls (fed one
+HTTP chunk of one event at a time, it would apply the line rules to every line).
+Per socket read that is one C call, a list append per HTTP chunk, one parser
+call and one Python call per event; each event's JSON is left for the caller to
+decode once.
 """
 
 from __future__ import annotations
 
 import httptools
 
-from loadgen.sse_parser import SseParser
+from loadgen.sse_parser import SseError, SseParser
 
 
 class ResponseError(ValueError):
@@ -28,7 +32,7 @@ class SseResponse:
     when the response ended (the server closed the stream).
     """
 
-    __slots__ = ("_events", "_http", "_sse", "body", "complete", "head_done", "headers",
+    __slots__ = ("_events", "_http", "_pieces", "_sse", "body", "complete", "head_done", "headers",
                  "status")
 
     def __init__(self) -> None:
@@ -38,6 +42,7 @@ class SseResponse:
         self.complete = False
         self.body = bytearray()
         self._events: list[bytes] = []
+        self._pieces: list[bytes] = []  # body bytes of the read being fed, HTTP chunk by chunk
         self._sse = SseParser(self._on_event)
         self._http = httptools.HttpResponseParser(self)
 
@@ -48,12 +53,17 @@ class SseResponse:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Parse `data`; the `data` of each event it completed, in order."""
+        pieces = self._pieces
         try:
             self._http.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:  # the event-stream parser refused
-            raise ResponseError(str(exc.__context__ or exc)) from exc.__context__
         except httptools.HttpParserError as exc:
             raise ResponseError(f"malformed HTTP response: {exc}") from None
+        if pieces:  # the event-stream body this read carried, parsed in one go
+            self._pieces = []
+            try:
+                self._sse.feed(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            except SseError as exc:
+                raise ResponseError(str(exc)) from exc
         events = self._events
         if not events:
             return []  # not the list itself: the caller may keep what it got
@@ -77,7 +87,7 @@ class SseResponse:
 
     def on_body(self, body: bytes) -> None:
         if self.status == 200:
-            self._sse.feed(body)
+            self._pieces.append(body)
         else:
             self.body += body
 
