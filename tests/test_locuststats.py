@@ -98,6 +98,21 @@ def _bucketing() -> None:
     assert (entry.min_response_time, entry.max_response_time) == (1.0, 250.0)
 
 
+def check_bucket_counts_equal_locusts_function() -> None:
+    from collections import Counter
+
+    from loadgen.locuststats import _LOCUST_BUCKET_KNOWN, bucket_counts
+
+    assert _LOCUST_BUCKET_KNOWN  # else the C-loop path is never taken: nothing tested here
+    rng = random.Random("buckets")
+    edges = [e + d for e in (0, 100, 1000, 10000, 100000) for d in (-5.5, -0.5, -1e-9, 0, 0.5, 5)]
+    halves = [k + 0.5 for k in range(-3, 120)] + [k * 5.0 for k in range(0, 4000)]
+    for times in (edges, halves, [rng.lognormvariate(3, 3) for _ in range(20000)],
+                  [rng.uniform(-50, 200) for _ in range(5000)], [3.0] * 10, []):
+        want = Counter(locust.stats.bucket_response_time(t) for t in times)
+        assert bucket_counts(list(times)) == want
+
+
 def check_the_flusher_logs_pending_deliveries_and_once_more_at_stop() -> None:
     stats = RequestStats()
     batch, stop = StatsBatch(stats), Event()
@@ -116,6 +131,7 @@ if __name__ == "__main__":
     check_batched_stats_equal_per_request_logging()
     print("equal")
     check_log_many_honours_a_replaced_bucketing()
+    check_bucket_counts_equal_locusts_function()
     print("bucketing")
     check_the_flusher_logs_pending_deliveries_and_once_more_at_stop()
     print("flusher")
