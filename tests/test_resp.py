@@ -122,3 +122,20 @@ async def test_subscriber_mode_pushes_every_reply() -> None:
         pub.close()
     finally:
         server.stop()
+
+
+async def test_unread_replies_are_read_before_the_next_write(redis_server: RedisServer) -> None:
+    conn = await open_connection(redis_server.url, 3.0)
+    fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    conn.send(pack(("PING",)), (fut,))
+    fd = conn._transport.get_extra_info("socket").fileno()  # type: ignore[union-attr]
+    assert select.select([fd], [], [], 5)[0] == [fd]  # the reply is in, the loop has not read it
+    # a reply awaited and bytes waiting: they may be the connection's end, so a writer
+    # waits for the read (RedisBroker._flush)
+    assert conn.unread() and not conn.stale() and not conn.idle
+    read = asyncio.Event()
+    conn.after_read(read.set)
+    await asyncio.wait_for(read.wait(), 5)
+    assert fut.done() and fut.result() == b"PONG"  # the callback came after the reply
+    assert not conn.unread() and conn.idle
+    conn.close()

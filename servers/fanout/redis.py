@@ -7,9 +7,10 @@ Two connections per replica, whatever the number of clients:
   batched per loop tick and sent in order, and a subscribe returns only once Redis
   has confirmed it (so a join acked to a client can never miss a message published
   after the ack);
-- one command connection with automatic pipelining: every command issued during one
-  loop tick goes out in one write, in call order (per-publisher order is kept), and
-  its reply resolves the caller's future as soon as it is parsed.
+- one command connection with automatic pipelining: a command finding it idle is
+  written at once; otherwise every command issued during one loop tick goes out in
+  one write, in call order (per-publisher order is kept), and each reply resolves
+  its caller's future as soon as it is parsed.
 
 The seed's listener ended at start-up because nothing was subscribed yet; here
 the reader is subscribed to a per-process control channel from the start. Its
@@ -280,9 +281,18 @@ class RedisBroker:
     # ------------------------------------------------------ command pipeline
 
     def _call(self, *args: Any) -> asyncio.Future[Any]:
-        """Queue one command; its reply (or a BrokerUnavailable) comes in the future.
-        Every command queued during one loop tick goes out in one write, in call order."""
+        """Send one command; its reply (or a BrokerUnavailable) comes in the future.
+
+        On an idle connection (no reply awaited, nothing queued) it is written at once:
+        at 1 message/s that saves a trip through the event loop (~55 us, measured on
+        the WebSocket publish path). Otherwise it is queued, and every command queued
+        during one loop tick goes out in one write, in call order (one round trip
+        serves many)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        conn = self._cmd
+        if not self._batch and conn is not None and conn.idle and not conn.stale():
+            conn.send(pack(args), (fut,))
+            return fut
         self._batch.append(pack(args))
         self._batch_futures.append(fut)
         if not self._flush_scheduled:
@@ -308,6 +318,9 @@ class RedisBroker:
             return
         if not conn.writable:
             return  # Redis reads slower than we write: the rest waits (when_writable)
+        if conn.unread():  # maybe its end, which the loop has not read yet
+            conn.after_read(self._flush)
+            return
         data, futures = b"".join(self._batch), self._batch_futures
         self._batch, self._batch_futures = [], []
         conn.send(data, futures)

@@ -77,6 +77,7 @@ class RespConnection(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._writable = True
         self._on_writable: Callable[[], None] | None = None
+        self._after_read: Callable[[], None] | None = None
         self.closed = False
         self.error: BaseException | None = None
 
@@ -112,6 +113,8 @@ class RespConnection(asyncio.Protocol):
             self.abort(RespError(f"Redis protocol error: {exc}"))
         except RespError as exc:
             self.abort(exc)
+        if self._after_read is not None:
+            self._read_done()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -127,6 +130,7 @@ class RespConnection(asyncio.Protocol):
                 fut.set_exception(lost)
         if self.on_lost is not None:
             self.on_lost(error)
+        self._read_done()
 
     def pause_writing(self) -> None:
         self._writable = False
@@ -144,6 +148,11 @@ class RespConnection(asyncio.Protocol):
         """False while the kernel and the transport's buffer are full: hold new batches
         (the `on_writable` callback says when to go on)."""
         return self._writable and not self.closed
+
+    @property
+    def idle(self) -> bool:
+        """Open and writable, and no reply awaited."""
+        return not self._pending and self._writable and not self.closed
 
     def when_writable(self, callback: Callable[[], None] | None) -> None:
         self._on_writable = callback
@@ -165,13 +174,27 @@ class RespConnection(asyncio.Protocol):
         return await fut
 
     def stale(self) -> bool:
-        """With no reply awaited, is there something to read? Then Redis has closed the
-        connection (or broken the protocol) and the loop has not seen it yet: it had no
-        turn since (a Redis restart while this connection was idle). A command written
-        now would be lost, and nothing of it executed: reconnect first instead."""
+        """Closed, or, with no reply awaited, something to read: then Redis has closed
+        the connection (or broken the protocol) and the loop has not seen it yet (it
+        had no turn since: a Redis restart while this connection was idle). A command
+        written now would be lost, and nothing of it executed: reconnect first."""
         if self.closed:
             return True
         return not self._pending and bool(self._poll.poll(0))
+
+    def unread(self) -> bool:
+        """Replies are awaited and there is something to read that the loop has not read
+        yet: it may be their end (EOF). Write only after it is read (`after_read`)."""
+        return bool(self._pending) and not self.closed and bool(self._poll.poll(0))
+
+    def after_read(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, after the next read (or the end of the connection)."""
+        self._after_read = callback
+
+    def _read_done(self) -> None:
+        callback, self._after_read = self._after_read, None
+        if callback is not None:
+            callback()
 
     def in_flight(self) -> list[asyncio.Future[Any]]:
         """The futures of commands written and not answered yet."""
