@@ -4,8 +4,9 @@
 raw ASGI response rather than sse-starlette's EventSourceResponse: that one runs
 four tasks per connection (stream, ping, disconnect listener, shutdown watcher)
 and measured 46 KiB of server RSS per idle stream against 17 KiB for this one.
-Here the request's own task pumps the outbox and one small task waits for the
-client to go away. Each event is SSE-framed once, whatever the number of
+Here events are written eagerly from the outbox listener (a task only while a
+send has to wait), the request's own task writes the keepalive comments, and one
+small task waits for the client to go away. Each event is SSE-framed once, whatever the number of
 recipients: the frame is cached on the shared Event.
 
 Resume: every event that moves the connection's cursor (docs/protocol.md 4.1) is
@@ -36,6 +37,7 @@ from servers.core.cursor import Cursor, CursorTracker
 from servers.core.errors import AuthError
 from servers.core.hub import Connection, HubStats
 from servers.core.types import CloseReason, Command, Event, Join, Leave
+from servers.transports import eager
 from servers.transports.http import Context, auth_failed
 from servers.transports.sessions import (
     Held,
@@ -149,9 +151,16 @@ def _may_block(transport: asyncio.WriteTransport | None) -> bool:
 
 
 class EventStream:
-    """The `text/event-stream` body of one session, for as long as the client stays."""
+    """The `text/event-stream` body of one session, for as long as the client stays.
 
-    __slots__ = ("disconnected", "heartbeat", "session", "sessions", "stats", "transport")
+    Events are written eagerly (servers/transports/eager.py), like WebSocket frames:
+    when they land in the outbox, in the delivering callback itself; only a send that
+    has to wait goes on as a task. The request's own task just waits for the end and
+    writes a `: ping` comment after `heartbeat` seconds without a write.
+    """
+
+    __slots__ = ("busy", "disconnected", "ended", "first", "heartbeat", "last_write", "ping",
+                 "send", "sender", "session", "sessions", "stats", "transport")
 
     def __init__(self, sessions: SessionRegistry[SseSession], session: SseSession,
                  heartbeat: float) -> None:
@@ -161,36 +170,87 @@ class EventStream:
         self.stats: HubStats = sessions.hub.stats
         self.disconnected = False
         self.transport: asyncio.WriteTransport | None = None
+        self.send: Send | None = None
+        # True once the stream ended with its close event (or the client left), False
+        # if the client stopped taking data
+        self.ended: asyncio.Future[bool] | None = None
+        self.sender: asyncio.Task[None] | None = None  # a drain that had to wait
+        self.busy = False  # draining right now, in the caller's stack
+        self.first = RETRY  # goes out with the first write
+        self.ping = False
+        self.last_write = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.transport = _transport(receive)
+        self.send = send
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        loop = asyncio.get_running_loop()
+        self.ended = loop.create_future()
+        self.last_write = loop.time()
+        outbox = self.session.conn.outbox
         watch = asyncio.create_task(self._watch(receive))
+        outbox.listen(self._ready)  # writes what is queued (the welcome) right away
         try:
-            if not await self._pump(send) and self._stalled():
+            if not await self._beat(self.ended) and self._stalled():
                 # the server learns of the abort a moment later: returning before it has
                 # would have it log (and close) an unfinished response
                 await asyncio.wait({watch}, timeout=1.0)
         finally:
+            outbox.listen(None)
+            if self.sender is not None:
+                self.sender.cancel()
             watch.cancel()
             await self.sessions.close(self.session)
 
+    async def _beat(self, ended: asyncio.Future[bool]) -> bool:
+        """Wait for the end; a ping after `heartbeat` seconds without a write."""
+        if not self.heartbeat:
+            return await ended
+        loop = asyncio.get_running_loop()
+        while True:
+            delay = self.last_write + self.heartbeat - loop.time()
+            if delay <= 0:
+                self.ping = True
+                self._ready()
+                delay = self.heartbeat
+            await asyncio.wait({ended}, timeout=delay)
+            if ended.done():
+                return ended.result()
+
     async def _watch(self, receive: Receive) -> None:
-        """Close the session as soon as the client goes away (the pump then ends)."""
+        """Close the session as soon as the client goes away (the stream then ends)."""
         while (await receive())["type"] != "http.disconnect":
             pass
         self.disconnected = True
         await self.sessions.close(self.session)
 
-    async def _send(self, send: Send, message: Message) -> bool:
+    def _ready(self) -> None:
+        """Outbox listener: events arrived, the outbox closed, or a ping is due."""
+        if self.sender is None and not self.busy and self.ended is not None \
+                and not self.ended.done():
+            self.busy = True
+            try:
+                self.sender = eager.start(self._drain())
+            finally:
+                self.busy = False
+
+    def _end(self, normally: bool) -> None:
+        if self.ended is not None and not self.ended.done():
+            self.ended.set_result(normally)
+
+    async def _send(self, message: Message) -> bool:
         """`send(message)`; False if it stayed blocked for `heartbeat` seconds.
 
         The timer is armed only when the send may block: a timer per send measured
         about 12 us more server CPU per delivered event under uvloop (one run on a
         loaded 2-core machine), half the cost of the rest of the delivery."""
+        send = self.send
+        assert send is not None
         if not self.heartbeat or not _may_block(self.transport):
             await send(message)
             return True
+        if self.busy:  # eager, in the caller's stack: the timeout needs a task of ours
+            await asyncio.sleep(0)
         try:
             async with asyncio.timeout(self.heartbeat):
                 await send(message)
@@ -198,31 +258,43 @@ class EventStream:
             return False
         return True
 
-    async def _pump(self, send: Send) -> bool:
-        """Write the outbox until it closes; False if the client stopped taking data."""
+    async def _drain(self) -> None:
+        """Write what the outbox holds; at its close, the close event, and the end."""
         session = self.session
         outbox = session.conn.outbox
-        wait = self.heartbeat or None
-        first = RETRY
-        while True:
-            events = await outbox.get(max_wait=wait)
-            if events:
-                chunk = first + session.chunk(events) if first else session.chunk(events)
-                first = b""
-            elif outbox.closed:
-                break
-            else:  # `heartbeat` seconds without an event
-                chunk = PING
-            del events  # an idle stream must not pin its last batch while it waits
-            if not await self._send(send, {"type": "http.response.body", "body": chunk,
-                                           "more_body": True}):
-                return False
-            del chunk
-        if not self.disconnected:
-            last = close_frame(outbox.close_reason or CloseReason.NORMAL)
-            return await self._send(send, {"type": "http.response.body", "body": last,
-                                           "more_body": False})
-        return True
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                events = outbox.take()
+                if events:
+                    chunk = session.chunk(events)
+                elif self.ping:
+                    chunk = PING
+                elif outbox.closed:
+                    ok = True
+                    if not self.disconnected:
+                        last = close_frame(outbox.close_reason or CloseReason.NORMAL)
+                        ok = await self._send({"type": "http.response.body", "body": last,
+                                               "more_body": False})
+                    self._end(ok)
+                    return
+                else:
+                    return
+                del events  # a stream must not pin its last batch while it waits
+                self.ping = False
+                if self.first:
+                    chunk, self.first = self.first + chunk, b""
+                self.last_write = loop.time()
+                if not await self._send({"type": "http.response.body", "body": chunk,
+                                         "more_body": True}):
+                    self._end(False)
+                    return
+                del chunk
+        except Exception as exc:  # the server could not write: the client is gone
+            log.debug("sse stream %s: send failed: %r", session.conn.id, exc)
+            self._end(True)
+        finally:
+            self.sender = None
 
     def _stalled(self) -> bool:
         """The client took nothing for `heartbeat` seconds: drop it as a slow consumer.
