@@ -171,7 +171,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-ttl", type=float, default=d.session_ttl)
     parser.add_argument("--log-level", default=d.log_level)
     parser.add_argument("--ws-impl", default=d.ws_impl,
-                        help="uvicorn WebSocket implementation (auto, websockets, wsproto, ...)")
+                        help="uvicorn WebSocket implementation (websockets-sansio, wsproto, "
+                             "websockets, auto)")
 
 
 def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:

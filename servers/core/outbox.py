@@ -7,10 +7,10 @@ each send in turn). When a client falls more than `max_events` events or
 disconnects it. Kept small (slots, lazily created waiter): it is held once per
 idle connection.
 
-Two ways to consume it: `await get()` (a pump task per connection), or
-`listen(callback)`, called when an event lands in an empty outbox or the outbox
-closes, so an adapter can start a sender only while there is something to send
-(an idle connection then holds no task at all).
+Two ways to consume it: `await get()` (a pump task per connection: long-poll,
+gRPC), or `listen(callback)`, called when an event lands in an empty outbox or the
+outbox closes, so an adapter can write right then and hold a task only while a
+send waits (WebSocket and SSE; an idle connection then holds no task at all).
 """
 
 from __future__ import annotations
