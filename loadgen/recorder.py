@@ -30,6 +30,10 @@ class Recorder:
         self.pid = os.getpid()
         self.hists: dict[str, Histogram] = {k: Histogram() for k in (*LATENCY_KINDS, *TIMINGS)}
         self.counters: Counter[str] = Counter()
+        # the two counters every delivery moves, as plain ints (a Counter increment costs
+        # about 0.14 µs, an attribute's 0.02); `take_delta` ships them in `counters`
+        self.received = 0
+        self.wire_bytes = 0
         self.publishers: list[PublisherLog] = []
         self.windows: list[Window] = []
         self.cpu_samples: list[float] = []
@@ -58,8 +62,8 @@ class Recorder:
                   wire_bytes: int) -> bool:
         """One stamped delivery; returns False for a duplicate (not timed twice)."""
         c = self.counters
-        c["received"] += 1
-        c["wire_bytes"] += wire_bytes
+        self.received += 1
+        self.wire_bytes += wire_bytes
         if stamp is None:
             c["unstamped"] += 1
             if w is not None:
@@ -81,8 +85,8 @@ class Recorder:
         the latency in µs of a stamped first delivery (also during warm-up, when it is
         not timed), None for an unstamped delivery or a duplicate."""
         c = self.counters
-        c["received"] += 1
-        c["wire_bytes"] += wire_bytes
+        self.received += 1
+        self.wire_bytes += wire_bytes
         if type(data) is not dict:  # parse_stamp, inline from here
             self._unstamped(w)
             return None
@@ -135,6 +139,10 @@ class Recorder:
             if h.count:
                 hists[name] = {"hdr": h.encode(), "clamped": h.clamped}
                 h.reset()
+        if self.received or self.wire_bytes:
+            self.counters["received"] += self.received
+            self.counters["wire_bytes"] += self.wire_bytes
+            self.received = self.wire_bytes = 0
         counters = dict(self.counters)
         self.counters.clear()
         cpu, self.cpu_samples = self.cpu_samples, []

@@ -196,6 +196,8 @@ def test_recorder_deliver_is_delivered_of_parse_stamp() -> None:
         latency = fast.deliver(window[1], "message", data, 5000 + i, 80 + i)
         assert latency == (5000 + i - stamp.intended_us if kept and stamp else None), i
     assert fast.counters == slow.counters and fast.counters["duplicates"] > 0
+    assert (fast.received, fast.wire_bytes) == (slow.received, slow.wire_bytes) == (
+        len(cases), sum(80 + i for i in range(len(cases))))
     assert fast.counters["warmup_deliveries"] > 0 and fast.counters["unstamped"] > 0
     assert fast.hists["message"].equals(slow.hists["message"])
     assert wf.to_dict() == ws.to_dict()
