@@ -91,7 +91,12 @@ def _redis_lean_role(args: argparse.Namespace) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         got: asyncio.Queue[Any] = asyncio.Queue()
         pub = await open_connection(args.redis_url, 5.0)
-        sub = await open_connection(args.redis_url, 5.0, on_push=got.put_nowait)
+
+        def on_push(replies: list[Any]) -> None:
+            for reply in replies:
+                got.put_nowait(reply)
+
+        sub = await open_connection(args.redis_url, 5.0, on_push=on_push)
         sub.send(pack(("SUBSCRIBE", "floor-lean")))
         await asyncio.wait_for(got.get(), 5)  # the subscribe confirmation
         dues, n_warm = schedule(args, "redis-lean")

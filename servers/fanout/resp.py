@@ -13,7 +13,8 @@ What this module does, and nothing more:
 - `RespConnection.send(data, futures)`: write pre-packed commands (`pack`), one future
   per command, resolved in order with the reply, a `ReplyError` (`NoScriptError` for
   NOSCRIPT), or `ConnectionLost` when the connection ends first;
-- subscriber mode (`on_push`): every reply goes to the callback instead;
+- subscriber mode (`on_push`): the replies go to the callback instead, a list of
+  all those one read completed (a burst of pub/sub messages is handled as one);
 - a watchdog per connection: a reply that has not come `timeout` seconds after its
   command was written aborts the connection (what is in flight fails).
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+import socket
 import ssl
 import time
 from collections import deque
@@ -62,9 +64,9 @@ def _reply_error(message: str) -> ReplyError:
 
 class RespConnection(asyncio.Protocol):
     """One Redis connection. Replies are matched to `send`'s futures in order, or,
-    with `on_push`, handed to it one by one (a subscriber connection)."""
+    with `on_push`, handed to it a read's worth at a time (a subscriber connection)."""
 
-    def __init__(self, timeout: float, on_push: Callable[[Any], None] | None = None,
+    def __init__(self, timeout: float, on_push: Callable[[list[Any]], None] | None = None,
                  on_lost: Callable[[BaseException | None], None] | None = None) -> None:
         self._timeout = timeout
         self._on_push = on_push
@@ -85,8 +87,11 @@ class RespConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        sock = transport.get_extra_info("socket")
         self._poll = select.poll()
-        self._poll.register(transport.get_extra_info("socket").fileno(), select.POLLIN)
+        self._poll.register(sock.fileno(), select.POLLIN)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            _keepalive(sock)
         self._watchdog = asyncio.get_running_loop().call_later(self._timeout / 4, self._watch)
 
     def data_received(self, data: bytes) -> None:
@@ -95,8 +100,11 @@ class RespConnection(asyncio.Protocol):
         try:
             on_push = self._on_push
             if on_push is not None:
+                replies = []
                 while (reply := reader.gets()) is not False:
-                    on_push(reply)
+                    replies.append(reply)
+                if replies:
+                    on_push(replies)
                 return
             pending = self._pending
             while (reply := reader.gets()) is not False:
@@ -221,8 +229,22 @@ class RespConnection(asyncio.Protocol):
             self._transport.close()
 
 
+# TCP keepalive on both connections: a subscriber connection only ever reads, so
+# without it a Redis that vanished (host down, network cut: no FIN, no RST) would
+# never be noticed and never re-subscribed. Dead after about 15 + 3 x 5 s of silence.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 15, 5, 3
+
+
+def _keepalive(sock: Any) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                        ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+        if hasattr(socket, name):  # Linux names; other systems keep their defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
 async def open_connection(url: str, op_timeout: float,
-                          on_push: Callable[[Any], None] | None = None,
+                          on_push: Callable[[list[Any]], None] | None = None,
                           on_lost: Callable[[BaseException | None], None] | None = None,
                           ) -> RespConnection:
     """Connect to the Redis of `url` (redis://[user:password@]host[:port][/db],
