@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,25 @@ def schedule(args: argparse.Namespace, role: str) -> tuple[list[float], int]:
     return [first + k * interval for k in range(n_warm + int(args.seconds * args.rate))], n_warm
 
 
+async def _time_publishes(args: argparse.Namespace, role: str,
+                          publish: Callable[[int], Awaitable[Any]],
+                          receive: Callable[[], Awaitable[int | None]]) -> dict[str, Any]:
+    """The Redis baselines' loop: PUBLISH message k on schedule, time it from just before
+    the PUBLISH to its receipt (`receive`: the next message's k, None if none came)."""
+    import asyncio
+
+    dues, n_warm = schedule(args, role)
+    samples: list[int] = []
+    for k, due in enumerate(dues):
+        await asyncio.sleep(max(0.0, due - time.time()))
+        sent = time.time_ns()
+        await publish(k)
+        got = await receive()
+        if got is not None and k >= n_warm and got == k:
+            samples.append((time.time_ns() - sent) // 1000)
+    return summary(samples, len(dues) - n_warm)
+
+
 def _redis_role(args: argparse.Namespace) -> dict[str, Any]:
     """Baseline: PUBLISH, time each message from just before PUBLISH to its receipt."""
     import asyncio
@@ -61,23 +81,20 @@ def _redis_role(args: argparse.Namespace) -> dict[str, Any]:
         ps = sub.pubsub()
         await ps.subscribe("floor")
         await ps.get_message(timeout=5)  # the subscribe confirmation
-        dues, n_warm = schedule(args, "redis")
-        samples: list[int] = []
-        try:
-            for k, due in enumerate(dues):
-                await asyncio.sleep(max(0.0, due - time.time()))
-                sent = time.time_ns()
-                await pub.publish("floor", str(k))
+
+        async def receive() -> int | None:
+            msg = await ps.get_message(timeout=5)
+            while msg is not None and msg.get("type") != "message":
                 msg = await ps.get_message(timeout=5)
-                while msg is not None and msg.get("type") != "message":
-                    msg = await ps.get_message(timeout=5)
-                if msg is not None and k >= n_warm and int(msg["data"]) == k:
-                    samples.append((time.time_ns() - sent) // 1000)
+            return None if msg is None else int(msg["data"])
+
+        try:
+            return await _time_publishes(args, "redis", lambda k: pub.publish("floor", str(k)),
+                                         receive)
         finally:
             await ps.aclose()  # type: ignore[no-untyped-call]
             await pub.aclose()
             await sub.aclose()
-        return summary(samples, len(dues) - n_warm)
 
     return asyncio.run(go())
 
@@ -99,20 +116,17 @@ def _redis_lean_role(args: argparse.Namespace) -> dict[str, Any]:
         sub = await open_connection(args.redis_url, 5.0, on_push=on_push)
         sub.send(pack(("SUBSCRIBE", "floor-lean")))
         await asyncio.wait_for(got.get(), 5)  # the subscribe confirmation
-        dues, n_warm = schedule(args, "redis-lean")
-        samples: list[int] = []
+
+        async def receive() -> int | None:
+            msg = await asyncio.wait_for(got.get(), 5)
+            return int(msg[2]) if msg[0] == b"message" else None
+
         try:
-            for k, due in enumerate(dues):
-                await asyncio.sleep(max(0.0, due - time.time()))
-                sent = time.time_ns()
-                await pub.call("PUBLISH", "floor-lean", str(k))
-                msg = await asyncio.wait_for(got.get(), 5)
-                if k >= n_warm and msg[0] == b"message" and int(msg[2]) == k:
-                    samples.append((time.time_ns() - sent) // 1000)
+            return await _time_publishes(
+                args, "redis-lean", lambda k: pub.call("PUBLISH", "floor-lean", str(k)), receive)
         finally:
             pub.close()
             sub.close()
-        return summary(samples, len(dues) - n_warm)
 
     return asyncio.run(go())
 

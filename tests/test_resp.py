@@ -20,7 +20,7 @@ from servers.fanout.resp import (
     open_connection,
     pack,
 )
-from servers.testing import RedisServer
+from servers.testing import RedisServer, private_redis
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,8 +45,7 @@ async def test_pipelined_replies_resolve_in_order(redis_server: RedisServer) -> 
 
 
 async def test_url_password_and_database_are_applied() -> None:
-    server = RedisServer().start()
-    try:
+    with private_redis() as server:
         admin = await open_connection(server.url, 3.0)
         await admin.call("CONFIG", "SET", "requirepass", "s3cret")
         await admin.call("AUTH", "s3cret")
@@ -64,13 +63,10 @@ async def test_url_password_and_database_are_applied() -> None:
             await open_connection(f"http://{base}", 3.0)
         conn.close()
         admin.close()
-    finally:
-        server.stop()
 
 
 async def test_a_reply_that_never_comes_fails_within_the_timeout() -> None:
-    server = RedisServer().start()
-    try:
+    with private_redis() as server:
         admin = await open_connection(server.url, 3.0)
         conn = await open_connection(server.url, 0.4)
         await admin.call("CLIENT", "PAUSE", 3000, "ALL")  # Redis answers nobody for 3 s
@@ -83,13 +79,10 @@ async def test_a_reply_that_never_comes_fails_within_the_timeout() -> None:
         with pytest.raises(ConnectionLost):  # a closed connection refuses to send
             await conn.call("PING")
         admin.close()
-    finally:
-        server.stop()
 
 
 async def test_a_connection_redis_closed_is_stale_before_the_loop_sees_it() -> None:
-    server = RedisServer().start()
-    try:
+    with private_redis() as server:
         conn = await open_connection(server.url, 3.0)
         assert not conn.stale()
         lost = asyncio.Event()
@@ -104,13 +97,10 @@ async def test_a_connection_redis_closed_is_stale_before_the_loop_sees_it() -> N
         assert not conn.closed and conn.stale()
         await asyncio.wait_for(lost.wait(), 5)  # then the loop sees it
         assert conn.closed and conn.stale()
-    finally:
-        server.stop()
 
 
 async def test_subscriber_mode_pushes_every_reply() -> None:
-    server = RedisServer().start()
-    try:
+    with private_redis() as server:
         got: asyncio.Queue[list[object]] = asyncio.Queue()
         sub = await open_connection(server.url, 3.0, on_push=got.put_nowait)
         sub.send(pack(("SUBSCRIBE", "a", "b")))
@@ -130,8 +120,6 @@ async def test_subscriber_mode_pushes_every_reply() -> None:
         assert len(lists) < 200  # pipelined publishes arrive in bursts, not one per read
         sub.close()
         pub.close()
-    finally:
-        server.stop()
 
 
 async def test_unread_replies_are_read_before_the_next_write(redis_server: RedisServer) -> None:
