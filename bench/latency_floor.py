@@ -1,5 +1,6 @@
-"""Latency floor: at 1 message/s with one subscriber, rtbench's WebSocket p50 (measured by the
-Locust load generator, `loadgen/broadcast.py`) against a raw Redis PUBLISH -> subscriber
+"""Latency floor: at 1 message/s with one subscriber, rtbench's p50 (WebSocket by default,
+`--transport` for the others; measured by the Locust load generator,
+`loadgen/broadcast.py`) against a raw Redis PUBLISH -> subscriber
 round trip with redis-py asyncio + hiredis (the standard Python client), in the same run.
 
     python -m bench.latency_floor --seconds 20 --rounds 3 --json results/latency_floor.json
@@ -9,8 +10,8 @@ Each round runs six streams side by side for the same time, each at `--rate`, sp
 over the send interval so that they never overlap (Locust keeps its own schedule; the
 roles are in bench/latency_roles.py):
 
-- `ws`: rtbench, client -> server -> Redis -> server -> client, timed by Locust;
-- `ws_asyncio_client`: the same path timed by a plain asyncio client (`loadgen.aio`),
+- `rtbench`: client -> server -> Redis -> server -> client, timed by Locust;
+- `rtbench_asyncio_client`: the same path timed by a plain asyncio client (`loadgen.aio`),
   which tells the load generator's share from the server's;
 - `redis`: the baseline, PUBLISH -> subscriber, both in one asyncio process;
 - `redis_lean`: the same with `servers.fanout.resp`, the lean connection the servers'
@@ -80,13 +81,14 @@ def round_result(redis_floor: dict[str, Any], ws: dict[str, Any], aio: dict[str,
     lean = redis_lean["p50_us"] if redis_lean else None
     relay, direct = floor["relay"]["p50_us"], floor["direct"]["p50_us"]
     return {
-        "redis": redis_floor, "redis_lean": redis_lean, "ws": ws, "ws_asyncio_client": aio,
-        "floor": floor,
+        "redis": redis_floor, "redis_lean": redis_lean, "rtbench": ws,
+        "rtbench_asyncio_client": aio, "floor": floor,
         "ratio_p50": ratio(ws["p50_us"], base),
         "ratio_p50_asyncio_client": ratio(aio["p50_us"], base),
         "ratio_p50_lean_baseline": ratio(ws["p50_us"], lean),
         "floor_ratio": ratio(relay, direct),
-        "above_floor_us": {"ws": ws["p50_us"] - relay, "ws_asyncio_client": aio["p50_us"] - relay,
+        "above_floor_us": {"rtbench": ws["p50_us"] - relay,
+                           "rtbench_asyncio_client": aio["p50_us"] - relay,
                            "redis": base - direct,
                            "redis_lean": None if lean is None else lean - direct},
     }
@@ -102,15 +104,15 @@ def summarize(rounds: list[dict[str, Any]], target: float) -> dict[str, Any]:
     keys = ("ratio_p50", "ratio_p50_asyncio_client", "ratio_p50_lean_baseline", "floor_ratio")
     out: dict[str, Any] = {k: median([r.get(k) for r in rounds]) for k in keys}
     out["above_floor_us"] = {k: median([r["above_floor_us"].get(k) for r in rounds])
-                             for k in ("ws", "ws_asyncio_client", "redis", "redis_lean")}
+                             for k in ("rtbench", "rtbench_asyncio_client", "redis", "redis_lean")}
     out["target"] = target
     out["ok"] = out["ratio_p50"] is not None and out["ratio_p50"] <= target
-    out["valid"] = all(r["ws"]["valid"] and not r["ws"]["missing"] for r in rounds)
+    out["valid"] = all(r["rtbench"]["valid"] and not r["rtbench"]["missing"] for r in rounds)
     return out
 
 
 def _run_round(url: str, redis_url: str, seconds: float, rate: float, server_cpu: int,
-               redis_cpu: int) -> dict[str, Any]:
+               redis_cpu: int, transport: str = "ws") -> dict[str, Any]:
     from loadgen import result as result_mod
 
     load_before = os.getloadavg()
@@ -125,8 +127,9 @@ def _run_round(url: str, redis_url: str, seconds: float, rate: float, server_cpu
             "redis-lean": subprocess.Popen(
                 [*me, "--role", "redis-lean", "--redis-url", redis_url, *common],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT),
-            "aio-ws": subprocess.Popen([*me, "--role", "aio-ws", "--url", url, *common],
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT),
+            "aio": subprocess.Popen([*me, "--role", "aio", "--url", url, "--transport", transport,
+                                     *common],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT),
             "floor": subprocess.Popen([*me, "--role", "floor", "--server-cpu", str(server_cpu),
                                        "--redis-cpu", str(redis_cpu), *common],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT),
@@ -135,7 +138,7 @@ def _run_round(url: str, redis_url: str, seconds: float, rate: float, server_cpu
         run = subprocess.run(
             [sys.executable, "-m", "locust", "-f", str(ROOT / "loadgen" / "broadcast.py"),
              "--headless", "-u", "2", "-r", "10", "-t", f"{seconds + WARMUP + 4:g}s",
-             "--servers", url, "--transport", "ws",
+             "--servers", url, "--transport", transport,
              "--publish-rate", str(rate), "--drain", "2", "--warmup", str(WARMUP),
              "--result-file", str(out), "--only-summary", "--invalid-exit-code", "0"],
             cwd=ROOT, capture_output=True, timeout=seconds + 120)
@@ -155,13 +158,14 @@ def _run_round(url: str, redis_url: str, seconds: float, rate: float, server_cpu
           "p90_us": lat["percentiles"]["p90"], "p99_us": lat["percentiles"]["p99"],
           "max_us": lat["max"], "missing": res["delivery"]["missing"],
           "valid": res["validity"]["valid"], "saturation_reasons": res["validity"]["reasons"]}
-    r = round_result(raw["redis"], ws, raw["aio-ws"], raw["floor"], raw["redis-lean"])
+    r = round_result(raw["redis"], ws, raw["aio"], raw["floor"], raw["redis-lean"])
     r["loadavg"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
     return r
 
 
 def measure(seconds: float, rate: float, rounds: int = 3, redis_cpu: str = "server",
-            target: float = 2.0, server_args: Sequence[str] = ()) -> dict[str, Any]:
+            target: float = 2.0, server_args: Sequence[str] = (), transport: str = "ws",
+            ) -> dict[str, Any]:
     from bench.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
     from servers.testing import RedisServer
 
@@ -173,18 +177,19 @@ def measure(seconds: float, rate: float, rounds: int = 3, redis_cpu: str = "serv
         assert redis.proc is not None
         if cpu is not None:
             _pin_process(redis.proc.pid, cpu)
-        with Cluster("ws", replicas=1, broker="redis", redis_url=redis.url,
+        with Cluster(transport, replicas=1, broker="redis", redis_url=redis.url,
                      server_args=server_args) as cluster:
             results = []
             for i in range(rounds):
                 r = _run_round(cluster.nodes[0].url, redis.url, seconds, rate, SERVER_CPU,
-                               SERVER_CPU if cpu is None else cpu)
+                               SERVER_CPU if cpu is None else cpu, transport)
                 r["round"] = i + 1
                 results.append(r)
                 _print_round(r)
     finally:
         redis.stop()
-    return {"seconds": seconds, "rate": rate, "server_args": list(server_args), "rounds": results,
+    return {"transport": transport, "seconds": seconds, "rate": rate,
+            "server_args": list(server_args), "rounds": results,
             "placement": {"server_cpu": SERVER_CPU, "load_cpus": load, "redis_cpu": redis_cpu},
             "summary": summarize(results, target)}
 
@@ -195,13 +200,13 @@ def _fmt(x: float | None, unit: str = "") -> str:
 
 def _print_round(r: dict[str, Any]) -> None:
     f = r["floor"]
-    print(f"round {r['round']}: p50 ms  ws(locust) {r['ws']['p50_us'] / 1e3:.3f}  "
-          f"ws(asyncio) {r['ws_asyncio_client']['p50_us'] / 1e3:.3f}  "
+    print(f"round {r['round']}: p50 ms  locust {r['rtbench']['p50_us'] / 1e3:.3f}  "
+          f"asyncio {r['rtbench_asyncio_client']['p50_us'] / 1e3:.3f}  "
           f"redis {r['redis']['p50_us'] / 1e3:.3f} (lean {r['redis_lean']['p50_us'] / 1e3:.3f})  "
           f"floor relay {f['relay']['p50_us'] / 1e3:.3f} direct {f['direct']['p50_us'] / 1e3:.3f}"
           f"  | ratio {_fmt(r['ratio_p50'])} (asyncio {_fmt(r['ratio_p50_asyncio_client'])}, "
           f"lean baseline {_fmt(r['ratio_p50_lean_baseline'])}, floor {_fmt(r['floor_ratio'])})  "
-          f"samples ws {r['ws']['count']} redis {r['redis']['count']}  "
+          f"samples {r['rtbench']['count']} redis {r['redis']['count']}  "
           f"loadavg {r['loadavg'][0]:.2f}->{r['loadavg'][3]:.2f}", flush=True)
 
 
@@ -211,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--rate", type=float, default=1.0, help="messages per second")
+    p.add_argument("--transport", default="ws", choices=("ws", "sse", "longpoll", "grpc"),
+                   help="the transport measured (the issue's target is on ws)")
     p.add_argument("--target", type=float, default=2.0, help="allowed p50 ratio")
     p.add_argument("--redis-cpu", default="server", help="server | load | none (unpinned)")
     p.add_argument("--server-args", default="",
@@ -234,13 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.redis_cpu not in ("server", "load", "none") or args.rounds < 1 or args.rate <= 0:
         p.error("--redis-cpu is server, load or none; --rounds >= 1; --rate > 0")
     r = measure(args.seconds, args.rate, args.rounds, args.redis_cpu, args.target,
-                shlex.split(args.server_args))
+                shlex.split(args.server_args), args.transport)
     s = r["summary"]
-    print(f"\nmedian over {args.rounds} rounds: ratio {_fmt(s['ratio_p50'])} "
+    print(f"\n{args.transport}, median over {args.rounds} rounds: ratio {_fmt(s['ratio_p50'])} "
           f"({'ok' if s['ok'] else 'ABOVE'} target {args.target}), asyncio client "
           f"{_fmt(s['ratio_p50_asyncio_client'])}, against the lean Redis baseline "
           f"{_fmt(s['ratio_p50_lean_baseline'])}, zero-work hop floor {_fmt(s['floor_ratio'])}; "
-          f"above the hop floor: ws {s['above_floor_us']['ws']} us, "
+          f"above the hop floor: {args.transport} {s['above_floor_us']['rtbench']} us, "
           f"redis {s['above_floor_us']['redis']} us"
           f"{'' if s['valid'] else '  (INVALID: lost messages or saturated load generator)'}")
     if args.json:

@@ -8,7 +8,7 @@ at its own phase of the interval, so that streams never overlap).
 - `redis-lean`: the same with `servers.fanout.resp`, the lean connection the servers'
   fanout layer uses (no redis-py machinery on either side): how much of the baseline is
   the client library's;
-- `aio-ws`: the rtbench WebSocket path timed by plain asyncio clients;
+- `aio`: the rtbench path of `--transport` timed by plain asyncio clients;
 - `floor` (with its `echo` and `relay` helpers): the zero-work hop floor.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 3.0  # seconds of start-up (imports, connects, cold paths) left out on every stream
 # each stream's phase, as a fraction of the send interval (floor.direct: see DIRECT_PHASE)
-STREAM_PHASES = {"aio-ws": 0.25, "redis-lean": 0.375, "redis": 0.5, "floor": 0.75}
+STREAM_PHASES = {"aio": 0.25, "redis-lean": 0.375, "redis": 0.5, "floor": 0.75}
 DIRECT_PHASE = 0.125  # ... runs this much of the interval after floor.relay
 
 
@@ -131,8 +131,8 @@ def _redis_lean_role(args: argparse.Namespace) -> dict[str, Any]:
     return asyncio.run(go())
 
 
-def _aio_ws_role(args: argparse.Namespace) -> dict[str, Any]:
-    """The WebSocket path, timed by asyncio clients (publisher + subscriber)."""
+def _aio_role(args: argparse.Namespace) -> dict[str, Any]:
+    """The rtbench path of `--transport`, timed by asyncio clients (publisher + subscriber)."""
     import asyncio
 
     import orjson
@@ -142,9 +142,9 @@ def _aio_ws_role(args: argparse.Namespace) -> dict[str, Any]:
     from servers.core.auth import DEV_SECRET, make_token
 
     async def go() -> dict[str, Any]:
-        sub = await connect("ws", args.url, make_token("floor-aio-sub", DEV_SECRET))
-        pub = await connect("ws", args.url, make_token("floor-aio-pub", DEV_SECRET))
-        dues, n_warm = schedule(args, "aio-ws")
+        sub = await connect(args.transport, args.url, make_token("floor-aio-sub", DEV_SECRET))
+        pub = await connect(args.transport, args.url, make_token("floor-aio-pub", DEV_SECRET))
+        dues, n_warm = schedule(args, "aio")
         samples: list[int] = []
 
         def on_event(ev: Received) -> None:
@@ -270,5 +270,5 @@ def _floor_role(args: argparse.Namespace) -> dict[str, Any]:
     return {name: summary(v, len(dues) - n_warm) for name, v in out.items()}
 
 
-ROLES = {"redis": _redis_role, "redis-lean": _redis_lean_role, "aio-ws": _aio_ws_role,
+ROLES = {"redis": _redis_role, "redis-lean": _redis_lean_role, "aio": _aio_role,
          "floor": _floor_role, "echo": _echo_role, "relay": _relay_role}

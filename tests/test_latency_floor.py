@@ -36,7 +36,7 @@ def test_round_ratios_and_what_each_side_adds_over_its_hops() -> None:
     assert r["ratio_p50_asyncio_client"] == pytest.approx(1600 / 600)
     assert r["ratio_p50_lean_baseline"] == pytest.approx(3.0)
     assert r["floor_ratio"] == pytest.approx(1.5)
-    assert r["above_floor_us"] == {"ws": 1200, "ws_asyncio_client": 1300, "redis": 400,
+    assert r["above_floor_us"] == {"rtbench": 1200, "rtbench_asyncio_client": 1300, "redis": 400,
                                    "redis_lean": 300}
 
 
@@ -54,10 +54,10 @@ def test_summary_is_the_median_of_the_rounds_and_judges_it_against_the_target() 
     s = lf.summarize(rounds, target=2.0)
     assert s["ratio_p50"] == pytest.approx(2.5)
     assert s["ok"] is False
-    assert s["above_floor_us"]["ws"] == 1200
+    assert s["above_floor_us"]["rtbench"] == 1200
     assert lf.summarize(rounds[1:2], target=2.0)["ok"] is True
     assert s["valid"] is True
-    rounds[0]["ws"]["missing"] = 1
+    rounds[0]["rtbench"]["missing"] = 1
     assert lf.summarize(rounds, target=2.0)["valid"] is False
 
 
