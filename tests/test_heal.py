@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from servers.core import heal
+from servers.core.connection import Connection
 from servers.core.errors import BrokerUnavailable
-from servers.core.hub import Connection, Hub
+from servers.core.hub import Hub
 from servers.core.types import CloseReason, Direct, History, Join, Limits, Position, Publish
 from servers.fanout.memory import MemoryBroker
 

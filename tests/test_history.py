@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from servers.core.codec import parse_command
+from servers.core.connection import Connection
 from servers.core.cursor import (
     Cursor,
     CursorTracker,
@@ -22,7 +23,7 @@ from servers.core.cursor import (
     encode_cursor,
 )
 from servers.core.errors import BrokerUnavailable, ErrorCode, ProtocolError
-from servers.core.hub import Connection, Hub
+from servers.core.hub import Hub
 from servers.core.streams import position_of, splice
 from servers.core.types import (
     Broker,

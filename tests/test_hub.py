@@ -9,8 +9,9 @@ from typing import Any, cast
 
 import pytest
 
+from servers.core.connection import Connection
 from servers.core.errors import BrokerUnavailable, ErrorCode, ProtocolError
-from servers.core.hub import Connection, Hub
+from servers.core.hub import Hub
 from servers.core.types import (
     CloseReason,
     CountChange,

@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 
+from servers.core.connection import Connection
 from servers.core.errors import BrokerUnavailable
-from servers.core.hub import Connection, Hub
+from servers.core.hub import Hub
 from servers.core.types import Direct, Event, Join, Limits, PresenceQuery, Publish
 from servers.fanout.redis import RedisBroker
 from servers.testing import RedisServer, free_port

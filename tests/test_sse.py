@@ -28,8 +28,8 @@ import pytest
 from starlette.requests import Request
 
 from loadgen.aio import connect as aio_connect
+from servers.core.connection import Connection
 from servers.core.cursor import Cursor, decode_cursor, encode_cursor
-from servers.core.hub import Connection
 from servers.core.outbox import Outbox
 from servers.core.types import CloseReason, Event, Join, Leave, Limits, Ping
 from servers.testing import RedisServer, ServerProcess, free_port

@@ -24,13 +24,13 @@ import itertools
 import logging
 import os
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from servers.core.catchup import CatchUp, Read
 from servers.core.codec import parse_command
+from servers.core.connection import Connection, HubStats
 from servers.core.cursor import Cursor, RoomCursor
 from servers.core.errors import BrokerUnavailable, ErrorCode, ProtocolError
 from servers.core.heal import Healer, LastSeen
@@ -57,41 +57,6 @@ from servers.core.types import (
 )
 
 log = logging.getLogger("rtbench.hub")
-
-class Connection:
-    """One client connection as the core sees it (one per socket/stream/session)."""
-
-    __slots__ = ("fmt", "id", "joining", "outbox", "rooms", "user", "watching")
-
-    def __init__(self, conn_id: str, user: str, fmt: str, outbox: Outbox) -> None:
-        self.id = conn_id
-        self.user = user
-        self.fmt = fmt  # wire format of the adapter: "json" or "proto"
-        self.outbox = outbox
-        self.rooms: set[str] = set()
-        # rooms whose join/leave events it asked for (created on first use: ~200 B saved
-        # per held connection, and few connections ask)
-        self.watching: set[str] | None = None
-        # rooms being subscribed for it (set when needed: most connections never have one)
-        self.joining: dict[str, asyncio.Future[None]] | None = None
-
-    def __repr__(self) -> str:
-        return f"Connection({self.id}, user={self.user})"
-
-
-@dataclass(slots=True)
-class HubStats:
-    """Plain counters read by the metrics exporter at scrape time (no locks on the hot path)."""
-
-    connections_opened: int = 0
-    connections_closed: int = 0
-    commands: int = 0
-    errors: int = 0
-    published: int = 0
-    broker_messages: int = 0
-    deliveries: int = 0
-    slow_consumers: int = 0
-
 
 class Hub:
     """Transport-agnostic core; adapters call `open`, `handle`/`execute` and `close`."""

@@ -24,9 +24,10 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 
 from servers import metrics
 from servers.core.auth import TokenVerifier
+from servers.core.connection import Connection
 from servers.core.cursor import RESUME_METADATA, decode_cursor
 from servers.core.errors import AuthError, BrokerUnavailable, ErrorCode, ProtocolError
-from servers.core.hub import Connection, Hub
+from servers.core.hub import Hub
 from servers.core.types import CloseReason, Event
 from servers.settings import Settings
 from servers.transports.grpc_codec import (

@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from servers.core.connection import Connection
 from servers.core.errors import ErrorCode, ProtocolError
-from servers.core.hub import Connection
 from servers.core.types import CloseReason, Event
 from servers.transports.http import Context, protocol_failed
 from servers.transports.sessions import (

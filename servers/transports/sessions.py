@@ -19,9 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from servers.core.codec import parse_command
+from servers.core.connection import Connection
 from servers.core.cursor import RESUME_HEADER, RESUME_PARAM, Cursor, decode_cursor
 from servers.core.errors import AuthError, BrokerUnavailable, ErrorCode, ProtocolError
-from servers.core.hub import Connection, Hub
+from servers.core.hub import Hub
 from servers.core.types import CloseReason, Command, Event
 from servers.transports.http import Context, auth_failed, protocol_failed, read_body
 

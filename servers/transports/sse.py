@@ -34,9 +34,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servers.core.connection import Connection, HubStats
 from servers.core.cursor import Cursor, CursorTracker
 from servers.core.errors import AuthError
-from servers.core.hub import Connection, HubStats
 from servers.core.types import CloseReason, Command, Event, Join, Leave
 from servers.transports import eager
 from servers.transports.http import Context, auth_failed

@@ -10,9 +10,10 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from servers.core.connection import Connection
 from servers.core.cursor import RESUME_HEADER, RESUME_PARAM, Cursor, decode_cursor
 from servers.core.errors import AuthError, BrokerUnavailable, ProtocolError
-from servers.core.hub import Connection, Hub
+from servers.core.hub import Hub
 from servers.core.types import CloseReason
 from servers.transports import eager
 from servers.transports.http import (
