@@ -73,3 +73,35 @@ async def test_exceptions_and_cancellation_reach_the_coroutine() -> None:
     assert later is not None
     with pytest.raises(KeyError, match="late"):
         await later
+
+
+async def test_a_runner_runs_one_at_a_time_and_the_running_one_takes_what_came_meanwhile(
+) -> None:
+    queued: list[int] = []
+    written: list[list[int]] = []
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    runner = eager.Runner()
+    inline_seen: list[bool] = []
+
+    async def drain() -> None:
+        inline_seen.append(runner.inline)
+        while queued:
+            batch = queued[:]
+            queued.clear()
+            if not gate.done():
+                await gate  # the first write has to wait
+            written.append(batch)
+
+    queued.append(1)
+    runner.run(drain)
+    assert runner.task is not None and not runner.task.done()  # waiting, as a Task
+    queued.append(2)
+    runner.run(drain)  # one is running: it takes 2 itself
+    assert inline_seen == [True]
+    gate.set_result(None)
+    await runner.task
+    assert written == [[1], [2]]
+    queued.append(3)
+    runner.run(drain)  # the last one ended: a new one, done inline
+    assert written == [[1], [2], [3]] and inline_seen == [True, True]
+    assert runner.cancel() is None  # nothing left running

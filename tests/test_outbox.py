@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from servers.core.outbox import Outbox, burst
+from servers.core.outbox import Outbox
 from servers.core.types import CloseReason, Event
 
 
@@ -138,20 +138,3 @@ async def test_cancelled_get_does_not_break_the_next_one() -> None:
     e = ev(3)
     box.push(e)
     assert await asyncio.wait_for(box.get(), 1) == [e]
-
-
-def test_a_burst_calls_each_listener_once_at_its_end_with_every_event_queued() -> None:
-    boxes = [Outbox(max_events=10, max_bytes=1 << 20) for _ in range(2)]
-    seen: list[tuple[int, int]] = []  # (box, events it held when its listener ran)
-    for i, box in enumerate(boxes):
-        box.listen(lambda i=i, box=box: seen.append((i, len(box.take()))))
-    with burst():
-        for n in range(3):
-            for box in boxes:
-                box.push(ev(n))
-        with burst():  # an inner burst joins the outer one
-            boxes[0].push(ev(3))
-        assert seen == []  # nothing yet: the burst is not over
-    assert seen == [(0, 4), (1, 3)]
-    boxes[1].push(ev(4))  # outside a burst: at once
-    assert seen == [(0, 4), (1, 3), (1, 1)]

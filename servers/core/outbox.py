@@ -16,34 +16,10 @@ send waits (WebSocket and SSE; an idle connection then holds no task at all).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from servers.core.types import CloseReason, Event
-
-# listeners to call when the current burst ends (None: no burst, call them at once)
-_deferred: list[Callable[[], None]] | None = None
-
-
-@contextlib.contextmanager
-def burst() -> Iterator[None]:
-    """Deliver a burst of events (what one read from the broker brought): inside it,
-    listeners are called once, at its end, instead of at each outbox's first event,
-    so that an adapter writes the whole burst at once (SSE: one chunk, not one per
-    event). Single-threaded, like the event loop; bursts do not nest (an inner one
-    joins the outer)."""
-    global _deferred
-    if _deferred is not None:
-        yield
-        return
-    pending = _deferred = []
-    try:
-        yield
-    finally:
-        _deferred = None
-        for listener in pending:
-            listener()
 
 
 class Outbox:
@@ -106,12 +82,8 @@ class Outbox:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        listener = self._listener
-        if listener is not None:
-            if _deferred is None:
-                listener()
-            else:
-                _deferred.append(listener)
+        if self._listener is not None:
+            self._listener()
 
     def take(self, limit: int = 1 << 30) -> list[Event]:
         """Remove and return up to `limit` queued events without waiting."""

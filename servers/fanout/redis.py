@@ -40,7 +40,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from servers.core.errors import BrokerUnavailable
-from servers.core.outbox import burst
 from servers.core.types import (
     DEFAULT_RETENTION,
     History,
@@ -247,23 +246,23 @@ class RedisBroker:
 
     def _on_push(self, replies: list[Any]) -> None:
         """What one read of the subscriber connection brought (in the Protocol's
-        data_received): delivered as one burst (servers/core/outbox.py)."""
-        with burst():
-            for resp in replies:
-                kind = resp[0]
-                if kind == b"message":
-                    assert self._on_message is not None
-                    try:
-                        self._on_message(resp[1][len(self._bprefix):].decode(), resp[2])
-                    except Exception:
-                        log.exception("delivery callback failed")
-                elif kind == b"subscribe":
-                    self._confirmed(resp[1])
-                    if self._resubscribing is not None:
-                        self._resubscribing.discard(resp[1])
-                        if not self._resubscribing:
-                            self._resubscribing = None
-                            self._resubscribed()
+        data_received): messages go to the hub, confirmations to the subscribers."""
+        on_message, prefix_len = self._on_message, len(self._bprefix)
+        assert on_message is not None
+        for resp in replies:
+            kind = resp[0]
+            if kind == b"message":
+                try:
+                    on_message(resp[1][prefix_len:].decode(), resp[2])
+                except Exception:
+                    log.exception("delivery callback failed")
+            elif kind == b"subscribe":
+                self._confirmed(resp[1])
+                if self._resubscribing is not None:
+                    self._resubscribing.discard(resp[1])
+                    if not self._resubscribing:
+                        self._resubscribing = None
+                        self._resubscribed()
 
     def _resubscribed(self) -> None:
         """A new subscriber connection has every channel back: what was published

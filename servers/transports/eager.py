@@ -11,8 +11,41 @@ frame is written; started eagerly, the frame is written in the same callback.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, cast
+
+
+class Runner:
+    """One coroutine at a time, each started eagerly: what a connection's sender needs.
+
+    `run(make)` starts `make()` unless one is still running (in the caller's stack, or
+    as the Task it went on in): that one takes whatever made the caller ask again,
+    e.g. events queued meanwhile, as long as it checks for them before it returns.
+    """
+
+    __slots__ = ("inline", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None  # where the last one went on
+        self.inline = False  # one runs right now, in the caller's stack
+
+    def run(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = self.task
+        if self.inline or (task is not None and not task.done()):
+            return
+        self.inline = True
+        try:
+            self.task = start(make())
+        finally:
+            self.inline = False
+
+    def cancel(self) -> asyncio.Task[None] | None:
+        """Cancel the one that went on as a Task, if it still runs; that Task."""
+        task, self.task = self.task, None
+        if task is None or task.done():
+            return None
+        task.cancel()
+        return task
 
 
 def start(coro: Coroutine[Any, Any, None], name: str | None = None,

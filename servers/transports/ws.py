@@ -43,21 +43,15 @@ class _Sender:
     with the outbox's reason once what was queued has been written.
     """
 
-    __slots__ = ("busy", "conn", "send", "task")
+    __slots__ = ("conn", "runner", "send")
 
     def __init__(self, send: Send, conn: Connection) -> None:
         self.send = send
         self.conn = conn
-        self.task: asyncio.Task[None] | None = None
-        self.busy = False  # draining right now, in the caller's stack
+        self.runner = eager.Runner()
 
     def ready(self) -> None:
-        if self.task is None and not self.busy:
-            self.busy = True
-            try:
-                self.task = eager.start(self._drain())
-            finally:
-                self.busy = False
+        self.runner.run(self._drain)
 
     async def _drain(self) -> None:
         outbox, send = self.conn.outbox, self.send
@@ -76,14 +70,11 @@ class _Sender:
                                 "reason": reason.text})
         except Exception:
             outbox.listen(None)  # the socket is gone; the reader sees the disconnect
-        finally:
-            self.task = None
 
     async def stop(self) -> None:
         self.conn.outbox.listen(None)
-        task = self.task
-        if task is not None and not task.done():
-            task.cancel()
+        task = self.runner.cancel()
+        if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
