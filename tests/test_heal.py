@@ -65,6 +65,20 @@ def summary(evs: list[dict[str, Any]]) -> list[Any]:
             for e in evs]
 
 
+async def heal_waiting_on_history() -> tuple[GatedHistory, Hub, Connection, Connection]:
+    """alice and bob in room r; alice published 1 during a cut; the subscription is back
+    and the heal has read [1] from history, and waits for the answer (`gate`)."""
+    broker = GatedHistory()
+    hub = await make(broker)
+    alice, bob = await member(hub, "alice", "r"), await member(hub, "bob", "r")
+    broker.cut()
+    await hub.handle(alice, Publish("r", 1))
+    broker.gate.clear()
+    broker.restore()
+    await broker.called.wait()
+    return broker, hub, alice, bob
+
+
 async def test_missed_room_and_inbox_messages_are_replayed_once_in_order() -> None:
     broker = MemoryBroker()
     hub = await make(broker)
@@ -152,14 +166,7 @@ async def test_history_off_gives_a_disabled_gap() -> None:
 
 
 async def test_a_member_joining_during_the_heal_gets_only_what_follows_its_join() -> None:
-    broker = GatedHistory()
-    hub = await make(broker)
-    alice, bob = await member(hub, "alice", "r"), await member(hub, "bob", "r")
-    broker.cut()
-    await hub.handle(alice, Publish("r", 1))
-    broker.gate.clear()
-    broker.restore()
-    await broker.called.wait()  # the heal has read [1] and waits for the answer
+    broker, hub, alice, bob = await heal_waiting_on_history()
     await hub.handle(alice, Publish("r", 2))  # held by the heal
     carol = await hub.open("carol")
     await hub.handle(carol, Join("r", ref=1))  # joins at offset 2, registered mid-heal
@@ -195,14 +202,7 @@ async def test_heal_position_of_a_member_that_received_nothing_is_its_join_posit
 
 
 async def test_a_second_cut_during_the_heal_is_healed_too() -> None:
-    broker = GatedHistory()
-    hub = await make(broker)
-    alice, bob = await member(hub, "alice", "r"), await member(hub, "bob", "r")
-    broker.cut()
-    await hub.handle(alice, Publish("r", 1))
-    broker.gate.clear()
-    broker.restore()
-    await broker.called.wait()  # the heal has read [1] and waits for the answer
+    broker, hub, alice, bob = await heal_waiting_on_history()
     broker.cut()
     await hub.handle(alice, Publish("r", 2))  # neither held nor, yet, read
     broker.restore()
