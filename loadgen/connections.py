@@ -25,6 +25,7 @@ from loadgen.measure import now_us
 from loadgen.users import RtbenchUser
 
 run = hooks.install("connections")
+run.judge_spawn = True  # connect times while spawning are what this scenario measures
 log = logging.getLogger("rtbench.loadgen")
 
 

@@ -38,7 +38,7 @@ from loadgen import saturation
 from loadgen.locuststats import StatsBatch
 from loadgen.measure import now_us
 from loadgen.options import Params, add_options
-from loadgen.recorder import Collector, Recorder
+from loadgen.recorder import NEVER, OUTSIDE, Collector, Recorder
 
 log = logging.getLogger("rtbench.loadgen")
 
@@ -60,6 +60,11 @@ class Run:
         self.started_us = 0
         self.publish_until_us = 0
         self.steps: list[dict[str, Any]] = []
+        # this process's publishers' schedules, and the rate the capacity ramp set (None:
+        # --publish-rate); see set_publish_rate
+        self.schedules: list[Any] = []
+        self.publish_rate: float | None = None
+        self.ramp_end: str | None = None  # why a capacity ramp ended, when no step says it
         self.extras: list[Extra] = []
         self.on_start: list[Callable[[Run], None]] = []
         self.result: dict[str, Any] | None = None
@@ -75,6 +80,11 @@ class Run:
         self._index = itertools.count()
         self._monitors: list[gevent.Greenlet] = []
         self.batch: StatsBatch | None = None
+        # judge the saturation signals while users spawn too (connections: spawning is
+        # what it measures); otherwise the judged window opens once spawning completes
+        self.judge_spawn = False
+        self.gc_watch: saturation.GcWatch | None = None
+        self.frozen_objects = 0
         short = re.sub(r"[^A-Za-z0-9_.-]", "", socket.gethostname().split(".")[0])[:20]
         self.tag = f"{short or 'host'}-{os.getpid()}"
 
@@ -123,17 +133,30 @@ class Run:
         self.collector = Collector()
         self.stop = Event()
         self.steps, self.result, self.result_path = [], None, None
+        self.schedules, self.publish_rate = [], None
+        self.ramp_end = None
+        if not isinstance(environment.runner, MasterRunner):
+            from loadgen.clients import client_class
+
+            # before the clock starts: a first connect that imports its client stalls the
+            # hub ~20 ms, and the full collection before freezing took 16-29 ms
+            client_class(self.params.transport, self.params.grpc_client)
+            self.frozen_objects = saturation.freeze_heap()
         self._finals, self._reporters, self._final_sent = set(), set(), False
         self.started_us = now_us()
         run_time = self.params.run_time
         self.publish_until_us = (self.started_us + int((run_time - self.params.drain) * 1e6)
                                  if run_time else 1 << 62)
         self.recorder.warmup_until_us = self.started_us + int(self.params.warmup * 1e6)
+        # opens after warm-up, and (unless spawning is judged) once spawning completes
+        self.recorder.judge_from_us = (self.recorder.warmup_until_us if self.judge_spawn
+                                       else NEVER)
+        self.recorder.judge_until_us = self.publish_until_us if run_time else NEVER
         self.hosts = {}
         self.extras = []
         if not isinstance(environment.runner, MasterRunner):
             self.hosts[self.recorder.host] = result_mod.host_metadata()
-            self._monitors = saturation.start_monitor(self.recorder, self.stop)
+            self._monitors = saturation.start_monitor(self.recorder, self.stop, self.gc_watch)
             self.batch = None
             if self.params.request_events == "batched":
                 self.batch = StatsBatch(environment.stats)
@@ -141,10 +164,30 @@ class Run:
         for hook in self.on_start:
             hook(self)
 
+    def _spawning_complete(self, **_: Any) -> None:
+        """Spawning is over: what is alive now lives to the end (the clients), so it is
+        frozen out of later collections; the judged window opens (unless it judges spawn)."""
+        if self.params is None or isinstance(self.env and self.env.runner, MasterRunner):
+            return
+        rec = self.recorder
+        now = now_us()
+        judged_now = rec.in_window(now) and self.judge_spawn
+        self.frozen_objects = saturation.freeze_heap(collect=not judged_now)
+        if not self.judge_spawn and rec.judge_from_us >= NEVER:
+            rec.judge_from_us = max(rec.warmup_until_us, now_us())
+
+    def _test_stopping(self, **_: Any) -> None:
+        """Users are about to be stopped: the judged window closes (teardown is not judged)."""
+        rec = self.recorder
+        rec.judge_until_us = min(rec.judge_until_us, now_us())
+
     def _test_stop(self, environment: Environment, **_: Any) -> None:
         if self.params is None:
             return
+        self._test_stopping()
         self.stop.set()
+        if self.gc_watch is not None:
+            self.gc_watch.drain_into(self.recorder)
         if self.batch is not None:
             self.batch.flush()  # before Locust's final stats report
         for client in list(self.open_clients):
@@ -184,9 +227,12 @@ class Run:
         p = self.p
         c = self.collector
         verdict = c.verdict(int(p.drain * 1e6))
+        window = self._window_summary()
         summary, reasons = saturation.check(
             c.cpu, c.hist("canary_lag"), c.hist("schedule_lag"),
-            saturation.Thresholds(max_cpu_percent=p.max_cpu, max_lag_ms=p.max_lag_ms))
+            saturation.Thresholds(max_cpu_percent=p.max_cpu, max_lag_ms=p.max_lag_ms),
+            window_s=window["window"]["seconds"])
+        summary.update(window)
         extra: dict[str, Any] = {}
         for fn in self.extras:
             extra.update(fn(self))
@@ -204,6 +250,56 @@ class Run:
                  d["missing"], d["duplicates"], lat["p50"], lat["p99"], v["valid"])
         for reason in v["reasons"]:
             log.warning("rtbench: run INVALID: %s", reason)
+
+    def set_publish_rate(self, rate: float | None = None, stop: bool = False) -> None:
+        """Every publisher (of every worker) sends at `rate` from now on, or, with `stop`,
+        sends nothing more. Used by the capacity ramp (loadgen.steps)."""
+        env = self.env
+        if env is not None and isinstance(env.runner, MasterRunner):
+            env.runner.send_message("rtbench_publish", {"rate": rate, "stop": stop})
+            return
+        self._apply_publish(rate, stop)
+
+    def _apply_publish(self, rate: float | None, stop: bool) -> None:
+        at = now_us()
+        if stop:
+            self.publish_until_us = min(self.publish_until_us, at)
+        elif rate is not None:
+            self.publish_rate = rate
+        for schedule in self.schedules:
+            if stop:
+                schedule.stop_at(at)
+            elif rate is not None:
+                schedule.set_rate(rate, at)
+
+    def _on_publish(self, environment: Environment, msg: Any, **_: Any) -> None:
+        self._apply_publish(msg.data.get("rate"), bool(msg.data.get("stop")))
+
+    def _window_summary(self) -> dict[str, Any]:
+        """Which window was judged, and what happened outside it (reported, not judged)."""
+        c, rec = self.collector, self.recorder
+
+        def rel(t_us: int) -> float | None:
+            return None if t_us >= NEVER else round((t_us - self.started_us) / 1e6, 3)
+
+        until = min(rec.judge_until_us, now_us())
+        return {
+            "window": {"from_s": rel(max(rec.judge_from_us, self.started_us)),
+                       "until_s": rel(until),
+                       "seconds": round(max(0, until - max(rec.judge_from_us, self.started_us))
+                                        / 1e6, 3),
+                       "judges_spawn": self.judge_spawn,
+                       "canary_samples": c.hist("canary_lag").count},
+            "outside_window": {
+                "canary_lag_us": c.hist("canary_lag" + OUTSIDE).to_dict(),
+                "schedule_lag_us": c.hist("schedule_lag" + OUTSIDE).to_dict(),
+                "cpu_percent": {k: v for k, v in sorted(c.cpu_outside.items()) if v}},
+            "gc": {"pause_us": c.hist("gc_pause").to_dict(),
+                   "pause_outside_us": c.hist("gc_pause" + OUTSIDE).to_dict(),
+                   "collections": {k: v for k, v in sorted(c.counters.items())
+                                   if k.startswith("gc_")},
+                   "frozen_objects": self.frozen_objects},
+        }
 
     def pull_local(self) -> None:
         """Local runner: move this process's samples into the collector (live decisions)."""
@@ -246,11 +342,14 @@ class Run:
 
         gevent.get_hub().loop.update_now()
         self.env = environment
+        if self.gc_watch is None and not isinstance(environment.runner, MasterRunner):
+            self.gc_watch = saturation.GcWatch().install()
         runner = environment.runner
         if isinstance(runner, MasterRunner):
             runner.register_message("rtbench_final", self._on_final)
         elif isinstance(runner, WorkerRunner):
             runner.register_message("rtbench_flush", self._on_flush)
+            runner.register_message("rtbench_publish", self._on_publish)
 
     def add_init(self, fn: Callable[..., None]) -> None:
         """Run `fn(environment=...)` at Locust's `init` (options parsed, runner created)."""
@@ -277,6 +376,8 @@ def install(scenario: str) -> Run:
     events.init.add_listener(run._init)
     events.test_start.add_listener(run._test_start)
     events.test_stop.add_listener(run._test_stop)
+    events.test_stopping.add_listener(run._test_stopping)
+    events.spawning_complete.add_listener(run._spawning_complete)
     events.report_to_master.add_listener(run._report_to_master)
     events.worker_report.add_listener(run._worker_report)
     events.quitting.add_listener(run._quitting)

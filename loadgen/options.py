@@ -52,6 +52,19 @@ def add_options(parser: Any) -> None:
                    help="broadcast: length of each step (default 10)")
     g.add_argument("--p99-limit-ms", type=float, default=250.0, env_var="LOCUST_P99_LIMIT_MS",
                    help="broadcast: stop stepping once a step's p99 latency exceeds this")
+    g.add_argument("--ramp-factor", type=float, default=0.0, env_var="LOCUST_RAMP_FACTOR",
+                   help="broadcast: capacity ramp by publish rate, each step at most this many "
+                        "times the last (0: off; see loadgen/steps.py)")
+    g.add_argument("--step-settle", type=float, default=1.0, env_var="LOCUST_STEP_SETTLE",
+                   help="rate ramp: seconds at each new rate before the step is measured")
+    g.add_argument("--max-server-cpu", type=float, default=90.0, env_var="LOCUST_MAX_SERVER_CPU",
+                   help="rate ramp: the servers' CPU (percent of --server-cores) that counts "
+                        "as their knee (default 90)")
+    g.add_argument("--server-cores", type=int, default=1, env_var="LOCUST_SERVER_CORES",
+                   help="rate ramp: cores the servers (all replicas) run on (default 1)")
+    g.add_argument("--max-publish-rate", type=float, default=100_000.0,
+                   env_var="LOCUST_MAX_PUBLISH_RATE",
+                   help="rate ramp: stop (no knee) before a step would pass this rate")
     g.add_argument("--conns-per-user", type=int, default=2, env_var="LOCUST_CONNS_PER_USER",
                    help="direct: connections held by each user name (default 2)")
     g.add_argument("--churn-interval", type=float, default=3.0, env_var="LOCUST_CHURN_INTERVAL",
@@ -108,6 +121,11 @@ class Params:
     invalid_exit_code: int
     run_time: float | None
     grpc_client: str = "h2"
+    ramp_factor: float = 0.0  # the rate ramp (loadgen.steps); 0: off
+    step_settle: float = 1.0
+    max_server_cpu: float = 90.0
+    server_cores: int = 1
+    max_publish_rate: float = 100_000.0
 
     @classmethod
     def from_options(cls, opts: argparse.Namespace) -> Params:
@@ -122,7 +140,10 @@ class Params:
             publish_rate=opts.publish_rate, payload_bytes=opts.payload_bytes,
             max_messages=opts.max_messages, warmup=opts.warmup, drain=opts.drain,
             step_users=opts.step_users, step_seconds=opts.step_seconds,
-            p99_limit_ms=opts.p99_limit_ms, conns_per_user=opts.conns_per_user,
+            p99_limit_ms=opts.p99_limit_ms, ramp_factor=opts.ramp_factor,
+            step_settle=opts.step_settle, max_server_cpu=opts.max_server_cpu,
+            server_cores=opts.server_cores, max_publish_rate=opts.max_publish_rate,
+            conns_per_user=opts.conns_per_user,
             churn_interval=opts.churn_interval, connect_timeout=opts.connect_timeout,
             request_events=opts.request_events, result_file=opts.result_file,
             metrics_urls=opts.metrics_urls, max_connect_failures=opts.max_connect_failures,
@@ -141,6 +162,10 @@ class Params:
         for name in ("publish_rate", "step_seconds", "churn_interval", "connect_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.ramp_factor and self.ramp_factor <= 1:
+            raise ValueError("--ramp-factor must be above 1 (or 0: no rate ramp)")
+        if self.server_cores < 1 or self.step_settle < 0:
+            raise ValueError("--server-cores must be at least 1, --step-settle not negative")
         if self.grpc_client not in GRPC_CLIENTS:
             raise ValueError(f"--grpc-client must be one of {', '.join(GRPC_CLIENTS)}")
         if self.payload_bytes < 0 or self.drain < 0 or self.warmup < 0:

@@ -19,7 +19,11 @@ from loadgen.measure import Histogram, Stamp, now_us
 
 # Histogram names: delivery latency per event kind, plus the timings every run records.
 LATENCY_KINDS = ("message", "direct")
-TIMINGS = ("connect", "rejoin", "schedule_lag", "canary_lag", "publish_blocked")
+TIMINGS = ("connect", "rejoin", "publish_blocked")
+# the saturation signals (loadgen.saturation), each kept apart inside and outside the judged window
+LAGS = ("schedule_lag", "canary_lag", "gc_pause")
+OUTSIDE = "_outside"
+NEVER = 1 << 62
 
 
 class Recorder:
@@ -28,7 +32,9 @@ class Recorder:
     def __init__(self, host: str | None = None) -> None:
         self.host = host or socket.gethostname()
         self.pid = os.getpid()
-        self.hists: dict[str, Histogram] = {k: Histogram() for k in (*LATENCY_KINDS, *TIMINGS)}
+        self.hists: dict[str, Histogram] = {
+            k: Histogram() for k in (*LATENCY_KINDS, *TIMINGS, *LAGS,
+                                     *(lag + OUTSIDE for lag in LAGS))}
         self.counters: Counter[str] = Counter()
         # the two counters every delivery moves, as plain ints (a Counter increment costs
         # about 0.14 µs, an attribute's 0.02); `take_delta` ships them in `counters`
@@ -36,9 +42,13 @@ class Recorder:
         self.wire_bytes = 0
         self.publishers: list[PublisherLog] = []
         self.windows: list[Window] = []
-        self.cpu_samples: list[float] = []
+        self.cpu_samples: list[float] = []  # inside the judged window
+        self.cpu_samples_outside: list[float] = []
         self._live: set[Window] = set()
         self.warmup_until_us = 0  # latencies of messages intended before this are not timed
+        # the saturation signals' judged window (loadgen.saturation): [from, until) in µs
+        self.judge_from_us = 0
+        self.judge_until_us = NEVER
 
     # -------------------------------------------------------------- recording
 
@@ -123,6 +133,20 @@ class Recorder:
     def timing(self, name: str, value_us: int) -> None:
         self.hists[name].record(value_us)
 
+    def in_window(self, at_us: int) -> bool:
+        return self.judge_from_us <= at_us < self.judge_until_us
+
+    def lag(self, name: str, value_us: int, at_us: int | None = None) -> None:
+        """A saturation signal (one of LAGS) observed at `at_us` (default now): judged
+        inside the window, kept in `<name>_outside` otherwise."""
+        at = now_us() if at_us is None else at_us
+        self.hists[name if self.in_window(at) else name + OUTSIDE].record(value_us)
+
+    def cpu_sample(self, percent: float, began_us: int, ended_us: int) -> None:
+        """A CPU sample of [began, ended): judged only if the window holds all of it."""
+        inside = self.in_window(began_us) and self.in_window(ended_us - 1)
+        (self.cpu_samples if inside else self.cpu_samples_outside).append(percent)
+
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
 
@@ -146,8 +170,9 @@ class Recorder:
         counters = dict(self.counters)
         self.counters.clear()
         cpu, self.cpu_samples = self.cpu_samples, []
+        cpu_outside, self.cpu_samples_outside = self.cpu_samples_outside, []
         return {"host": self.host, "pid": self.pid, "hists": hists, "counters": counters,
-                "cpu": cpu, "holes": self.holes()}
+                "cpu": cpu, "cpu_outside": cpu_outside, "holes": self.holes()}
 
     def take_ledger(self) -> dict[str, Any]:
         """Publisher logs and windows (closing open windows now); call once per run."""
@@ -171,6 +196,8 @@ class Collector:
         self.publishers: list[PublisherLog] = []
         self.windows: list[Window] = []
         self.cpu: dict[str, list[float]] = {}  # "host/pid" -> samples (percent of one core)
+        self.cpu_outside: dict[str, list[float]] = {}  # the same, outside the judged window
+        self.step_cpu: dict[str, list[float]] = {}  # since `start_step()`
         self.holes: dict[str, int] = {}
         self.step: dict[str, Histogram] = {}  # since `start_step()`: the capacity-curve point
         self.step_counters: Counter[str] = Counter()
@@ -187,6 +214,8 @@ class Collector:
         self.counters.update(d["counters"])
         self.step_counters.update(d["counters"])
         self.cpu.setdefault(proc, []).extend(d["cpu"])
+        self.cpu_outside.setdefault(proc, []).extend(d.get("cpu_outside", ()))
+        self.step_cpu.setdefault(proc, []).extend(d["cpu"])
         self.holes[proc] = int(d["holes"])
 
     def add_ledger(self, d: dict[str, Any]) -> None:
@@ -197,6 +226,10 @@ class Collector:
     def start_step(self) -> None:
         self.step = {}
         self.step_counters = Counter()
+        self.step_cpu = {}
+
+    def step_hist(self, name: str) -> Histogram:
+        return self.step.get(name) or Histogram()
 
     def hist(self, name: str) -> Histogram:
         return self.hists.get(name) or Histogram()

@@ -42,6 +42,22 @@ def parse(text: str) -> dict[str, float]:
     return out
 
 
+def cpu_seconds(urls: list[str]) -> float | None:
+    """The servers' CPU seconds so far (`process_cpu_seconds_total` summed over `urls`);
+    None when one of them does not answer (a step is then not judged on CPU)."""
+    total = 0.0
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                m = parse(resp.read().decode())
+        except (OSError, ValueError):
+            return None
+        if "process_cpu_seconds_total" not in m:
+            return None
+        total += m["process_cpu_seconds_total"]
+    return total
+
+
 @dataclass(slots=True)
 class Sample:
     t: float

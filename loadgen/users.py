@@ -144,11 +144,12 @@ class RtbenchUser(User):
             def send(payload: bytes) -> None:
                 client.direct(str(to), payload)
         inflight = 8 if client.publish_blocks else 0
-        g = spawn_publisher(send, pub, self.rt.recorder, p.publish_rate,
-                            payload_bytes=p.payload_bytes, stop=self.rt.stop,
-                            until_us=self.rt.publish_until_us, max_sends=p.max_messages,
-                            inflight=inflight, start_us=start_us)
+        g, schedule = spawn_publisher(
+            send, pub, self.rt.recorder, self.rt.publish_rate or p.publish_rate,
+            payload_bytes=p.payload_bytes, stop=self.rt.stop, until_us=self.rt.publish_until_us,
+            max_sends=p.max_messages, inflight=inflight, start_us=start_us)
         self.publishers.append(g)
+        self.rt.schedules.append(schedule)
         return pub
 
     def on_stop(self) -> None:

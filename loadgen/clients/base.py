@@ -111,8 +111,13 @@ class Client(ABC):
             self.close()
             raise ClientError("bad_welcome", f"expected 'welcome', got {self.welcome!r:.200}")
         self.tracker.observe(self.welcome)  # the inbox position, unless resumed from one
-        self._reader = gevent.spawn(self._read_loop)
+        self._start_reader()
         return self.welcome
+
+    def _start_reader(self) -> None:
+        """Deliver the events after the welcome: a reader greenlet of this client's own
+        (long-poll), or the process's reactor (event streams: `ReactorReader`)."""
+        self._reader = gevent.spawn(self._read_loop)
 
     # -------------------------------------------------------------- commands
 
@@ -171,9 +176,9 @@ class Client(ABC):
     def _open(self) -> dict[str, Any]:
         """Connect and return the first event (the welcome)."""
 
-    @abstractmethod
     def _read_loop(self) -> None:
-        """Deliver events until the connection ends; then call `_ended`."""
+        """Deliver events until the connection ends; then call `_ended` (greenlet readers)."""
+        raise NotImplementedError
 
     def _ended(self, code: int, reason: str) -> None:
         if not self.closed.is_set():
@@ -227,7 +232,28 @@ class StreamClient(Client):
         """Encode and send a command dict."""
 
 
-class RawSocket:
+class ReactorReader:
+    """An event stream read by the process's reactor (loadgen.clients.reactor): the client
+    implements `data_received`/`connection_lost`, `_start_reading(fd)` registers it and
+    `_stop_reading()` (before the socket closes) takes it off."""
+
+    _read_fd = -1
+
+    def _start_reading(self, fd: int) -> None:
+        from loadgen.clients.reactor import reactor
+
+        self._read_fd = fd
+        reactor().add(fd, self)  # type: ignore[arg-type]
+
+    def _stop_reading(self) -> None:
+        from loadgen.clients.reactor import reactor
+
+        fd, self._read_fd = self._read_fd, -1
+        if fd >= 0:
+            reactor().remove(fd)
+
+
+class RawSocket(ReactorReader):
     """A client whose event stream is a plain TCP socket of its own (gevent's, once
     patched), read in large pieces by its reader greenlet: SSE and gRPC over h2."""
 
@@ -257,6 +283,7 @@ class RawSocket:
             raise
 
     def _abort(self) -> None:
+        self._stop_reading()  # first: the descriptor's number may be reused once closed
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()

@@ -91,41 +91,55 @@ class GrpcH2Client(RawSocket, GrpcClientBase):
             self._ended(1006, f"send failed: {exc}")
             raise ClientError("closed", str(exc)) from None
 
-    def _read_loop(self) -> None:
+    def _start_reader(self) -> None:
         sock = self._sock
         assert sock is not None
-        recv = sock.recv
+        parse = pb.ServerFrame.FromString
+        t = now_us()
+        try:
+            for raw in self._backlog:
+                self._dispatch(event_of(parse(raw)), len(raw) + FRAME_OVERHEAD, t)
+        except (ValueError, DecodeError) as exc:
+            self._fail(1007, f"bad frame from server: {exc}")
+            return
+        self._backlog = []
+        self._start_reading(sock.fileno())
+
+    def data_received(self, data: bytes, recv_us: int) -> bool:
+        """The reactor's read (`recv_us` taken before decoding: parsing is not latency)."""
         stream = self._stream
-        receive = stream.receive
         dispatch = self._dispatch
         parse = pb.ServerFrame.FromString
         try:
-            t = now_us()
-            for raw in self._backlog:
-                dispatch(event_of(parse(raw)), len(raw) + FRAME_OVERHEAD, t)
-            self._backlog = []
-            while True:
-                data = recv(RECV_BYTES)
-                t = now_us()  # before decoding: parsing is not latency
-                if not data:
-                    self._ended(1006, "connection closed without a gRPC status")
-                    break
-                msgs = receive(data)
-                self._flush()  # acks first: the server must not wait on our dispatching
-                for raw in msgs:
-                    dispatch(event_of(parse(raw)), len(raw) + FRAME_OVERHEAD, t)
-                if stream.window_opened:
-                    self._writable.set()
-                if stream.ended is not None:
-                    self._ended(*status_close(*stream.ended))
-                    break
+            msgs = stream.receive(data)
+            self._flush()  # acks first: the server must not wait on our dispatching
+            for raw in msgs:
+                dispatch(event_of(parse(raw)), len(raw) + FRAME_OVERHEAD, recv_us)
+            if stream.window_opened:
+                self._writable.set()
+            if stream.ended is not None:
+                self._fail(*status_close(*stream.ended))
+                return False
         except OSError as exc:
-            self._ended(1006, f"connection lost: {exc}")
+            self._fail(1006, f"connection lost: {exc}")
+            return False
         except (h2.exceptions.ProtocolError, GrpcFrameError) as exc:
-            self._ended(1002, f"server broke the protocol: {exc}")
+            self._fail(1002, f"server broke the protocol: {exc}")
+            return False
         except (ValueError, DecodeError) as exc:  # undecodable frame, bad JSON in `data`
-            self._ended(1007, f"bad frame from server: {exc}")
-        self._writable.set()  # a blocked sender sees `closed`
+            self._fail(1007, f"bad frame from server: {exc}")
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._read_fd = -1
+        self._fail(1006, "connection closed without a gRPC status" if exc is None
+                   else f"connection lost: {exc}")
+
+    def _fail(self, code: int, reason: str) -> None:
+        """The stream ended: record why, wake a blocked sender (it sees `closed`), close."""
+        self._ended(code, reason)
+        self._writable.set()
         self._abort()
 
     def close(self) -> None:
@@ -134,8 +148,7 @@ class GrpcH2Client(RawSocket, GrpcClientBase):
             return
         self._ended(1000, "closed by client")  # first: ends the reader and blocked senders
         self._writable.set()
-        if self._reader is not None:  # a gevent socket takes one reader at a time
-            self._reader.kill(block=True, timeout=1)
+        self._stop_reading()
         if self._lock.acquire(timeout=1):  # a sender may hang in sendall on a stuck server
             try:
                 sock.settimeout(1)

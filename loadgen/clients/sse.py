@@ -35,7 +35,6 @@ from loadgen.clients.ssestream import SseResponse
 from loadgen.measure import now_us
 from servers.core.cursor import RESUME_PARAM
 
-STREAM_IDLE_TIMEOUT = 120.0  # seconds without a byte (the server comments every heartbeat)
 RECV_BYTES = 256 * 1024
 
 
@@ -91,49 +90,61 @@ class SseClient(RawSocket, HttpClient):
                 if resp.complete:
                     raise ClientError("closed", "stream ended before welcome")
 
-    def _read_loop(self) -> None:
+    def _start_reader(self) -> None:
         sock, resp = self._sock, self._response
         assert sock is not None and resp is not None
-        sock.settimeout(STREAM_IDLE_TIMEOUT)
-        recv = sock.recv
-        feed = resp.feed
-        loads = orjson.loads
-        on_event = self.on_event
         events, self._backlog = self._backlog, []
-        t = now_us()
         try:
-            while True:
-                if events:
-                    n = len(events)
-                    share = self._unshared // n
-                    self._unshared -= share * n
-                    for raw in events:
-                        ev = loads(raw)
-                        if ev.get("type") == "close":
-                            self._ended(int(ev.get("code", 1000)), str(ev.get("reason", "")))
-                            return
-                        on_event(ev, share, t)
-                if resp.complete:
-                    self._ended(1006, "event stream ended without a close event")
-                    return
-                data = recv(RECV_BYTES)
-                t = now_us()  # before parsing: parsing is not latency
-                if not data:
-                    self._ended(1006, "connection closed by the server")
-                    return
-                self._unshared += len(data)
-                events = feed(data)
-        except OSError as exc:
-            self._ended(1006, f"stream lost: {exc!r}")
+            if not self._deliver(events, now_us()):
+                return
+        except ValueError as exc:  # bad JSON in an event read with the welcome
+            self._ended(1002, f"server broke the protocol: {exc}")
+            self._abort()
+            return
+        self._start_reading(sock.fileno())
+
+    def data_received(self, data: bytes, recv_us: int) -> bool:
+        """The reactor's read (`recv_us` taken before parsing: parsing is not latency)."""
+        resp = self._response
+        if resp is None:
+            return False
+        self._unshared += len(data)
+        try:
+            return self._deliver(resp.feed(data), recv_us)
         except ValueError as exc:  # malformed response or event stream, bad JSON
             self._ended(1002, f"server broke the protocol: {exc}")
-        finally:
             self._abort()
+            return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._read_fd = -1
+        self._ended(1006, "connection closed by the server" if exc is None
+                    else f"stream lost: {exc!r}")
+        self._abort()
+
+    def _deliver(self, events: list[bytes], recv_us: int) -> bool:
+        """Dispatch whole events; False when the stream ended (closed here)."""
+        resp = self._response
+        if events:
+            n = len(events)
+            share = self._unshared // n
+            self._unshared -= share * n
+            loads = orjson.loads
+            on_event = self.on_event
+            for raw in events:
+                ev = loads(raw)
+                if ev.get("type") == "close":
+                    self._ended(int(ev.get("code", 1000)), str(ev.get("reason", "")))
+                    self._abort()
+                    return False
+                on_event(ev, share, recv_us)
+        if resp is None or resp.complete:
+            self._ended(1006, "event stream ended without a close event")
+            self._abort()
+            return False
+        return True
 
     def close(self) -> None:
         self._ended(1000, "closed by client")
-        reader, self._reader = self._reader, None
-        if reader is not None:  # first: a gevent socket takes one reader at a time
-            reader.kill(block=True, timeout=1)
         self._abort()
         self.close_http()

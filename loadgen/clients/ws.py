@@ -16,10 +16,11 @@ import struct
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
+import gevent
 import orjson
 import websocket
 
-from loadgen.clients.base import ClientError, StreamClient
+from loadgen.clients.base import ClientError, ReactorReader, StreamClient
 from loadgen.clients.base import split_url as _split
 from loadgen.clients.wsframes import OP_CLOSE, OP_PING, FrameError, FrameReader
 from loadgen.measure import now_us
@@ -27,7 +28,7 @@ from servers.core.cursor import RESUME_PARAM
 
 RECV_PATHS = ("frames", "websocket-client", "websocket-client+utf8")
 RECV_PATH = "frames"  # bench/ingest.py sets the others to measure them
-RECV_BYTES = 256 * 1024
+RECV_BYTES = 256 * 1024  # websocket-client paths only; the frames path reads in the reactor
 
 
 def frame_overhead(n: int) -> int:
@@ -35,7 +36,7 @@ def frame_overhead(n: int) -> int:
     return 2 if n < 126 else 4 if n < 65536 else 10
 
 
-class WsClient(StreamClient):
+class WsClient(ReactorReader, StreamClient):
     transport: ClassVar[str] = "ws"
 
     _ws: Any = None  # websocket.WebSocket (partly untyped)
@@ -76,37 +77,47 @@ class WsClient(StreamClient):
             self._ended(1006, f"send failed: {exc}")
             raise ClientError("closed", str(exc)) from None
 
-    def _read_loop(self) -> None:
+    def _start_reader(self) -> None:
         if RECV_PATH != "frames":
-            self._read_loop_websocket_client()
+            self._reader = gevent.spawn(self._read_loop_websocket_client)
             return
         ws = self._ws
         assert ws is not None
-        recv = ws.sock.recv
-        feed = FrameReader().feed
+        self._feed = FrameReader().feed
+        self._start_reading(ws.sock.fileno())
+
+    def data_received(self, data: bytes, recv_us: int) -> bool:
+        """The reactor's read: whole frames are dispatched, a partial one waits."""
+        ws = self._ws
+        if ws is None:
+            return False
         dispatch = self._dispatch
         loads = orjson.loads
         try:
-            while True:
-                data = recv(RECV_BYTES)
-                t = now_us()
-                if not data:
-                    self._ended(1006, "connection closed without a close frame")
-                    return
-                for opcode, payload, wire in feed(data):
-                    if opcode <= 2:
-                        dispatch(loads(payload), wire, t)
-                    elif opcode == OP_CLOSE:
-                        self._ended(*_close_info(payload))
-                        ws.abort()
-                        return
-                    elif opcode == OP_PING:
-                        ws.pong(payload)
+            for opcode, payload, wire in self._feed(data):
+                if opcode <= 2:
+                    dispatch(loads(payload), wire, recv_us)
+                elif opcode == OP_CLOSE:
+                    self._stop_reading()
+                    self._ended(*_close_info(payload))
+                    ws.abort()
+                    return False
+                elif opcode == OP_PING:
+                    ws.pong(payload)
         except (OSError, websocket.WebSocketException) as exc:
             self._ended(1006, f"connection lost: {exc}")
+            return False
         except (FrameError, orjson.JSONDecodeError) as exc:
+            self._stop_reading()
             self._ended(1002, f"server broke the protocol: {exc}")
             ws.abort()
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._read_fd = -1
+        self._ended(1006, "connection closed without a close frame" if exc is None
+                    else f"connection lost: {exc}")
 
     def _read_loop_websocket_client(self) -> None:
         ws = self._ws
@@ -136,6 +147,7 @@ class WsClient(StreamClient):
             return
         self._ws = None
         self._ended(1000, "closed by client")
+        self._stop_reading()
         if self._reader is not None:  # first: a gevent socket takes one reader at a time
             self._reader.kill(block=True, timeout=1)
         try:
