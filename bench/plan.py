@@ -31,6 +31,8 @@ class Scenario:
     spawn_rate: float
     run_time: int  # seconds (-t, whole: Locust's format); steps stop earlier over the limit
     options: dict[str, Any] = field(default_factory=dict)  # rtbench options, --name value
+    # expected wall seconds when run_time is only an upper bound (a ramp ends at its knee)
+    eta: float | None = None
 
     def locust_args(self) -> list[str]:
         args = ["-u", str(self.users), "-r", f"{self.spawn_rate:g}", "-t", f"{self.run_time}s"]
@@ -39,33 +41,17 @@ class Scenario:
         return args
 
     def with_duration(self, seconds: float) -> Scenario:
-        """The same scenario lasting about `seconds` (broadcast steps shrink to fit)."""
-        steps = _step_count(self)
-        if not steps:
-            return replace(self, run_time=math.ceil(seconds))
-        drain = float(self.options.get("drain", 0))
-        # whole seconds: Locust's shape ticks once a second, finer steps would alternate
-        opts = {**self.options, "step_seconds": max(1, round((seconds - drain) / steps))}
-        return _fit_steps(replace(self, options=opts))
+        """The same scenario lasting about `seconds` (a broadcast ramp: at most that long)."""
+        return replace(self, run_time=math.ceil(seconds),
+                       eta=min(self.eta, seconds) if self.eta else None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "users": self.users, "spawn_rate": self.spawn_rate,
                 "run_time": self.run_time, "options": dict(self.options)}
 
-
-def _step_count(s: Scenario) -> int:
-    step_users = int(s.options.get("step_users", 0))
-    if step_users <= 0:
-        return 0
-    return max(1, (s.users - int(s.options.get("publishers", 1))) // step_users)
-
-
-def _fit_steps(s: Scenario) -> Scenario:
-    """Run time = every step plus the drain: the last step then ends when the subscriber cap
-    is reached, before publishers stop, so it is as full as the others."""
-    steps = _step_count(s)
-    return replace(s, run_time=math.ceil(steps * float(s.options["step_seconds"])
-                                         + float(s.options.get("drain", 0))))
+    @property
+    def ramp(self) -> bool:
+        return float(self.options.get("ramp_factor", 0)) > 0
 
 
 def _profile(size: str) -> dict[str, Scenario]:
@@ -82,12 +68,18 @@ def _profile(size: str) -> dict[str, Scenario]:
         "connections": Scenario(
             "connections", users=pick(100, 400, 5000), spawn_rate=pick(100, 100, 250),
             run_time=pick(3, 6, 40), options={**common}),
-        "broadcast": _fit_steps(Scenario(
-            "broadcast", users=1 + pick(20, 200, 2000), spawn_rate=pick(50, 100, 200),
-            run_time=0,
-            options={**common, "publishers": 1, "publish_rate": pick(10, 10, 10),
-                     "step_users": pick(10, 40, 100), "step_seconds": pick(1, 2, 10),
-                     "p99_limit_ms": 250})),
+        # the capacity ramp (loadgen/steps.py): every subscriber connects, then the publish
+        # rate rises step by step until the servers' knee; run_time only bounds it.
+        # 200 subscribers: at 1,000 the load generator's per-delivery cost outgrew the
+        # servers' and it saturated first (canary lag, 24,000 deliveries/s, ws, 2026-12-02)
+        "broadcast": Scenario(
+            "broadcast", users=1 + pick(20, 200, 200), spawn_rate=pick(50, 200, 200),
+            run_time=pick(20, 75, 300), eta=pick(12, 30, 110),
+            options={**common, "drain": 2, "publishers": 1, "publish_rate": pick(20, 10, 10),
+                     "ramp_factor": pick(2, 2, 1.5), "step_settle": pick(1, 1, 2),
+                     "step_seconds": pick(1, 2, 5), "p99_limit_ms": 250,
+                     "max_server_cpu": 90, "request_events": "off",
+                     "max_publish_rate": pick(80, 5000, 5000)}),
         "chat": Scenario(
             "chat", users=pick(20, 40, 200), spawn_rate=pick(50, 40, 100),
             run_time=pick(3, 5, 60),
@@ -141,8 +133,9 @@ def build(profile: str, transports: list[str], scenarios: list[str],
 
 
 def planned_seconds(step: Step) -> float:
-    """Expected wall time of a step: its run time plus Locust's start and stop."""
-    return step.scenario.run_time + 1.5
+    """Expected wall time of a step: its run time (or a ramp's expected length) plus
+    Locust's start and stop."""
+    return (step.scenario.eta or step.scenario.run_time) + 1.5
 
 
 def parse_list(text: str, allowed: tuple[str, ...]) -> list[str]:

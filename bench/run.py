@@ -177,6 +177,9 @@ class Harness:
                "--servers", ",".join(n.url for n in cluster.nodes),
                "--metrics-urls", metrics, "--result-file", str(result),
                *step.scenario.locust_args()]
+        if step.scenario.ramp and SERVER_CPU not in self.load_cpus:
+            # the knee's CPU signal: the servers' core, Redis and kernel work included
+            cmd += ["--server-cpus", str(SERVER_CPU), "--server-cores", "1"]
         return ["taskset", "-c", ",".join(map(str, self.load_cpus)), *cmd]
 
     def run_step(self, step: plan_mod.Step, attempt: int = 1) -> dict[str, Any]:

@@ -305,7 +305,9 @@ class Run:
         """Local runner: move this process's samples into the collector (live decisions)."""
         env = self.env
         if env is not None and not isinstance(env.runner, MasterRunner | WorkerRunner):
-            self.collector.add_delta(self.recorder.take_delta())
+            if self.gc_watch is not None:
+                self.gc_watch.drain_into(self.recorder)
+            self.collector.add_local(self.recorder)
 
     # ------------------------------------------------------- distribution
 

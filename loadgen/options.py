@@ -62,6 +62,10 @@ def add_options(parser: Any) -> None:
                         "as their knee (default 90)")
     g.add_argument("--server-cores", type=int, default=1, env_var="LOCUST_SERVER_CORES",
                    help="rate ramp: cores the servers (all replicas) run on (default 1)")
+    g.add_argument("--server-cpus", default="", env_var="LOCUST_SERVER_CPUS",
+                   help="rate ramp, servers on this host: the cores they are pinned to "
+                        "(e.g. 0); the knee's CPU signal is then those cores' busy time "
+                        "(/proc/stat: servers, Redis, kernel) instead of the servers' own")
     g.add_argument("--max-publish-rate", type=float, default=100_000.0,
                    env_var="LOCUST_MAX_PUBLISH_RATE",
                    help="rate ramp: stop (no knee) before a step would pass this rate")
@@ -90,6 +94,14 @@ def add_options(parser: Any) -> None:
                    help="saturation: p99 greenlet/schedule lag above which a run is invalid")
     g.add_argument("--invalid-exit-code", type=int, default=3, env_var="LOCUST_INVALID_EXIT_CODE",
                    help="exit code of a run marked invalid or that lost messages (0: ignore)")
+
+
+def _cpus(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in str(text or "").replace(" ", "").split(",") if x)
+    except ValueError:
+        raise ValueError(f"--server-cpus: expected core numbers like 0 or 0,2; got {text!r}"
+                         ) from None
 
 
 @dataclass(slots=True, frozen=True)
@@ -126,6 +138,7 @@ class Params:
     max_server_cpu: float = 90.0
     server_cores: int = 1
     max_publish_rate: float = 100_000.0
+    server_cpus: tuple[int, ...] = ()
 
     @classmethod
     def from_options(cls, opts: argparse.Namespace) -> Params:
@@ -143,6 +156,7 @@ class Params:
             p99_limit_ms=opts.p99_limit_ms, ramp_factor=opts.ramp_factor,
             step_settle=opts.step_settle, max_server_cpu=opts.max_server_cpu,
             server_cores=opts.server_cores, max_publish_rate=opts.max_publish_rate,
+            server_cpus=_cpus(getattr(opts, "server_cpus", "")),
             conns_per_user=opts.conns_per_user,
             churn_interval=opts.churn_interval, connect_timeout=opts.connect_timeout,
             request_events=opts.request_events, result_file=opts.result_file,

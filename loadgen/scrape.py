@@ -58,6 +58,31 @@ def cpu_seconds(urls: list[str]) -> float | None:
     return total
 
 
+def core_ticks(cpus: list[int], stat: str = "/proc/stat") -> tuple[int, int] | None:
+    """(busy, total) clock ticks so far of these cores, from /proc/stat: busy is every
+    state but idle and iowait (user, system, irq, softirq: the servers, their Redis and
+    the kernel's loopback work alike). None when the file or a core is missing."""
+    try:
+        with open(stat) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    wanted = {f"cpu{c}" for c in cpus}
+    found = 0
+    for line in lines:
+        parts = line.split()
+        if parts and parts[0] in wanted:
+            ticks = [int(x) for x in parts[1:]]
+            idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+            # guest time is counted in user already (proc(5))
+            t = sum(ticks[:8])
+            busy += t - idle
+            total += t
+            found += 1
+    return (busy, total) if found == len(wanted) and wanted else None
+
+
 @dataclass(slots=True)
 class Sample:
     t: float

@@ -20,7 +20,10 @@ The ramp stops at the first step that crosses a limit, and says which:
 - `messages lost` (a hole in a stream, a slow consumer closed, a refused connect);
 - `p99 X ms > limit`;
 - `server fell behind` (delivered under 90 % of the offered rate);
-- `server CPU X% >= limit` (of `--server-cores` cores: the core is saturated).
+- `server CPU X% >= limit`: the server's core is saturated. With `--server-cpus`
+  (servers on this host, pinned: `rtbench run`) that is the busy time of those
+  cores from /proc/stat, which counts Redis and the kernel's network work beside
+  the replicas; otherwise the replicas' own CPU over `--server-cores` cores.
 The last four are the server's knee. After it, publishing stops and the run
 lasts `--drain` more seconds, so messages already sent are judged, not cut off.
 
@@ -100,6 +103,7 @@ class StepShape:
     _phase_until = 0.0
     _rate = 0.0
     _cpu0: float | None = None
+    _core0: tuple[int, int] | None = None
     _t0_us = 0
 
     def step_tick(self, run: Any, runner: Any, elapsed: float) -> tuple[int, float] | None:
@@ -150,6 +154,8 @@ class StepShape:
             run.pull_local()
             run.collector.start_step()
             self._cpu0 = scrape.cpu_seconds(_metrics(run))
+            self._core0 = scrape.core_ticks(list(run.p.server_cpus)) if run.p.server_cpus \
+                else None
             self._t0_us = now_us()
             self._phase, self._phase_until = "measure", elapsed + float(opts.step_seconds)
         elif self._phase == "measure" and elapsed >= self._phase_until:
@@ -192,6 +198,7 @@ class StepShape:
         t1 = now_us()
         seconds = max(1e-6, (t1 - self._t0_us) / 1e6)
         cpu1 = scrape.cpu_seconds(_metrics(run))
+        core1 = scrape.core_ticks(list(run.p.server_cpus)) if run.p.server_cpus else None
         lat = c.step_latency()
         pubs = max(1, int(opts.publishers))
         subs = users - pubs
@@ -205,12 +212,18 @@ class StepShape:
             "measured_s": round(seconds, 3),
             "delivered_per_s": round(lat.count / seconds, 1),
             "server_cpu_s": None if server_cpu_s is None else round(server_cpu_s, 4),
-            "server_cpu_percent": None if server_cpu_s is None
+            "server_process_cpu_percent": None if server_cpu_s is None
             else round(100 * server_cpu_s / seconds / max(1, int(opts.server_cores)), 1),
             "server_cpu_us_per_delivery": round(server_cpu_s * 1e6 / lat.count, 2)
             if server_cpu_s is not None and lat.count else None,
             "loadgen": judge_loadgen(c, float(opts.max_cpu), float(opts.max_lag_ms), seconds),
         })
+        point["server_cpu_source"] = "processes"
+        point["server_cpu_percent"] = point["server_process_cpu_percent"]
+        if self._core0 is not None and core1 is not None and core1[1] > self._core0[1]:
+            point["server_cpu_source"] = "cores " + ",".join(map(str, run.p.server_cpus))
+            point["server_cpu_percent"] = round(
+                100 * (core1[0] - self._core0[0]) / (core1[1] - self._core0[1]), 1)
         run.steps.append(point)
         log.info("rtbench step %d: rate %.1f/s, %.0f deliveries/s (offered %.0f), p99 %.1f ms, "
                  "server CPU %s%%, load-gen valid %s", self._step, self._rate,

@@ -330,3 +330,74 @@ def test_grpc_client_never_hangs_under_gevent(tmp_path: Path) -> None:
                 proc.kill()
     assert "ENDED True" in out.decode(), out.decode()
     assert proc.returncode == 0
+
+
+LONGPOLL_FAILURES = """
+import socket, sys
+from gevent import monkey; monkey.patch_all()
+import gevent
+from loadgen.clients import client_class
+from loadgen.clients import longpoll
+from loadgen.clients.reactor import reactor
+from loadgen.measure import build_payload, now_us, parse_stamp
+from servers.core.auth import DEV_SECRET, make_token
+
+url = sys.argv[1]
+C = client_class("longpoll")
+got = []
+
+def wait_for(n):
+    deadline = now_us() + 5_000_000
+    while len(got) < n and now_us() < deadline:
+        gevent.sleep(0.01)
+    return " ".join(str(s) for s in got)
+
+def on_event(ev, nbytes, recv_us):
+    if ev.get("type") == "message":
+        got.append(parse_stamp(ev["data"]).seq)
+
+pub = C(url, make_token("pub", DEV_SECRET), None, 5.0)
+pub.connect()
+pub.join("r")
+sub = C(url, make_token("sub", DEV_SECRET), on_event, 5.0)
+sub.connect()
+sub.join("r")
+pub.publish("r", build_payload("pub", 0, now_us(), 80))
+print("LIVE", wait_for(1), flush=True)
+for k in (1, 2):  # the held poll's socket breaks: polled again on a new one, nothing lost
+    sub._sock.shutdown(socket.SHUT_RDWR)
+    gevent.sleep(0.2)
+    pub.publish("r", build_payload("pub", k, now_us(), 80))
+    print("AFTER_BREAK", wait_for(k + 1), sub.closed.is_set(), flush=True)
+sub._poll = sub._poll.replace(sub.conn_id.encode(), b"gone")  # next poll: 404
+sub._sock.shutdown(socket.SHUT_RDWR)
+print("HTTP_ERROR", sub.closed.wait(5), sub.close_code, sub.close_reason, flush=True)
+sub.close()
+longpoll.POLL_SLACK = 0.3 - longpoll.POLL_TIMEOUT  # a held poll now counts as lost
+slow = C(url, make_token("slow", DEV_SECRET), None, 5.0)
+slow.connect()
+print("UNANSWERED", slow.closed.wait(5), slow.close_code, slow.close_reason, flush=True)
+slow.close()
+longpoll.POLL_SLACK = 10.0
+pub.close()
+print("READERS", len(reactor()), flush=True)
+"""
+
+
+def test_longpoll_client_polls_again_after_network_failures(tmp_path: Path) -> None:
+    script = tmp_path / "longpoll_failures.py"
+    script.write_text(LONGPOLL_FAILURES)
+    with servers("longpoll") as procs:
+        proc = subprocess.run([sys.executable, str(script), procs[0].url], cwd=ROOT,
+                              capture_output=True, text=True, timeout=40)
+    out = proc.stdout + proc.stderr
+    said = {ln.split()[0]: ln.split()[1:] for ln in proc.stdout.splitlines() if ln.strip()}
+    assert proc.returncode == 0, out
+    assert said["LIVE"] == ["0"], out
+    assert "AFTER_BREAK 0 1 2 False" in proc.stdout, out
+    # an HTTP error ends the connection at once, with the server's error code
+    assert said["HTTP_ERROR"][:4] == ["True", "1006", "poll", "failed:"], out
+    assert said["HTTP_ERROR"][4] == "unknown_session:", out
+    # POLL_RETRIES failures are retried, the one after ends the connection
+    assert said["UNANSWERED"][:2] == ["True", "1006"] and "no response" in proc.stdout, out
+    assert said["READERS"] == ["0"], out  # every poll socket left the reactor

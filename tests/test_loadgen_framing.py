@@ -1,5 +1,5 @@
-"""Sans-I/O framing of the gevent clients: WebSocket frames and the SSE response, fed as
-bytes."""
+"""Sans-I/O framing of the gevent clients: WebSocket frames, the SSE response and the
+long-poll responses of a keep-alive connection, fed as bytes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from loadgen.clients.httpresponse import Response, ResponseReader
 from loadgen.clients.ssestream import ResponseError, SseResponse
 from loadgen.clients.wsframes import (
     OP_BINARY,
@@ -133,3 +134,61 @@ def test_sse_response_runaway_line_raises() -> None:
     r.feed(SSE_HEAD)
     with pytest.raises(ResponseError, match="longer than"):
         r.feed(chunked(b"data: " + b"x" * (MAX_LINE + 1))[:-5])
+
+
+def poll_response(body: bytes, status: bytes = b"200 OK", extra: bytes = b"") -> bytes:
+    return (b"HTTP/1.1 %s\r\ndate: Wed, 02 Dec 2026 03:00:00 GMT\r\nserver: uvicorn\r\n"
+            b"content-length: %d\r\ncontent-type: application/json\r\n%s\r\n%s"
+            % (status, len(body), extra, body))
+
+
+POLL_BODIES = [b'{"events":[]}', b'{"events":[{"type":"message","room":"r","data":{"n":1}}]}']
+
+
+def test_keep_alive_responses_split_at_every_byte_are_the_same() -> None:
+    wire = poll_response(POLL_BODIES[0]) + poll_response(POLL_BODIES[1])
+    want = [Response(200, body, True) for body in POLL_BODIES]
+    assert ResponseReader().feed(wire) == want
+    for cut in range(1, len(wire)):
+        r = ResponseReader()
+        assert r.feed(wire[:cut]) + r.feed(wire[cut:]) == want, cut
+    r = ResponseReader()
+    assert [resp for i in range(len(wire)) for resp in r.feed(wire[i:i + 1])] == want
+
+
+def test_response_comes_out_only_when_its_body_is_complete() -> None:
+    wire = poll_response(POLL_BODIES[1])
+    r = ResponseReader()
+    assert r.feed(wire[:-1]) == []
+    assert r.feed(wire[-1:]) == [Response(200, POLL_BODIES[1], True)]
+    assert r.feed(b"") == []
+
+
+def test_chunked_body_is_joined_and_a_large_one_whole() -> None:
+    big = b"x" * 300_000
+    wire = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunked(b'{"events":', big, b"}"))
+    r = ResponseReader()
+    got = [resp for i in range(0, len(wire), 65536) for resp in r.feed(wire[i:i + 65536])]
+    assert got == [Response(200, b'{"events":' + big + b"}", True)]
+
+
+def test_error_status_and_connection_close() -> None:
+    body = b'{"code":"unknown_session","message":"no connection"}'
+    r = ResponseReader()
+    assert r.feed(poll_response(body, b"404 Not Found", b"connection: close\r\n")) == [
+        Response(404, body, False)]
+    with pytest.raises(ResponseError):  # nothing may follow a `connection: close` response
+        r.feed(poll_response(POLL_BODIES[0]))
+    http10 = b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+    assert ResponseReader().feed(http10) == [Response(200, b"{}", False)]
+
+
+@pytest.mark.parametrize("wire", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # not a chunk size
+    b"SMTP ready\r\n\r\n",  # not HTTP
+    b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",  # not a length
+])
+def test_malformed_response_raises(wire: bytes) -> None:
+    with pytest.raises(ResponseError, match="malformed HTTP response"):
+        ResponseReader().feed(wire)

@@ -201,3 +201,38 @@ def test_recorder_deliver_is_delivered_of_parse_stamp() -> None:
     assert fast.counters["warmup_deliveries"] > 0 and fast.counters["unstamped"] > 0
     assert fast.hists["message"].equals(slow.hists["message"])
     assert wf.to_dict() == ws.to_dict()
+
+
+def test_record_keys_by_bucket_yet_equals_exact_recording() -> None:
+    """Histogram.record keeps the lowest value of each HdrHistogram bucket; the histogram
+    must equal one fed value by value through hdrh itself."""
+    import random
+
+    from hdrh.histogram import HdrHistogram
+
+    from loadgen.measure import HIGHEST_US, LOWEST_US, SIG_FIGS
+
+    rng = random.Random(7)
+    values = [rng.randint(1, 3_000_000) for _ in range(20_000)] + [2047, 2048, 2049, 4097]
+    ours = Histogram()
+    exact = HdrHistogram(LOWEST_US, HIGHEST_US, SIG_FIGS)
+    for v in values:
+        ours.record(v)
+        exact.record_value(v)
+    assert len(ours._pending) < len(set(values)) / 2  # bucketed: far fewer keys
+    for p in (50, 90, 99, 99.9, 100):
+        assert ours.percentile(p) == exact.get_value_at_percentile(p)
+    assert ours.count == exact.get_total_count()
+    assert ours._hist.equals(exact)
+
+
+def test_merge_of_unflushed_samples_is_exact() -> None:
+    a, b, both = Histogram(), Histogram(), Histogram()
+    for v in range(1, 50_000, 7):
+        a.record(v)
+        both.record(v)
+    b.record(123_456)
+    both.record(123_456)
+    b.percentile(50)  # b's samples are in its HdrHistogram, a's still pending
+    a.merge(b)
+    assert a.equals(both)

@@ -1,8 +1,8 @@
 """gevent-friendly clients, one per transport, one API (see `loadgen.clients.base`).
 
 Importing this package imports no gevent: the sans-I/O framing modules
-(`wsframes`, `ssestream`, `grpcframes`) are tested in the plain pytest process. The clients
-themselves (and `base`) need a gevent-patched process, such as Locust's.
+(`wsframes`, `ssestream`, `httpresponse`, `grpcframes`) are tested in the plain pytest
+process. The clients themselves (and `base`) need a gevent-patched process, such as Locust's.
 """
 
 from __future__ import annotations

@@ -115,8 +115,9 @@ class Client(ABC):
         return self.welcome
 
     def _start_reader(self) -> None:
-        """Deliver the events after the welcome: a reader greenlet of this client's own
-        (long-poll), or the process's reactor (event streams: `ReactorReader`)."""
+        """Deliver the events after the welcome: a reader greenlet of the client's own
+        (grpcio, websocket-client's receive path), or the process's reactor
+        (`ReactorReader`: ws, sse, long-poll, gRPC over h2)."""
         self._reader = gevent.spawn(self._read_loop)
 
     # -------------------------------------------------------------- commands
@@ -255,7 +256,7 @@ class ReactorReader:
 
 class RawSocket(ReactorReader):
     """A client whose event stream is a plain TCP socket of its own (gevent's, once
-    patched), read in large pieces by its reader greenlet: SSE and gRPC over h2."""
+    patched), read by the process's reactor: SSE, long-poll polls and gRPC over h2."""
 
     _sock: socket.socket | None = None
 
