@@ -65,9 +65,12 @@ def _profile(size: str) -> dict[str, Scenario]:
     common = {"payload_bytes": 100, "drain": pick(1, 1.5, 2)}
     steady = {**common, "warmup": pick(0.5, 1, 3)}
     return {
+        # held idle connections, ramped at -r until -u or a limit (loadgen/connections.py:
+        # open files, connect time, server memory); --full aims past the load generator's
+        # open-files limit (20,000 here), so that limit is what stops it
         "connections": Scenario(
-            "connections", users=pick(100, 400, 5000), spawn_rate=pick(100, 100, 250),
-            run_time=pick(3, 6, 40), options={**common}),
+            "connections", users=pick(100, 2000, 25000), spawn_rate=pick(100, 500, 1000),
+            run_time=pick(3, 8, 40), options={**common}),
         # the capacity ramp (loadgen/steps.py): every subscriber connects, then the publish
         # rate rises step by step until the servers' knee; run_time only bounds it.
         # 200 subscribers: at 1,000 the load generator's per-delivery cost outgrew the

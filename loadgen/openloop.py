@@ -44,31 +44,41 @@ class Schedule:
     (the capacity ramp raises the rate step by step; loadgen.steps).
     """
 
-    __slots__ = ("_k0", "_start_us", "rate", "until_us")
+    __slots__ = ("_segments", "rate", "until_us")
 
     def __init__(self, start_us: int, rate: float, until_us: int = 1 << 62) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
-        self._k0 = 0
-        self._start_us = start_us
-        self.rate = rate  # sends per second
+        # (first send k, its time, rate) per rate in force; a change only adds one
+        self._segments: list[tuple[int, int, float]] = [(0, start_us, rate)]
+        self.rate = rate  # sends per second now
         self.until_us = until_us  # no send is due at or after this
 
     @property
     def start_us(self) -> int:
-        return self._start_us
+        return self._segments[0][1]
 
     def intended(self, k: int) -> int:
-        return self._start_us + round((k - self._k0) * 1_000_000 / self.rate)
+        for k0, start, rate in reversed(self._segments):
+            if k >= k0:
+                return start + round((k - k0) * 1_000_000 / rate)
+        raise ValueError(f"send {k} precedes the schedule")
 
     def set_rate(self, rate: float, at_us: int) -> None:
         """From `at_us` on, send at `rate`: sends due before `at_us` keep their times."""
         if rate <= 0:
             raise ValueError("rate must be positive")
-        k = self._k0 + max(0, -(-(at_us - self._start_us) * self.rate // 1_000_000))
+        k0, start, old = self._segments[-1]
+        k = k0 + max(0, -(-(at_us - start) * old // 1_000_000))
         k = int(k)
-        start = max(at_us, self.intended(k - 1) + 1) if k > self._k0 else self._start_us
-        self._k0, self._start_us, self.rate = k, int(start), rate
+        while k > k0 and self.intended(k - 1) >= at_us:  # rounding: the first due at or after
+            k -= 1
+        first = max(at_us, self.intended(k - 1) + 1) if k > 0 else max(at_us, start)
+        if k == k0:
+            self._segments[-1] = (k0, first if k0 > 0 else start, rate)
+        else:
+            self._segments.append((k, int(first), rate))
+        self.rate = rate
 
     def stop_at(self, until_us: int) -> None:
         self.until_us = min(self.until_us, until_us)

@@ -81,7 +81,15 @@ def add_options(parser: Any) -> None:
                         "one request event each (on: other listeners see them), or not (off)")
     g.add_argument("--max-connect-failures", type=int, default=10,
                    env_var="LOCUST_MAX_CONNECT_FAILURES",
-                   help="connections: end the run after this many failed connects (default 10)")
+                   help="connections: stop spawning after this many failed connects "
+                        "(default 10)")
+    g.add_argument("--max-connect-ms", type=float, default=1000.0,
+                   env_var="LOCUST_MAX_CONNECT_MS",
+                   help="connections: stop spawning once a second's connects have a p99 "
+                        "above this (default 1000)")
+    g.add_argument("--max-server-rss-mb", type=float, default=4096.0,
+                   env_var="LOCUST_MAX_SERVER_RSS_MB",
+                   help="connections: stop spawning once a replica's RSS passes this")
     g.add_argument("--metrics-urls", default="", env_var="LOCUST_METRICS_URLS",
                    help="connections: comma-separated /metrics URLs of the servers "
                         "(default: <server>/metrics; gRPC: port + 1000)")
@@ -139,6 +147,8 @@ class Params:
     server_cores: int = 1
     max_publish_rate: float = 100_000.0
     server_cpus: tuple[int, ...] = ()
+    max_connect_ms: float = 1000.0
+    max_server_rss_mb: float = 4096.0
 
     @classmethod
     def from_options(cls, opts: argparse.Namespace) -> Params:
@@ -157,6 +167,7 @@ class Params:
             step_settle=opts.step_settle, max_server_cpu=opts.max_server_cpu,
             server_cores=opts.server_cores, max_publish_rate=opts.max_publish_rate,
             server_cpus=_cpus(getattr(opts, "server_cpus", "")),
+            max_connect_ms=opts.max_connect_ms, max_server_rss_mb=opts.max_server_rss_mb,
             conns_per_user=opts.conns_per_user,
             churn_interval=opts.churn_interval, connect_timeout=opts.connect_timeout,
             request_events=opts.request_events, result_file=opts.result_file,

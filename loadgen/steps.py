@@ -64,20 +64,34 @@ def judge_loadgen(c: Any, max_cpu: float, max_lag_ms: float, seconds: float | No
 
 def knee_reason(point: dict[str, Any], p99_limit_ms: float, max_server_cpu: float,
                 ) -> tuple[str | None, bool]:
-    """(why this step ends the ramp or None, whether that is the server's knee)."""
-    if not point["loadgen"]["valid"]:
-        return "load-side limited: " + "; ".join(point["loadgen"]["reasons"]), False
-    if point["holes"] or point["slow_consumer_closes"] or point["connect_failures"]:
-        return "messages lost", True
-    p99_ms = point["latency_us"]["percentiles"]["p99"] / 1000 if point["deliveries"] else 0.0
-    if p99_ms > p99_limit_ms:
-        return f"p99 {p99_ms:.1f} ms > {p99_limit_ms:g} ms", True
-    offered = point.get("offered_per_s")
-    if offered and point["delivered_per_s"] < BEHIND * offered:
-        return (f"server fell behind ({point['delivered_per_s']:.0f} of {offered:.0f} "
-                f"deliveries/s)"), True
+    """(why this step ends the ramp or None, whether that is the server's knee).
+
+    A load generator over its CPU limit cannot tell anything: `load-side limited`.
+    One that only woke late (canary or schedule lag over the limit, its CPU under
+    it) inflated the latencies, so p99 and `fell behind` cannot be trusted in that
+    step, but what the server side measured on its own still can: its CPU (read
+    from the server's core or process) and lost messages. The step's `loadgen`
+    verdict stays invalid either way, which the headline's `valid` reports.
+    """
+    lg = point["loadgen"]
     cpu = point.get("server_cpu_percent")
-    if cpu is not None and cpu >= max_server_cpu:
+    server_saturated = cpu is not None and cpu >= max_server_cpu
+    lost = bool(point["holes"] or point["slow_consumer_closes"] or point["connect_failures"])
+    if not lg["valid"]:
+        starved = any("CPU" in r for r in lg["reasons"])
+        if starved or not (server_saturated or lost):
+            return "load-side limited: " + "; ".join(lg["reasons"]), False
+    if lost:
+        return "messages lost", True
+    if lg["valid"]:
+        p99_ms = point["latency_us"]["percentiles"]["p99"] / 1000 if point["deliveries"] else 0.0
+        if p99_ms > p99_limit_ms:
+            return f"p99 {p99_ms:.1f} ms > {p99_limit_ms:g} ms", True
+        offered = point.get("offered_per_s")
+        if offered and point["delivered_per_s"] < BEHIND * offered:
+            return (f"server fell behind ({point['delivered_per_s']:.0f} of {offered:.0f} "
+                    f"deliveries/s)"), True
+    if server_saturated:
         return f"server CPU {cpu:.0f}% >= {max_server_cpu:g}%", True
     return None, False
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv as _csv
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -73,7 +74,8 @@ class Outcome:
 
 def locust(scenario: str, procs: Sequence[ServerProcess], tmp_path: Path, *args: str,
            transport: str = "ws", users: int = 4, seconds: float = 4, rate: float = 20,
-           locustfile: Path | None = None, popen_hook: Any = None) -> Outcome:
+           locustfile: Path | None = None, popen_hook: Any = None,
+           nofile: int | None = None) -> Outcome:
     out = tmp_path / f"{scenario}-{transport}-{uuid.uuid4().hex[:6]}.json"
     cmd = [sys.executable, "-m", "locust", "-f",
            str(locustfile or ROOT / "loadgen" / f"{scenario}.py"),
@@ -81,8 +83,13 @@ def locust(scenario: str, procs: Sequence[ServerProcess], tmp_path: Path, *args:
            "--servers", ",".join(p.url for p in procs), "--transport", transport,
            "--publish-rate", str(rate), "--drain", "1", "--result-file", str(out),
            "--only-summary", "--exit-code-on-error", "0", *args]
+    def limit_files() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                          preexec_fn=limit_files) as proc:
         if popen_hook is not None:
             popen_hook(proc)
         try:
@@ -183,6 +190,43 @@ def test_connections_reports_server_memory(tmp_path: Path) -> None:
     assert stats["connections_peak"] == 20
     assert stats["rss_per_connection_bytes"] is not None
     assert stats["idle_cpu_percent"] is not None
+
+
+def test_connections_stop_spawning_at_the_open_files_limit(tmp_path: Path) -> None:
+    with servers("ws") as procs:
+        o = locust("connections", procs, tmp_path, "--max-connect-failures", "5",
+                   users=600, seconds=9, nofile=400)
+    stop = o.result["extra"]["connections_stop"]
+    assert stop["limit_reached"] and stop["reason"].startswith("open-files limit"), stop
+    assert o.result["extra"]["nofile_limit"]["soft"] == 400
+    (stats,) = o.result["extra"]["servers"].values()
+    # the ramp stopped short of the limit and held what it had: a plateau to measure on
+    assert 0 < stats["connections_peak"] < 400, stats
+    assert stats["rss_per_connection_bytes"] is not None
+
+
+@pytest.mark.parametrize(("limits", "knee"), [
+    (["--max-server-cpu", "0.001"], True),  # any CPU at all is "saturated": a knee at once
+    (["--max-server-cpu", "100", "--max-publish-rate", "50"], False),  # no knee, a cap
+])
+def test_rate_ramp_stops_at_a_knee_or_says_why_not(limits: list[str], knee: bool,
+                                                    tmp_path: Path) -> None:
+    with servers("ws") as procs:
+        o = locust("broadcast", procs, tmp_path, "--ramp-factor", "2", "--step-seconds", "1",
+                   "--step-settle", "0", *limits, users=4, rate=20, seconds=30)
+    ramp = o.result["extra"]["ramp"]
+    steps = o.result["steps"]
+    assert ramp["knee_reached"] is knee, ramp
+    if knee:
+        assert ramp["stopped_because"].startswith("server CPU"), ramp
+    else:
+        assert [s["publish_rate"] for s in steps] == [20, 40], steps
+        assert ramp["stopped_because"] == "--max-publish-rate 50 reached before a knee"
+    assert o.result["duration_s"] < 20  # the ramp ended the run, not -t
+    for s in steps:
+        assert s["delivered_per_s"] > 0 and s["server_cpu_percent"] is not None, s
+        assert s["loadgen"]["valid"], s
+    assert_all_delivered(o, 20)  # publishing stopped before the end: nothing cut off
 
 
 STARVED = """
