@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from bench import tables
 from bench.plan import TRANSPORTS
@@ -70,6 +70,8 @@ def latency_cdf(run: RunData, scenario: str, path: Path) -> Path | None:
 
 
 def capacity(cap: pd.DataFrame, path: Path) -> Path | None:
+    """Subscriber ramps: p99 and deliveries/s per subscriber count (rate ramps: capacity_knees)."""
+    cap = cap[cap["ramp"] == "subscribers"] if not cap.empty else cap
     if cap.empty:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -93,6 +95,96 @@ def capacity(cap: pd.DataFrame, path: Path) -> Path | None:
         a.grid(True, alpha=0.3)
         a.legend()
     return _save(fig, path)
+
+
+def _short(reason: str) -> str:
+    """A stop reason short enough for a legend."""
+    if reason.startswith("load-side limited"):
+        return "load-side limited (no knee)"
+    return reason.split(" (")[0].replace(" >= ", " \u2265 ")
+
+
+def _end_label(g: pd.DataFrame) -> str:
+    last = g.iloc[-1]
+    reason = str(last["stopped_because"] or "")
+    if not reason:
+        return "ramp did not end"
+    if reason.startswith("load-side limited") or not last["knee"]:
+        return _short(reason)
+    return "knee: " + _short(reason)
+
+
+def _end(ax: Any, g: pd.DataFrame, y: str, color: str | None) -> None:
+    """Mark the step that ended a ramp: a star at a knee, a black-edged X when the load
+    generator saturated, a square for any other stop."""
+    last = g.iloc[-1]
+    reason = str(last["stopped_because"] or "")
+    if not reason or pd.isna(last[y]):
+        return
+    side = reason.startswith("load-side limited")
+    marker, size = ("X", 220) if side else ("*", 320) if last["knee"] else ("s", 110)
+    ax.scatter([last["deliveries_per_s"]], [last[y]], marker=marker, s=size, color=color,
+               edgecolors="black" if side else color, linewidths=1.5, zorder=5)
+
+
+def _rate_axis(axis: Any) -> None:
+    """Log scale labelled 2k, 5k, 10k..."""
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(
+        lambda v, _pos: f"{v / 1000:g}k" if v >= 1000 else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def capacity_knees(cap: pd.DataFrame, path: Path) -> Path | None:
+    """Rate ramps: p99 and server CPU against deliveries/s per step, the ramp's end marked."""
+    cap = cap[cap["ramp"] == "rate"] if not cap.empty else cap
+    if cap.empty:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5.6))
+    handles = []
+    for transport in _ordered(cap["transport"]):
+        g = cap[cap["transport"] == transport].sort_values("step")
+        color = COLORS.get(transport)
+        ok = g["loadgen_valid"].fillna(True).astype(bool)
+        for ax, y in ((a1, "p99_ms"), (a2, "server_cpu_percent")):
+            (line,) = ax.plot(g["deliveries_per_s"], g[y], color=color,
+                              label=f"{transport}: {_end_label(g)}")
+            ax.scatter(g[ok]["deliveries_per_s"], g[ok][y], color=color, s=18, zorder=4)
+            ax.scatter(g[~ok]["deliveries_per_s"], g[~ok][y], facecolors="white",
+                       edgecolors=color, s=30, zorder=4)
+            _end(ax, g, y, color)
+        handles.append(line)
+    limit = float(cap["p99_limit_ms"].iloc[0])
+    handles.append(a1.axhline(limit, linestyle="--", color="grey",
+                              label=f"p99 limit {limit:g} ms (left)"))
+    cpu_limit = cap["max_server_cpu"].dropna()
+    if not cpu_limit.empty:
+        handles.append(a2.axhline(float(cpu_limit.iloc[0]), linestyle=":", color="grey",
+                                  label=f"server CPU limit {float(cpu_limit.iloc[0]):g} % "
+                                  "(right)"))
+    a1.set_yscale("log")
+    _plain_log(a1.yaxis)
+    sources = cap["server_cpu_source"].dropna().unique()
+    a1.set_ylabel("p99 latency of the step (ms, log scale)")
+    a1.set_title("broadcast rate ramp: p99 per step")
+    a2.set_ylabel("server CPU %" + (f" ({sources[0]})" if len(sources) == 1 else ""))
+    a2.set_title("broadcast rate ramp: server CPU per step")
+    a2.set_ylim(0, 108)
+    for a in (a1, a2):
+        a.set_xscale("log")
+        _rate_axis(a.xaxis)
+        a.set_xlabel("delivered deliveries / s per step (log scale)")
+        a.grid(True, which="both", alpha=0.3)
+    fig.legend(handles=handles, loc="lower left", ncol=3, fontsize="small",
+               bbox_to_anchor=(0.01, 0.045), frameon=False)
+    fig.text(0.01, 0.01, "\u2605 knee (a server limit ended the ramp)   \u2716 load-side "
+             "limited: the load generator saturated first, no knee   \u25a0 stopped before "
+             "a knee   \u25cb load generator not valid in that step", fontsize="small",
+             color="#444")
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
 
 
 def _bars(ax: Any, df: pd.DataFrame, value: str, title: str, ylabel: str) -> bool:
@@ -176,21 +268,25 @@ def latency_bars(summary: pd.DataFrame, path: Path) -> Path | None:
 
 def render_all(run: RunData, summary: pd.DataFrame, cap: pd.DataFrame, conn: pd.DataFrame,
                out: Path) -> dict[str, Path]:
-    """Every figure of the report; name -> PNG path (figures without data are left out)."""
+    """Every figure of the report; name -> PNG path (figures without data are left out,
+    and a file a previous rendering left under that name is removed)."""
     out.mkdir(parents=True, exist_ok=True)
-    jobs: list[tuple[str, Callable[[], Path | None]]] = [
-        ("latency", lambda: latency_bars(summary, out / "latency.png")),
-        ("capacity", lambda: capacity(cap, out / "capacity.png")),
-        ("connections", lambda: connections(conn, out / "connections.png")),
-        ("cost", lambda: cost(summary, out / "cost.png")),
+    jobs: list[tuple[str, Path, Callable[[Path], Path | None]]] = [
+        ("latency", out / "latency.png", lambda p: latency_bars(summary, p)),
+        ("capacity_knees", out / "capacity-knees.png", lambda p: capacity_knees(cap, p)),
+        ("capacity", out / "capacity.png", lambda p: capacity(cap, p)),
+        ("connections", out / "connections.png", lambda p: connections(conn, p)),
+        ("cost", out / "cost.png", lambda p: cost(summary, p)),
     ]
     scenarios = list(dict.fromkeys(s["scenario"] for s in run.steps))
     for s in scenarios:
-        jobs.append((f"cdf_{s}", lambda s=s: latency_cdf(run, s,  # type: ignore[misc]
-                                                          out / f"cdf_{s}.png")))
+        jobs.append((f"cdf_{s}", out / f"cdf_{s}.png",
+                     lambda p, s=s: latency_cdf(run, s, p)))  # type: ignore[misc]
     made = {}
-    for name, job in jobs:
-        path = job()
+    for name, target, job in jobs:
+        path = job(target)
         if path is not None:
             made[name] = path
+        else:
+            target.unlink(missing_ok=True)
     return made

@@ -20,7 +20,7 @@ import jinja2
 import orjson
 import pandas as pd
 
-from bench import plots, tables, textbook
+from bench import headline, plots, tables, textbook
 from bench.runs import RunData, load_run
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -109,6 +109,8 @@ def context(run: RunData) -> dict[str, Any]:
     conn = tables.connections(run)
     for name, df in (("summary", summary), ("capacity", cap), ("connections", conn)):
         df.to_csv(run.path / f"{name}.csv", index=False)
+    head = headline.rows(run, summary)
+    headline.write_csv(head, run.path / "headline.csv")
     pngs = plots.render_all(run, summary, cap, conn, run.path / "plots")
     meta = run.meta
     params = meta.get("parameters", {})
@@ -119,7 +121,11 @@ def context(run: RunData) -> dict[str, Any]:
         "summary": records(summary), "scenarios": scenarios,
         "by_scenario": {s: records(summary[summary["scenario"] == s]) for s in scenarios}
         if not summary.empty else {},
-        "capacity": records(cap), "capacity_best": tables.capacity_best(cap),
+        "headline": head, "headline_text": headline.text(head), "knee_cell": headline.knee_cell,
+        "row_notes": headline.row_notes, "cell": headline.cell,
+        "capacity_rate": records(cap[cap["ramp"] == "rate"]) if not cap.empty else [],
+        "capacity_users": records(cap[cap["ramp"] == "subscribers"]) if not cap.empty else [],
+        "capacity_best": tables.capacity_best(cap),
         "connections": records(conn),
         "textbook": [v.to_dict() for v in textbook.check(summary, meta)],
         "images": {name: _embed(path) for name, path in pngs.items()},
@@ -134,14 +140,16 @@ def context(run: RunData) -> dict[str, Any]:
 
 
 def render(run_dir: Path) -> str:
-    """Write report.html (+ CSVs, PNGs) for `run_dir`; returns the terminal summary."""
+    """Write report.html (+ CSVs, PNGs) for `run_dir`; returns the terminal summary
+    (the headline first, then one row per transport and scenario)."""
     run = load_run(run_dir)
     ctx = context(run)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(**ctx)
     (run_dir / "report.html").write_text(html, encoding="utf-8")
-    return summary_text(ctx["summary_frame"])
+    head: str = ctx["headline_text"]
+    return head + "\n\n" + summary_text(ctx["summary_frame"])
 
 
 def main(argv: Sequence[str]) -> int:

@@ -107,7 +107,13 @@ def summary(run: RunData) -> pd.DataFrame:
 
 
 def capacity(run: RunData) -> pd.DataFrame:
-    """Broadcast capacity steps: subscribers vs p99 and deliveries/s, per transport."""
+    """Broadcast capacity steps, per transport: p99, deliveries/s and server CPU per step.
+
+    `ramp` says which ramp made the step (loadgen/steps.py): `rate` (subscribers
+    fixed, the publish rate rising to the knee; deliveries/s measured over the
+    step's judged window) or `subscribers` (more subscribers each step; the step
+    includes its own ramp-up).
+    """
     rows = []
     for (scenario, transport), res in sorted(run.results.items()):
         if scenario != "broadcast" or not res.get("steps"):
@@ -120,29 +126,43 @@ def capacity(run: RunData) -> pd.DataFrame:
             pct = s.get("latency_us", {}).get("percentiles", {})
             seconds = (int(s["ended_us"]) - prev_end) / 1e6 if prev_end else None
             prev_end = int(s["ended_us"])
+            rate = "delivered_per_s" in s
+            if rate:
+                seconds = s.get("measured_s")
             if not s.get("deliveries"):
                 continue
             p99 = _ms(pct.get("p99"))
+            lg = s.get("loadgen") or {}
             rows.append({
-                "transport": transport, "step": s["step"], "subscribers": s["subscribers"],
+                "transport": transport, "ramp": "rate" if rate else "subscribers",
+                "step": s["step"], "subscribers": s["subscribers"],
+                "publish_rate": s.get("publish_rate"), "offered_per_s": s.get("offered_per_s"),
                 "deliveries": s["deliveries"], "seconds": round(seconds, 2) if seconds else None,
-                "deliveries_per_s": round(s["deliveries"] / seconds, 1) if seconds else None,
+                "deliveries_per_s": s["delivered_per_s"] if rate
+                else round(s["deliveries"] / seconds, 1) if seconds else None,
                 "p50_ms": _ms(pct.get("p50")), "p99_ms": p99, "max_ms": _ms(pct.get("p100")),
+                "server_cpu_percent": s.get("server_cpu_percent"),
+                "server_cpu_source": s.get("server_cpu_source"),
+                "server_cpu_us_per_delivery": s.get("server_cpu_us_per_delivery"),
+                "loadgen_valid": lg.get("valid"), "loadgen_cpu_percent": lg.get("cpu_percent"),
+                "loadgen_reasons": "; ".join(lg.get("reasons", [])),
                 "holes": s.get("holes", 0), "connect_failures": s.get("connect_failures", 0),
-                "p99_limit_ms": limit,
+                "p99_limit_ms": limit, "max_server_cpu": params.get("max_server_cpu"),
                 "met_limit": p99 is not None and p99 <= limit and not s.get("holes")
                 and not s.get("slow_consumer_closes") and not s.get("connect_failures"),
                 "stopped_because": s.get("stopped_because", ""),
+                "knee": bool(s.get("knee")),
             })
     return pd.DataFrame(rows)
 
 
 def capacity_best(cap: pd.DataFrame) -> dict[str, int | None]:
-    """Per transport: the largest subscriber count of an unbroken run of steps within limit."""
+    """Subscriber ramps, per transport: the largest subscriber count of an unbroken run
+    of steps within limit (a rate ramp's answer is the headline, bench.headline)."""
     out: dict[str, int | None] = {}
     if cap.empty:
         return out
-    for transport, g in cap.groupby("transport", sort=False):
+    for transport, g in cap[cap["ramp"] == "subscribers"].groupby("transport", sort=False):
         best = None
         for _, row in g.sort_values("subscribers").iterrows():
             if not row["met_limit"]:

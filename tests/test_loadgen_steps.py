@@ -3,6 +3,7 @@ without sockets (loadgen/steps.py, loadgen/openloop.py, loadgen/recorder.py)."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -81,7 +82,7 @@ def test_schedule_rate_change_keeps_past_sends_and_stays_monotonic() -> None:
     s.set_rate(100.0, 1_250_000)  # from 1.25 s on: every 10 ms
     assert [s.intended(k) for k in range(3)] == before[:3]  # due before the change
     times = [s.intended(k) for k in range(40)]
-    assert all(b > a for a, b in zip(times, times[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(times))
     assert times[3] == 1_250_000 and times[4] - times[3] == 10_000
     s.stop_at(1_300_000)
     assert s.until_us == 1_300_000

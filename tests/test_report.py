@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pandas as pd
 import pytest
 
-from bench import plan, report, runs, tables, textbook
+from bench import headline, plan, plots, report, runs, tables, textbook
 from bench.progress import Progress
 from loadgen import result as result_mod
+from loadgen import steps as steps_mod
 from loadgen.measure import Histogram
 
 TRANSPORTS = plan.TRANSPORTS
@@ -20,6 +23,18 @@ SCENARIOS = plan.SCENARIOS
 # median latency (µs) per transport: the textbook's order, gRPC close to WS
 BASE_US = {"ws": 1000, "sse": 1500, "longpoll": 4000, "grpc": 1100}
 PNG = b"\x89PNG\r\n\x1a\n"
+# broadcast rate ramps, per step (delivered/s, p99 µs, server CPU %, CPU µs per delivery):
+# ws: the load generator saturates in its last step (load-side limited, no knee);
+# sse: the server core reaches the CPU limit (the knee step is the max);
+# longpoll: p99 crosses 250 ms (the max is the step before); grpc: a CPU knee
+RAMPS = {
+    "ws": ((2020.9, 5_819, 5.1, 1.9), (4045.8, 8_791, 9.1, 1.234), (8100.0, 400_000, 30.0, 2.0)),
+    "sse": ((2013.3, 16_911, 40.0, 27.36), (4063.1, 24_703, 70.0, 28.42),
+            (7608.2, 83_199, 95.0, 19.87)),
+    "longpoll": ((1010.0, 23_647, 30.0, 199.0), (2027.7, 106_111, 60.0, 210.58),
+                 (3020.0, 300_000, 80.0, 214.83)),
+    "grpc": ((2028.2, 15_647, 45.0, 67.16), (4019.9, 14_975, 91.0, 65.92)),
+}
 
 
 def _hist(center_us: int, n: int = 200) -> dict[str, Any]:
@@ -29,12 +44,40 @@ def _hist(center_us: int, n: int = 200) -> dict[str, Any]:
     return h.to_dict()
 
 
+def _rate_steps(transport: str) -> list[dict[str, Any]]:
+    """A rate ramp as loadgen/steps.py records it, ended where its own rules end it."""
+    steps: list[dict[str, Any]] = []
+    for k, (per_s, p99_us, cpu, us) in enumerate(RAMPS[transport]):
+        h = _hist(p99_us // 2)
+        h["percentiles"]["p99"] = p99_us
+        saturated = transport == "ws" and k == len(RAMPS["ws"]) - 1
+        lg_reasons = ["load generator vm/1 used 95% CPU (limit 90%)"] if saturated else []
+        point: dict[str, Any] = {
+            "step": k, "subscribers": 200, "ended_us": 3_000_000 * (k + 1),
+            "deliveries": int(per_s * 2), "latency_us": h, "holes": 0,
+            "slow_consumer_closes": 0, "connect_failures": 0, "publish_rate": 10.0 * 2**k,
+            "offered_per_s": per_s, "measured_s": 2.0, "delivered_per_s": per_s,
+            "server_cpu_s": cpu / 50, "server_cpu_us_per_delivery": us,
+            "server_cpu_percent": cpu,
+            "loadgen": {"valid": not saturated, "reasons": lg_reasons,
+                        "cpu_percent": 95.0 if saturated else 40.0}}
+        if transport != "sse":  # older results lack these two (a real run of 2026-12-02)
+            point.update(server_cpu_source="cores 0", server_process_cpu_percent=cpu - 2)
+        steps.append(point)
+        why, knee = steps_mod.knee_reason(point, 250.0, 90.0)
+        if why is not None:
+            point.update(stopped_because=why, knee=knee)
+            break
+    return steps
+
+
 def _result(scenario: str, transport: str, *, missing: int = 0,
-            reasons: list[str] | None = None) -> dict[str, Any]:
+            reasons: list[str] | None = None, ramp: str = "rate") -> dict[str, Any]:
     lat = _hist(BASE_US[transport]) if scenario != "connections" else Histogram().to_dict()
     received = 0 if scenario == "connections" else 1000
-    steps = []
-    if scenario == "broadcast":
+    steps: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    if scenario == "broadcast" and ramp == "subscribers":
         # ws stays under 250 ms up to 100 subscribers, then goes over
         for k, p99_us in enumerate((10_000, 20_000, 300_000)):
             h = _hist(p99_us // 2)
@@ -42,17 +85,24 @@ def _result(scenario: str, transport: str, *, missing: int = 0,
             steps.append({"step": k, "subscribers": 50 * (k + 1),
                           "ended_us": 1_000_000 * (k + 2), "deliveries": 500, "latency_us": h,
                           "holes": 0, "slow_consumer_closes": 0, "connect_failures": 0})
-    extra = {}
+    elif scenario == "broadcast":
+        steps = _rate_steps(transport)
+        extra = {"ramp": steps_mod.ramp_summary(steps)}
     if scenario == "connections":
         extra = {"servers": {f"http://127.0.0.1:{9000 + r}/metrics": {
             "connections_before": 0, "connections_peak": 250, "rss_before_bytes": 40 << 20,
-            "rss_at_peak_bytes": (40 << 20) + 250 * 20 * 1024, "rss_per_connection_bytes": 20480,
+            "rss_at_peak_bytes": (40 << 20) + 250 * 20 * 1024,
+            "rss_per_connection_bytes": 20480 + 1024 * r,
             "idle_seconds": 3.0, "idle_cpu_percent": 0.5, "samples": 5} for r in range(2)}}
+        if transport == "ws":  # the other transports' results predate connections_stop
+            extra["connections_stop"] = {"reason": "server RSS over 60 MB",
+                                         "limit_reached": True}
     reasons = reasons or []
     return {
         "format": result_mod.FORMAT, "version": result_mod.VERSION, "scenario": scenario,
         "transport": transport, "started_us": 1_000_000, "ended_us": 6_000_000,
-        "duration_s": 5.0, "parameters": {"transport": transport, "p99_limit_ms": 250.0},
+        "duration_s": 5.0, "parameters": {"transport": transport, "p99_limit_ms": 250.0,
+                                          "max_server_cpu": 90.0},
         "hosts": [], "processes": [], "latency_us": {"all": lat, "message": lat},
         "latency_by_host_us": {},
         "timings_us": {"connect": _hist(3000, 50), "rejoin": Histogram().to_dict(),
@@ -73,7 +123,7 @@ def _result(scenario: str, transport: str, *, missing: int = 0,
 
 def make_run(root: Path, *, crashed: tuple[str, str] | None = None,
              invalid: tuple[str, str] | None = None, empty: tuple[str, str] | None = None,
-             ) -> Path:
+             ramp: str = "rate") -> Path:
     run_dir = runs.make_run_dir(root / "run", "quick")
     steps = plan.build("quick", list(TRANSPORTS), list(SCENARIOS))
     params = {"profile": "quick", "transports": list(TRANSPORTS), "scenarios": list(SCENARIOS),
@@ -88,7 +138,7 @@ def make_run(root: Path, *, crashed: tuple[str, str] | None = None,
         key = (step.scenario.name, step.transport)
         rel = f"loadgen/{step.key}.json"
         reasons = ["load generator used 99% CPU"] if key == invalid else None
-        res = _result(*key, reasons=reasons)
+        res = _result(*key, reasons=reasons, ramp=ramp)
         if key == empty:  # Locust stopped before its users started
             res["latency_us"]["all"] = Histogram().to_dict()
             res["delivery"].update(expected=0, delivered=0)
@@ -122,10 +172,12 @@ def test_report_renders_every_transport_and_scenario(run_dir: Path) -> None:
     for s in SCENARIOS:
         assert s in text
         assert f"<h3>{s}</h3>" in html
-    for name in ("latency", "capacity", "connections", "cost", *(f"cdf_{s}" for s in SCENARIOS
-                                                                  if s != "connections")):
+    for name in ("latency", "capacity-knees", "connections", "cost",
+                 *(f"cdf_{s}" for s in SCENARIOS if s != "connections")):
         png = run_dir / "plots" / f"{name}.png"
         assert png.read_bytes().startswith(PNG), name
+    # a rate ramp is drawn once, in capacity-knees.png: not again per subscriber count
+    assert not (run_dir / "plots" / "capacity.png").exists()
     assert html.count("data:image/png;base64,") >= 8  # self-contained
     assert "The textbook, checked" in html
     summary = (run_dir / "summary.csv").read_text().splitlines()
@@ -141,12 +193,112 @@ def test_tables_compute_cost_capacity_and_connections(run_dir: Path) -> None:
     assert row["wire_bytes_per_msg"] == 200.0
     assert row["tcp_per_client_conn"] == pytest.approx(60 / 20)
     cap = tables.capacity(run)
-    assert tables.capacity_best(cap) == dict.fromkeys(TRANSPORTS, 100)
-    assert cap[cap["transport"] == "ws"]["deliveries_per_s"].tolist() == [500.0, 500.0, 500.0]
+    assert set(cap["ramp"]) == {"rate"} and tables.capacity_best(cap) == {}
+    ws = cap[cap["transport"] == "ws"]  # the step's own rate, not deliveries / wall time
+    assert ws["deliveries_per_s"].tolist() == [2020.9, 4045.8, 8100.0]
+    assert ws["loadgen_valid"].tolist() == [True, True, False]
+    assert ws["stopped_because"].iloc[-1].startswith("load-side limited")
     conn = tables.connections(run).set_index("transport")
     assert conn.loc["ws", "held_peak"] == 500
     assert conn.loc["ws", "kb_per_connection"] == pytest.approx(20.0)
     assert conn.loc["ws", "idle_cpu_percent"] == pytest.approx(1.0)
+
+
+def test_subscriber_ramps_keep_their_own_capacity_curve(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, ramp="subscribers")
+    report.render(run_dir)
+    cap = tables.capacity(runs.load_run(run_dir))
+    assert tables.capacity_best(cap) == dict.fromkeys(TRANSPORTS, 100)
+    assert cap[cap["transport"] == "ws"]["deliveries_per_s"].tolist() == [500.0, 500.0, 500.0]
+    assert (run_dir / "plots" / "capacity.png").read_bytes().startswith(PNG)
+    assert not (run_dir / "plots" / "capacity-knees.png").exists()
+    # no rate ramp, no headline numbers: empty cells, never valid
+    rows = _headline(run_dir)
+    assert all(r["max_deliveries_per_s"] == "" and r["valid"] == "False" for r in rows.values())
+    assert rows["ws"]["max_held_connections"] == "500"  # connections still count
+
+
+def _headline(run_dir: Path) -> dict[str, dict[str, str]]:
+    with (run_dir / "headline.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == headline.COLUMNS
+        rows = list(reader)
+    assert [r["transport"] for r in rows] == list(TRANSPORTS)  # one row each, in order
+    return {r["transport"]: r for r in rows}
+
+
+def test_headline_answers_how_far_each_transport_goes(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, invalid=("connections", "grpc"))
+    text = report.render(run_dir)
+    rows = _headline(run_dir)
+    assert headline.COLUMNS == (
+        "transport", "max_deliveries_per_s", "knee_reached", "knee_reason", "p99_ms_at_knee",
+        "max_held_connections", "kb_per_connection", "cpu_us_per_delivery", "valid")
+    # a CPU knee: the knee step is the max, its p99 and CPU per delivery
+    assert rows["sse"] == {
+        "transport": "sse", "max_deliveries_per_s": "7608", "knee_reached": "True",
+        "knee_reason": "server CPU 95% >= 90%", "p99_ms_at_knee": "83.2",
+        "max_held_connections": "500", "kb_per_connection": "20.5",
+        "cpu_us_per_delivery": "19.9", "valid": "True"}
+    # a p99 knee: the max is the step before it
+    lp = rows["longpoll"]
+    assert (lp["max_deliveries_per_s"], lp["knee_reached"], lp["p99_ms_at_knee"],
+            lp["cpu_us_per_delivery"], lp["valid"]) == ("2028", "True", "106.1", "210.6", "True")
+    assert lp["knee_reason"].startswith("p99 300.0 ms > 250")
+    # load-side limited: no knee, the last valid step's numbers (3 significant digits)
+    ws = rows["ws"]
+    assert (ws["max_deliveries_per_s"], ws["knee_reached"], ws["p99_ms_at_knee"],
+            ws["cpu_us_per_delivery"], ws["valid"]) == ("4046", "False", "8.79", "1.23", "False")
+    assert ws["knee_reason"].startswith("load-side limited: load generator vm/1 used 95% CPU")
+    # a knee and a valid ramp, but its connections row is not valid
+    assert rows["grpc"]["knee_reached"] == "True" and rows["grpc"]["valid"] == "False"
+    assert "connections_stop" not in (run_dir / "headline.csv").read_text()
+
+    html = (run_dir / "report.html").read_text()
+    first = html.index('<h2 id="headline">How far each transport goes</h2>')
+    assert first == html.index("<h2")  # before every other section
+    table = html[first:html.index("<h2>", first)]
+    assert "servers and Redis on one core" not in table  # placement comes from meta.json
+    assert "Redis share core(s)\n0" in table and "core(s) 1" in table
+    assert '<span class="warn">load-side limited</span> (no knee)' in table
+    assert "connections stopped: server RSS over 60 MB (a limit was reached)" in table
+    assert "connections invalid: load generator used 99% CPU" in table
+    assert table.count('<tr class="invalid">') == 2  # ws and grpc
+    assert table.index("data:image/png;base64,") > table.index("</table>")  # figure below
+    assert (run_dir / "plots" / "capacity-knees.png").read_bytes().startswith(PNG)
+    # the terminal summary starts with the headline, then the per-scenario table
+    assert text.startswith("How far each transport goes")
+    assert text.index("load-side limited") < text.index("scenario")
+    assert re.search(r"^sse +7,608 +server CPU 95% >= 90% +83\.2 +500 +20\.5 +19\.9 +yes$",
+                     text, re.M), text
+    assert "ws: connections stopped: server RSS over 60 MB" in text
+
+
+def test_headline_leaves_cells_empty_for_what_was_not_measured(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, crashed=("broadcast", "sse"))
+    text = report.render(run_dir)
+    sse = _headline(run_dir)["sse"]
+    assert sse["max_deliveries_per_s"] == sse["knee_reason"] == sse["p99_ms_at_knee"] == ""
+    assert sse["max_held_connections"] == "500" and sse["valid"] == "False"
+    assert "sse: broadcast crashed: r1 exited during the scenario" in text
+    run = runs.load_run(run_dir)
+    for row in headline.rows(run, pd.DataFrame()):  # nothing judged valid: nothing valid
+        assert row["valid"] is False and "broadcast not measured" in row["notes"]
+
+
+def test_headline_numbers_round_without_reaching_zero() -> None:
+    assert [headline.num(v) for v in (150.655, 18.223, 1.2345, 0.000412, 0, 64687.6)] == [
+        150.7, 18.2, 1.23, 0.000412, 0.0, 64687.6]
+    assert headline.num(None) is None and headline.num(float("nan")) is None
+
+
+def test_knee_plot_labels_follow_the_ramp(run_dir: Path) -> None:
+    cap = tables.capacity(runs.load_run(run_dir))
+    labels = {t: plots._end_label(cap[cap["transport"] == t]) for t in TRANSPORTS}
+    assert labels == {"ws": "load-side limited (no knee)",
+                      "sse": "knee: server CPU 95% \u2265 90%",
+                      "longpoll": "knee: p99 300.0 ms > 250 ms",
+                      "grpc": "knee: server CPU 91% \u2265 90%"}
 
 
 def test_textbook_verdicts_follow_the_numbers(run_dir: Path) -> None:
@@ -174,8 +326,6 @@ def test_textbook_verdicts_follow_the_numbers(run_dir: Path) -> None:
 
 
 def test_textbook_on_an_empty_run_says_not_measured() -> None:
-    import pandas as pd
-
     verdicts = textbook.check(pd.DataFrame(), {"parameters": {"broker": "memory"}})
     assert verdicts and all(v.verdict == textbook.NOT_MEASURED for v in verdicts)
 
