@@ -26,7 +26,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 # broadcast rate ramps, per step (delivered/s, p99 µs, server CPU %, CPU µs per delivery):
 # ws: the load generator saturates in its last step (load-side limited, no knee);
 # sse: the server core reaches the CPU limit (the knee step is the max);
-# longpoll: p99 crosses 250 ms (the max is the step before); grpc: a CPU knee
+# longpoll: p99 crosses 250 ms (the max is the step before); grpc: a CPU knee in a step
+# where the load generator lagged (a knee, but not valid; the max is the step before)
 RAMPS = {
     "ws": ((2020.9, 5_819, 5.1, 1.9), (4045.8, 8_791, 9.1, 1.234), (8100.0, 400_000, 30.0, 2.0)),
     "sse": ((2013.3, 16_911, 40.0, 27.36), (4063.1, 24_703, 70.0, 28.42),
@@ -50,8 +51,12 @@ def _rate_steps(transport: str) -> list[dict[str, Any]]:
     for k, (per_s, p99_us, cpu, us) in enumerate(RAMPS[transport]):
         h = _hist(p99_us // 2)
         h["percentiles"]["p99"] = p99_us
-        saturated = transport == "ws" and k == len(RAMPS["ws"]) - 1
-        lg_reasons = ["load generator vm/1 used 95% CPU (limit 90%)"] if saturated else []
+        last = k == len(RAMPS[transport]) - 1
+        saturated = last and transport == "ws"
+        lagged = last and transport == "grpc"
+        lg_reasons = (["load generator vm/1 used 95% CPU (limit 90%)"] if saturated
+                      else ["publisher schedule lag p99 25.0 ms (limit 20 ms)"] if lagged
+                      else [])
         point: dict[str, Any] = {
             "step": k, "subscribers": 200, "ended_us": 3_000_000 * (k + 1),
             "deliveries": int(per_s * 2), "latency_us": h, "holes": 0,
@@ -59,7 +64,7 @@ def _rate_steps(transport: str) -> list[dict[str, Any]]:
             "offered_per_s": per_s, "measured_s": 2.0, "delivered_per_s": per_s,
             "server_cpu_s": cpu / 50, "server_cpu_us_per_delivery": us,
             "server_cpu_percent": cpu,
-            "loadgen": {"valid": not saturated, "reasons": lg_reasons,
+            "loadgen": {"valid": not lg_reasons, "reasons": lg_reasons,
                         "cpu_percent": 95.0 if saturated else 40.0}}
         if transport != "sse":  # older results lack these two (a real run of 2026-12-02)
             point.update(server_cpu_source="cores 0", server_process_cpu_percent=cpu - 2)
@@ -228,7 +233,7 @@ def _headline(run_dir: Path) -> dict[str, dict[str, str]]:
 
 
 def test_headline_answers_how_far_each_transport_goes(tmp_path: Path) -> None:
-    run_dir = make_run(tmp_path, invalid=("connections", "grpc"))
+    run_dir = make_run(tmp_path)
     text = report.render(run_dir)
     rows = _headline(run_dir)
     assert headline.COLUMNS == (
@@ -250,8 +255,10 @@ def test_headline_answers_how_far_each_transport_goes(tmp_path: Path) -> None:
     assert (ws["max_deliveries_per_s"], ws["knee_reached"], ws["p99_ms_at_knee"],
             ws["cpu_us_per_delivery"], ws["valid"]) == ("4046", "False", "8.79", "1.23", "False")
     assert ws["knee_reason"].startswith("load-side limited: load generator vm/1 used 95% CPU")
-    # a knee and a valid ramp, but its connections row is not valid
-    assert rows["grpc"]["knee_reached"] == "True" and rows["grpc"]["valid"] == "False"
+    # the server's CPU knee while the load generator lagged: a knee, not valid
+    grpc = rows["grpc"]
+    assert (grpc["max_deliveries_per_s"], grpc["knee_reached"], grpc["knee_reason"],
+            grpc["valid"]) == ("2028", "True", "server CPU 91% >= 90%", "False")
     assert "connections_stop" not in (run_dir / "headline.csv").read_text()
 
     html = (run_dir / "report.html").read_text()
@@ -262,7 +269,7 @@ def test_headline_answers_how_far_each_transport_goes(tmp_path: Path) -> None:
     assert "Redis share core(s)\n0" in table and "core(s) 1" in table
     assert '<span class="warn">load-side limited</span> (no knee)' in table
     assert "connections stopped: server RSS over 60 MB (a limit was reached)" in table
-    assert "connections invalid: load generator used 99% CPU" in table
+    assert "load generator not valid in step 1: publisher schedule lag p99 25.0 ms" in table
     assert table.count('<tr class="invalid">') == 2  # ws and grpc
     assert table.index("data:image/png;base64,") > table.index("</table>")  # figure below
     assert (run_dir / "plots" / "capacity-knees.png").read_bytes().startswith(PNG)
@@ -275,12 +282,17 @@ def test_headline_answers_how_far_each_transport_goes(tmp_path: Path) -> None:
 
 
 def test_headline_leaves_cells_empty_for_what_was_not_measured(tmp_path: Path) -> None:
-    run_dir = make_run(tmp_path, crashed=("broadcast", "sse"))
+    run_dir = make_run(tmp_path, crashed=("broadcast", "sse"), invalid=("connections", "longpoll"))
     text = report.render(run_dir)
-    sse = _headline(run_dir)["sse"]
+    rows = _headline(run_dir)
+    sse = rows["sse"]
     assert sse["max_deliveries_per_s"] == sse["knee_reason"] == sse["p99_ms_at_knee"] == ""
     assert sse["max_held_connections"] == "500" and sse["valid"] == "False"
     assert "sse: broadcast crashed: r1 exited during the scenario" in text
+    # a knee on a valid ramp, but the connections row is not valid
+    lp = rows["longpoll"]
+    assert lp["knee_reached"] == "True" and lp["valid"] == "False"
+    assert "longpoll: connections invalid: load generator used 99% CPU" in text
     run = runs.load_run(run_dir)
     for row in headline.rows(run, pd.DataFrame()):  # nothing judged valid: nothing valid
         assert row["valid"] is False and "broadcast not measured" in row["notes"]
@@ -299,6 +311,8 @@ def test_knee_plot_labels_follow_the_ramp(run_dir: Path) -> None:
                       "sse": "knee: server CPU 95% \u2265 90%",
                       "longpoll": "knee: p99 300.0 ms > 250 ms",
                       "grpc": "knee: server CPU 91% \u2265 90%"}
+    ok = cap[cap["transport"] == "grpc"]["loadgen_valid"].tolist()
+    assert ok == [True, False]  # drawn hollow under its knee star
 
 
 def test_textbook_verdicts_follow_the_numbers(run_dir: Path) -> None:
