@@ -115,16 +115,19 @@ def _end_label(g: pd.DataFrame) -> str:
 
 
 def _end(ax: Any, g: pd.DataFrame, y: str, color: str | None) -> None:
-    """Mark the step that ended a ramp: a star at a knee, a black-edged X when the load
-    generator saturated, a square for any other stop."""
+    """Mark the step that ended a ramp: a star at a knee (hollow when the load generator
+    was not valid in it), a black-edged X when it saturated, a square for any other stop."""
     last = g.iloc[-1]
     reason = str(last["stopped_because"] or "")
     if not reason or pd.isna(last[y]):
         return
     side = reason.startswith("load-side limited")
     marker, size = ("X", 220) if side else ("*", 320) if last["knee"] else ("s", 110)
-    ax.scatter([last["deliveries_per_s"]], [last[y]], marker=marker, s=size, color=color,
-               edgecolors="black" if side else color, linewidths=1.5, zorder=5)
+    valid = last["loadgen_valid"]
+    hollow = not side and valid is not None and not pd.isna(valid) and not bool(valid)
+    ax.scatter([last["deliveries_per_s"]], [last[y]], marker=marker, s=size,
+               color="white" if hollow else color, edgecolors="black" if side else color,
+               linewidths=1.5, zorder=5)
 
 
 def _rate_axis(axis: Any) -> None:
@@ -179,7 +182,7 @@ def capacity_knees(cap: pd.DataFrame, path: Path) -> Path | None:
                bbox_to_anchor=(0.01, 0.045), frameon=False)
     fig.text(0.01, 0.01, "\u2605 knee (a server limit ended the ramp)   \u2716 load-side "
              "limited: the load generator saturated first, no knee   \u25a0 stopped before "
-             "a knee   \u25cb load generator not valid in that step", fontsize="small",
+             "a knee   \u25cb hollow: load generator not valid in that step", fontsize="small",
              color="#444")
     fig.tight_layout(rect=(0, 0.16, 1, 1))
     fig.savefig(path, dpi=DPI)

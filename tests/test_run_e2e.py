@@ -137,8 +137,15 @@ def test_smoke_run_every_transport_and_scenario(tmp_path: Path) -> None:
             assert (run / "plots" / f"cdf_{s}.png").read_bytes().startswith(PNG)
             for t in TRANSPORTS:  # each transport drew its line
                 assert (run / "loadgen" / f"{s}-{t}.json").exists()
-    for name in ("capacity", "connections", "cost", "latency"):
+    for name in ("capacity-knees", "connections", "cost", "latency"):
         assert (run / "plots" / f"{name}.png").read_bytes().startswith(PNG)
+    head = _csv(run / "headline.csv")
+    assert [r["transport"] for r in head] == list(TRANSPORTS)
+    assert list(head[0]) == ["transport", "max_deliveries_per_s", "knee_reached", "knee_reason",
+                             "p99_ms_at_knee", "max_held_connections", "kb_per_connection",
+                             "cpu_us_per_delivery", "valid"]
+    for r in head:  # the smoke ramp is capped below any knee: it says so
+        assert r["knee_reason"] and float(r["max_deliveries_per_s"]) > 0, r
     assert "The textbook, checked" in html and "transport" in out
     meta = orjson.loads((run / "meta.json").read_bytes())
     assert meta["status"] == "complete" and meta["redis"]["version"]
