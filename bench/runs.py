@@ -9,7 +9,7 @@ reader must know):
   logs/<scenario>-<transport>.log       Locust's output
   metrics/<scenario>-<transport>-r<i>-{before,after}.prom   each replica's /metrics
   process_stats.csv         server/Redis CPU seconds and RSS sampled during each scenario
-  headline.csv              one row per transport: its knee, held connections, cost (bench/headline.py)
+  headline.csv              per transport: its knee, held connections, cost (bench/headline.py)
   summary.csv, latency.csv, capacity.csv, connections.csv   tables derived for the report
   plots/*.png, report.html  the report (`rtbench report RUN_DIR` re-renders both)
 

@@ -85,6 +85,7 @@ class Run:
         self.judge_spawn = False
         self.gc_watch: saturation.GcWatch | None = None
         self.frozen_objects = 0
+        self._next_connect = 0.0
         short = re.sub(r"[^A-Za-z0-9_.-]", "", socket.gethostname().split(".")[0])[:20]
         self.tag = f"{short or 'host'}-{os.getpid()}"
 
@@ -95,6 +96,23 @@ class Run:
         if self.params is None:
             raise RuntimeError("rtbench options not parsed yet (no test running)")
         return self.params
+
+    def pace_connect(self) -> None:
+        """Wait for this connect's slot: connects go out evenly at the spawn rate.
+
+        Locust's dispatcher starts `floor(-r)` users at once every second, so 500
+        users' handshakes landed on the hub together and the canary waited 20-35 ms
+        behind them (2,000 connections at -r 500, 2026-12-02); spaced 2 ms apart, the
+        same connects measure the server's connect time, not a queue of our own."""
+        env = self.env
+        rate = float(getattr(env.parsed_options, "spawn_rate", 0) or 0) if env else 0.0
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        slot = max(now, self._next_connect)
+        self._next_connect = slot + 1.0 / rate
+        if slot > now:
+            gevent.sleep(slot - now)
 
     def next_index(self) -> int:
         """Index of a user in this process: spreads users over replicas and rooms."""
@@ -142,6 +160,7 @@ class Run:
             # hub ~20 ms, and the full collection before freezing took 16-29 ms
             client_class(self.params.transport, self.params.grpc_client)
             self.frozen_objects = saturation.freeze_heap()
+            saturation.pause_gc()  # until spawning completes (see _spawning_complete)
         self._finals, self._reporters, self._final_sent = set(), set(), False
         self.started_us = now_us()
         run_time = self.params.run_time
@@ -172,7 +191,9 @@ class Run:
         rec = self.recorder
         now = now_us()
         judged_now = rec.in_window(now) and self.judge_spawn
+        # no full collection inside a judged window: what spawning left is frozen as it is
         self.frozen_objects = saturation.freeze_heap(collect=not judged_now)
+        saturation.resume_gc()
         if not self.judge_spawn and rec.judge_from_us >= NEVER:
             rec.judge_from_us = max(rec.warmup_until_us, now_us())
 
@@ -185,6 +206,7 @@ class Run:
         if self.params is None:
             return
         self._test_stopping()
+        saturation.resume_gc()
         self.stop.set()
         if self.gc_watch is not None:
             self.gc_watch.drain_into(self.recorder)

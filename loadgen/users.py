@@ -74,6 +74,7 @@ class RtbenchUser(User):
         client = cls(url, make_token(user, p.secret), self._on_event(windows, transport),
                      p.connect_timeout)
         rec = self.rt.recorder
+        self.rt.pace_connect()
         try:
             client.connect()
         except ClientError as exc:
