@@ -59,9 +59,10 @@ def cpu_seconds(urls: list[str]) -> float | None:
 
 
 def core_ticks(cpus: list[int], stat: str = "/proc/stat") -> tuple[int, int] | None:
-    """(busy, total) clock ticks so far of these cores, from /proc/stat: busy is every
-    state but idle and iowait (user, system, irq, softirq: the servers, their Redis and
-    the kernel's loopback work alike). None when the file or a core is missing."""
+    """(busy, available) clock ticks so far of these cores, from /proc/stat: busy is
+    user, nice, system, irq and softirq (the servers, their Redis and the kernel's
+    loopback work alike), available adds idle and iowait (not steal). None when the
+    file or a core is missing."""
     try:
         with open(stat) as f:
             lines = f.read().splitlines()
@@ -75,8 +76,9 @@ def core_ticks(cpus: list[int], stat: str = "/proc/stat") -> tuple[int, int] | N
         if parts and parts[0] in wanted:
             ticks = [int(x) for x in parts[1:]]
             idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-            # guest time is counted in user already (proc(5))
-            t = sum(ticks[:8])
+            # user..softirq: steal (the hypervisor's) is time the core was not ours to
+            # use, and guest time is counted in user already (proc(5))
+            t = sum(ticks[:7])
             busy += t - idle
             total += t
             found += 1

@@ -24,8 +24,10 @@ The ramp stops at the first step that crosses a limit, and says which:
   (servers on this host, pinned: `rtbench run`) that is the busy time of those
   cores from /proc/stat, which counts Redis and the kernel's network work beside
   the replicas; otherwise the replicas' own CPU over `--server-cores` cores.
-The last four are the server's knee. After it, publishing stops and the run
-lasts `--drain` more seconds, so messages already sent are judged, not cut off.
+The last four are the server's knee; a step that crossed only the CPU limit is
+measured once more at the same rate (`unconfirmed` in the first one), and the
+ramp goes on if the repeat stays under it. After the knee, publishing stops and
+the run lasts `--drain` more seconds, so messages already sent are judged.
 
 Each step's numbers come from the collector's step histograms, fed by the
 workers' periodic reports (every 3 s in distributed runs, so a step should last
@@ -118,6 +120,7 @@ class StepShape:
     _rate = 0.0
     _cpu0: float | None = None
     _core0: tuple[int, int] | None = None
+    _confirming = False
     _t0_us = 0
 
     def step_tick(self, run: Any, runner: Any, elapsed: float) -> tuple[int, float] | None:
@@ -176,11 +179,20 @@ class StepShape:
             point = self._close_rate_step(run, opts, users)
             reason, knee = knee_reason(point, float(opts.p99_limit_ms),
                                        float(opts.max_server_cpu))
+            if reason is not None and knee and not self._confirming \
+                    and reason.startswith("server CPU"):
+                # the CPU signal alone: measure the same rate once more before calling it
+                # the knee (the machine has slow spells of ~0.5 s; loadgen/README)
+                point["unconfirmed"] = reason
+                self._confirming = True
+                self._start_settle(elapsed, opts)
+                return shape
             if reason is not None:
                 point["stopped_because"] = reason
                 point["knee"] = knee
                 self._finish(run, opts, elapsed, None)
                 return shape
+            self._confirming = False
             new = next_rate(self._rate, point.get("server_cpu_percent"),
                             float(opts.max_server_cpu), float(opts.ramp_factor))
             if new > float(opts.max_publish_rate):

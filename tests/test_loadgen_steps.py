@@ -120,3 +120,16 @@ def test_local_pull_equals_the_encoded_delta() -> None:
     assert ca.hist("connect").equals(cb.hist("connect"))
     assert ca.counters == cb.counters and ca.step_counters == cb.step_counters
     assert a.hists["connect"].count == 0 and a.received == 0  # taken
+
+
+def test_core_ticks_count_work_not_idle_iowait_or_steal(tmp_path: Any) -> None:
+    from loadgen.scrape import core_ticks
+
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  9 9 9 9 9 9 9 9 0 0\n"
+                    "cpu0 100 0 50 800 10 5 35 500 0 0\n"
+                    "cpu1 1 0 1 1 0 0 0 0 0 0\n")
+    assert core_ticks([0], str(stat)) == (190, 1000)
+    assert core_ticks([0, 1], str(stat)) == (192, 1003)
+    assert core_ticks([7], str(stat)) is None  # no such core: no CPU signal, not zero
