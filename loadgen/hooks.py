@@ -103,7 +103,8 @@ class Run:
         Locust's dispatcher starts `floor(-r)` users at once every second, so 500
         users' handshakes landed on the hub together and the canary waited 20-35 ms
         behind them (2,000 connections at -r 500, 2026-12-02); spaced 2 ms apart, the
-        same connects measure the server's connect time, not a queue of our own."""
+        same connects measure the server's connect time, not a queue of our own
+        (results/published/loadgen-stalls-20261202.json)."""
         env = self.env
         rate = float(getattr(env.parsed_options, "spawn_rate", 0) or 0) if env else 0.0
         if rate <= 0:

@@ -27,8 +27,9 @@ permanent generation, so later collections walk only what was made since; while
 users spawn, automatic collection is off (`pause_gc`: a connect storm's objects
 live to the end, and the collections they set off paused the hub 40-140 ms with
 2,000 connections), and what spawning made is frozen when it completes.
-Collection pauses are timed (`gc_pause` histogram, per generation counters)
-and reported with the other signals.
+(Figures: results/published/loadgen-stalls-20261202.json.) Collection pauses
+are timed (`gc_pause` histogram, per generation counters) and reported with the
+other signals.
 
 Past a threshold the run is marked invalid: its latencies describe the
 generator, not the server. Thresholds are options (see `loadgen.options`).

@@ -1,4 +1,4 @@
-"""bench.validate_detector's pure logic on plain records (no processes, no timing)."""
+"""bench.validate_detector and bench.detector: logic on plain records (no processes, no timing)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,20 @@ from typing import Any
 
 import pytest
 
-from bench.validate_detector import (
-    ALL_CASES,
-    BURNER_LIFETIME,
-    CASES,
+from bench.detector.burner import BURNER_LIFETIME, burner_code, rt_throttle_problem
+from bench.detector.cases import ALL_CASES, CASES, build_cases, trial_counts
+from bench.detector.trials import saturation_excerpt
+from bench.detector.verdicts import (
     all_met,
-    build_cases,
-    burner_code,
     judge,
-    main,
     outcome,
-    parse_args,
     reason_kind,
     required,
-    rt_throttle_problem,
-    saturation_excerpt,
     spread,
     table,
     tally,
-    trial_counts,
 )
+from bench.validate_detector import main, parse_args
 
 EXPECT = {"light-pinned": "valid", "starved-burner": "flagged"}
 WITH_INFO = {**EXPECT, "shared-core": "none"}

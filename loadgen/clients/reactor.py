@@ -4,7 +4,8 @@ With a reader greenlet per connection, every read is a round trip through
 gevent's hub: the reader waits on its socket's watcher, the hub polls, switches
 to the reader, the reader reads and switches back. Profiled at 71,000 WebSocket
 deliveries/s (200 subscribers, py-spy, 2026-12-02), that machinery (`Hub.run`
-and `SocketMixin.recv` waiting) took about half of the load generator's CPU,
+and `SocketMixin.recv` waiting) took about half of the load generator's CPU
+(results/published/loadgen-stalls-20261202.json),
 which then saturated before a WebSocket server core did (load generator 99 % at
 105,000 deliveries/s, the two server replicas 90 %); at SSE's 32,000/s it was
 96 % against the servers' 76 %. Here one greenlet waits on one epoll
