@@ -329,9 +329,13 @@ stalled = []
 
 
 def on_event(ev, nbytes, recv_us):
-    if not stalled:  # the reader stops reading: windows, buffers and the outbox fill
+    if not stalled:  # the client stops reading for 4 s: windows, buffers and the outbox fill
         stalled.append(ev)
-        gevent.sleep(4)
+        # (off the reactor, not by sleeping in it: that would stop every stream's reads,
+        # the publisher's flow-control updates too)
+        fd = slow._read_fd
+        slow._stop_reading()
+        gevent.spawn_later(4, slow._start_reading, fd)
 
 
 slow = C(sys.argv[1], make_token("slow", DEV_SECRET), on_event, 5.0)
