@@ -15,6 +15,7 @@ reader must know):
 
 Format history:
   1  first version.
+  2  headline.csv; broadcast is a rate ramp to the servers' knee (loadgen result v2).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 import orjson
 
 FORMAT = "rtbench.run"
-VERSION = 1
+VERSION = 2
 DEFAULT_ROOT = Path("results")
 PACKAGES = ("rtbench", "locust", "starlette", "uvicorn", "sse-starlette", "websockets", "grpcio",
             "protobuf", "redis", "hiredis", "orjson", "gevent", "pandas", "matplotlib", "jinja2",

@@ -38,7 +38,7 @@ from loadgen import saturation
 from loadgen.locuststats import StatsBatch
 from loadgen.measure import now_us
 from loadgen.options import Params, add_options
-from loadgen.recorder import NEVER, OUTSIDE, Collector, Recorder
+from loadgen.recorder import NEVER, Collector, Recorder
 
 log = logging.getLogger("rtbench.loadgen")
 
@@ -250,7 +250,8 @@ class Run:
         p = self.p
         c = self.collector
         verdict = c.verdict(int(p.drain * 1e6))
-        window = self._window_summary()
+        window = saturation.window_summary(
+            c, self.recorder, self.started_us, self.judge_spawn, self.frozen_objects)
         summary, reasons = saturation.check(
             c.cpu, c.hist("canary_lag"), c.hist("schedule_lag"),
             saturation.Thresholds(max_cpu_percent=p.max_cpu, max_lag_ms=p.max_lag_ms),
@@ -297,32 +298,6 @@ class Run:
 
     def _on_publish(self, environment: Environment, msg: Any, **_: Any) -> None:
         self._apply_publish(msg.data.get("rate"), bool(msg.data.get("stop")))
-
-    def _window_summary(self) -> dict[str, Any]:
-        """Which window was judged, and what happened outside it (reported, not judged)."""
-        c, rec = self.collector, self.recorder
-
-        def rel(t_us: int) -> float | None:
-            return None if t_us >= NEVER else round((t_us - self.started_us) / 1e6, 3)
-
-        until = min(rec.judge_until_us, now_us())
-        return {
-            "window": {"from_s": rel(max(rec.judge_from_us, self.started_us)),
-                       "until_s": rel(until),
-                       "seconds": round(max(0, until - max(rec.judge_from_us, self.started_us))
-                                        / 1e6, 3),
-                       "judges_spawn": self.judge_spawn,
-                       "canary_samples": c.hist("canary_lag").count},
-            "outside_window": {
-                "canary_lag_us": c.hist("canary_lag" + OUTSIDE).to_dict(),
-                "schedule_lag_us": c.hist("schedule_lag" + OUTSIDE).to_dict(),
-                "cpu_percent": {k: v for k, v in sorted(c.cpu_outside.items()) if v}},
-            "gc": {"pause_us": c.hist("gc_pause").to_dict(),
-                   "pause_outside_us": c.hist("gc_pause" + OUTSIDE).to_dict(),
-                   "collections": {k: v for k, v in sorted(c.counters.items())
-                                   if k.startswith("gc_")},
-                   "frozen_objects": self.frozen_objects},
-        }
 
     def pull_local(self) -> None:
         """Local runner: move this process's samples into the collector (live decisions)."""

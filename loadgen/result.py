@@ -4,6 +4,10 @@ Format history (bump VERSION on any change a reader must know about):
   1  first version: parameters, hosts, merged and per-host HdrHistograms
      (microseconds, HdrHistogram V2 base64 encoding), counters, delivery
      verdict, saturation signals, validity flags, optional steps and extras.
+  2  saturation judged over a window (`saturation.window`, `outside_window`, `gc`,
+     `lag_judged`); broadcast rate-ramp steps (`publish_rate`, `delivered_per_s`,
+     `server_cpu_percent`, `loadgen`, ...) with `extra.ramp`; connections
+     `extra.connections_stop` and `extra.nofile_limit`.
 
 Latency caveat: one-way latency = receive wall clock - the publisher's stamp;
 when publisher and receiver run on different hosts the difference of their
@@ -28,7 +32,7 @@ from loadgen.delivery import Verdict
 from loadgen.recorder import LATENCY_KINDS, Collector
 
 FORMAT = "rtbench.loadgen.result"
-VERSION = 1
+VERSION = 2
 
 
 def host_metadata() -> dict[str, Any]:

@@ -42,7 +42,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from loadgen.measure import Histogram
+from loadgen.measure import Histogram, now_us
+from loadgen.recorder import NEVER, OUTSIDE
 
 CANARY_INTERVAL = 0.01  # seconds: 100 samples a second, so a window's p99 is not its max
 CPU_INTERVAL = 1.0
@@ -87,6 +88,33 @@ def check(cpu: dict[str, list[float]], canary: Histogram, schedule: Histogram,
                        "min_window_s": t.min_window_s},
     }
     return summary, reasons
+
+
+def window_summary(c: Any, rec: Any, started_us: int, judges_spawn: bool,
+                   frozen_objects: int) -> dict[str, Any]:
+    """Which window was judged (collector `c`, recorder `rec`), and what happened outside
+    it: reported, not judged."""
+
+    def rel(t_us: int) -> float | None:
+        return None if t_us >= NEVER else round((t_us - started_us) / 1e6, 3)
+
+    until = min(rec.judge_until_us, now_us())
+    start = max(rec.judge_from_us, started_us)
+    return {
+        "window": {"from_s": rel(start), "until_s": rel(until),
+                   "seconds": round(max(0, until - start) / 1e6, 3),
+                   "judges_spawn": judges_spawn,
+                   "canary_samples": c.hist("canary_lag").count},
+        "outside_window": {
+            "canary_lag_us": c.hist("canary_lag" + OUTSIDE).to_dict(),
+            "schedule_lag_us": c.hist("schedule_lag" + OUTSIDE).to_dict(),
+            "cpu_percent": {k: v for k, v in sorted(c.cpu_outside.items()) if v}},
+        "gc": {"pause_us": c.hist("gc_pause").to_dict(),
+               "pause_outside_us": c.hist("gc_pause" + OUTSIDE).to_dict(),
+               "collections": {k: v for k, v in sorted(c.counters.items())
+                               if k.startswith("gc_")},
+               "frozen_objects": frozen_objects},
+    }
 
 
 def freeze_heap(collect: bool = True) -> int:
@@ -148,8 +176,6 @@ def start_monitor(recorder: Any, stop: Any, gc_watch: GcWatch | None = None) -> 
     sampler also moves `gc_watch`'s pauses into the recorder every second."""
     import gevent
     import psutil
-
-    from loadgen.measure import now_us
 
     proc = psutil.Process()
 

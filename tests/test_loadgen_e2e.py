@@ -130,7 +130,7 @@ def test_broadcast_delivers_everything(transport: str, tmp_path: Path) -> None:
     assert o.counter("connects") == 4 and o.counter("connect_failures") == 0
     assert o.result["timings_us"]["connect"]["count"] == 4
     assert o.result["wire_bytes_per_delivery"] > 100  # payload (100 B) plus framing
-    assert o.result["transport"] == transport and o.result["version"] == 1
+    assert o.result["transport"] == transport and o.result["version"] == 2
 
 
 def test_broadcast_steps_draw_a_capacity_curve(tmp_path: Path) -> None:
