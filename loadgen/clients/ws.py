@@ -28,7 +28,6 @@ from servers.core.cursor import RESUME_PARAM
 
 RECV_PATHS = ("frames", "websocket-client", "websocket-client+utf8")
 RECV_PATH = "frames"  # bench/ingest.py sets the others to measure them
-RECV_BYTES = 256 * 1024  # websocket-client paths only; the frames path reads in the reactor
 
 
 def frame_overhead(n: int) -> int:
