@@ -17,6 +17,7 @@ Data flow (the same code for local, `--processes N` and master/worker runs):
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import logging
 import os
@@ -39,6 +40,7 @@ from loadgen.locuststats import StatsBatch
 from loadgen.measure import now_us
 from loadgen.options import Params, add_options
 from loadgen.recorder import NEVER, Collector, Recorder
+from servers import fdtable
 
 log = logging.getLogger("rtbench.loadgen")
 
@@ -84,7 +86,6 @@ class Run:
         # what it measures); otherwise the judged window opens once spawning completes
         self.judge_spawn = False
         self.gc_watch: saturation.GcWatch | None = None
-        self.frozen_objects = 0
         self._next_connect = 0.0
         short = re.sub(r"[^A-Za-z0-9_.-]", "", socket.gethostname().split(".")[0])[:20]
         self.tag = f"{short or 'host'}-{os.getpid()}"
@@ -160,7 +161,8 @@ class Run:
             # before the clock starts: a first connect that imports its client stalls the
             # hub ~20 ms, and the full collection before freezing took 16-29 ms
             client_class(self.params.transport, self.params.grpc_client)
-            self.frozen_objects = saturation.freeze_heap()
+            fdtable.grow()
+            saturation.freeze_heap()
             saturation.pause_gc()  # until spawning completes (see _spawning_complete)
         self._finals, self._reporters, self._final_sent = set(), set(), False
         self.started_us = now_us()
@@ -193,7 +195,7 @@ class Run:
         now = now_us()
         judged_now = rec.in_window(now) and self.judge_spawn
         # no full collection inside a judged window: what spawning left is frozen as it is
-        self.frozen_objects = saturation.freeze_heap(collect=not judged_now)
+        saturation.freeze_heap(collect=not judged_now)
         saturation.resume_gc()
         if not self.judge_spawn and rec.judge_from_us >= NEVER:
             rec.judge_from_us = max(rec.warmup_until_us, now_us())
@@ -251,7 +253,7 @@ class Run:
         c = self.collector
         verdict = c.verdict(int(p.drain * 1e6))
         window = saturation.window_summary(
-            c, self.recorder, self.started_us, self.judge_spawn, self.frozen_objects)
+            c, self.recorder, self.started_us, self.judge_spawn, gc.get_freeze_count())
         summary, reasons = saturation.check(
             c.cpu, c.hist("canary_lag"), c.hist("schedule_lag"),
             saturation.Thresholds(max_cpu_percent=p.max_cpu, max_lag_ms=p.max_lag_ms),

@@ -31,6 +31,10 @@ live to the end, and the collections they set off paused the hub 40-140 ms with
 are timed (`gc_pause` histogram, per generation counters) and reported with the
 other signals.
 
+**The descriptor table** is grown to the open-files limit before the clock
+starts (`servers.fdtable`): growing it on the way stalled `socket()` 6-22 ms at
+the 256th, 512th, 1,024th and 2,048th descriptor.
+
 Past a threshold the run is marked invalid: its latencies describe the
 generator, not the server. Thresholds are options (see `loadgen.options`).
 """
@@ -117,13 +121,16 @@ def window_summary(c: Any, rec: Any, started_us: int, judges_spawn: bool,
     }
 
 
-def freeze_heap(collect: bool = True) -> int:
-    """Move every live object into the permanent generation (see the module docstring);
-    returns how many objects are frozen. `collect` first frees what is garbage now."""
+def freeze_heap(collect: bool = True) -> None:
+    """Move every live object into the permanent generation (see the module docstring).
+    `collect` first frees what is garbage now.
+
+    `gc.freeze()` only splices lists; counting the frozen objects walks them all
+    (`gc.get_freeze_count()`: a >8 ms hub block at 2,000 gRPC connections, gevent's
+    monitor thread, 2026-12-02), so the count is taken once the window closed."""
     if collect:
         gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()
 
 
 def pause_gc() -> None:
