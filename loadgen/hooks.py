@@ -344,6 +344,7 @@ class Run:
 
         gevent.get_hub().loop.update_now()
         self.env = environment
+        apply_defaults(self.scenario, environment)
         if self.gc_watch is None and not isinstance(environment.runner, MasterRunner):
             self.gc_watch = saturation.GcWatch().install()
         runner = environment.runner
@@ -365,6 +366,35 @@ class Run:
 
 
 _current: Run | None = None
+
+# Users and spawn rate when -u / -r are not given (the web UI's form starts from
+# them): what each scenario needs to mean anything, e.g. a broadcast needs a
+# publisher and subscribers. Keys are option names, values functions of the options.
+SCENARIO_DEFAULTS: dict[str, tuple[Callable[[Any], int], float]] = {
+    "broadcast": (lambda o: int(o.publishers) + 20, 10.0),
+    "churn": (lambda o: int(o.publishers) + 20, 10.0),
+    "chat": (lambda o: 2 * int(o.room_size), 10.0),
+    "direct": (lambda o: 20, 10.0),
+    "connections": (lambda o: 1000, 100.0),
+}
+
+
+def apply_defaults(scenario: str, environment: Environment) -> None:
+    """Fill in what the command line left out: -u and -r from `SCENARIO_DEFAULTS`
+    (Locust's own default, one user, cannot run a broadcast), and the host from
+    `--servers` (the web UI shows it, and warns about a missing host otherwise)."""
+    opts = environment.parsed_options
+    if opts is None:
+        return
+    users, rate = SCENARIO_DEFAULTS.get(scenario, (None, None))
+    if users is not None and getattr(opts, "num_users", None) is None:
+        opts.num_users = users(opts)
+    if rate is not None and getattr(opts, "spawn_rate", None) is None:
+        opts.spawn_rate = rate
+    servers = [s.strip() for s in (getattr(opts, "servers", "") or "").split(",") if s.strip()]
+    if servers and not environment.host:
+        environment.host = servers[0]
+        opts.host = servers[0]
 
 
 def install(scenario: str) -> Run:
