@@ -1,6 +1,6 @@
 """JSON wire codec: bytes -> Command (validated) and the naming rules.
 
-Sans-I/O: plain functions, tested with bytes. Every failure is a ProtocolError
+Plain functions over bytes (no I/O), tested with bytes. Every failure is a ProtocolError
 with a stable code and a message that names the offending field.
 """
 
