@@ -31,37 +31,37 @@ def _serve(argv: Sequence[str]) -> int:
 
 
 def _run(argv: Sequence[str]) -> int:
-    from bench.run import main as run_main
+    from bench.harness.run import main as run_main
 
     return run_main(argv)
 
 
 def _report(argv: Sequence[str]) -> int:
-    from bench.report import main as report_main
+    from bench.report.render import main as report_main
 
     return report_main(argv)
 
 
 def _ls(argv: Sequence[str]) -> int:
-    from bench.runs import ls_main
+    from bench.harness.runs import ls_main
 
     return ls_main(argv)
 
 
 def _compare(argv: Sequence[str]) -> int:
-    from bench.compare import main as compare_main
+    from bench.regress.compare import main as compare_main
 
     return compare_main(argv)
 
 
 def _regress(argv: Sequence[str]) -> int:
-    from bench.regress import main as regress_main
+    from bench.regress.check import main as regress_main
 
     return regress_main(argv)
 
 
 def _baseline(argv: Sequence[str]) -> int:
-    from bench.baseline import main as baseline_main
+    from bench.regress.baseline import main as baseline_main
 
     return baseline_main(argv)
 

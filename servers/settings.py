@@ -53,7 +53,7 @@ class Settings:
     session_ttl: float = 30.0  # long-poll/SSE: session kept this long without a client
     log_level: str = "warning"
     ws_impl: str = "websockets-sansio"  # uvicorn --ws implementation (pyproject says why)
-    # detector validation only (bench/validate_regress.py): CPU µs burnt per broker message
+    # regress validation only (bench/regress/validate.py): CPU µs burnt per broker message
     inject_work_us: float = 0.0
 
     def limits(self) -> Limits:

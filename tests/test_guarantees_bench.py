@@ -1,4 +1,5 @@
-"""bench.guarantees end to end with tiny parameters: real servers, real Redis, the JSON."""
+"""bench.experiments.guarantees end to end with tiny parameters: real servers, real Redis,
+the JSON."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.guarantees import FORMAT, main
+from bench.experiments.guarantees import FORMAT, main
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

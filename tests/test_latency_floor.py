@@ -1,4 +1,4 @@
-"""bench.latency_floor: the ratios and their medians (plain calls), and its measuring
+"""bench.experiments.latency_floor: the ratios and their medians (plain calls), and its measuring
 roles against real processes: the hop floor (relay and echo processes) and the Redis
 baseline (a real redis-server)."""
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import latency_floor as lf
+from bench.experiments import latency_floor as lf
 from servers.testing import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,7 +62,7 @@ def test_summary_is_the_median_of_the_rounds_and_judges_it_against_the_target() 
 
 
 def run_role(*args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "bench.latency_floor", *args],
+    out = subprocess.run([sys.executable, "-m", "bench.experiments.latency_floor", *args],
                          capture_output=True, timeout=45, check=True, cwd=lf.ROOT)
     return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
 

@@ -1,4 +1,4 @@
-"""The run plan (bench/plan.py) and the progress line (bench/progress.py)."""
+"""The run plan (bench/harness/plan.py) and the progress line (bench/harness/progress.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from bench import plan
-from bench.progress import Progress
+from bench.harness import plan
+from bench.harness.progress import Progress
 
 
 def test_plan_is_identical_across_transports_and_checks_input() -> None:

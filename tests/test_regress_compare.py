@@ -10,7 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from bench.compare import (
+from bench.regress.check import baseline_revision, evaluate, to_set
+from bench.regress.check import main as regress_main
+from bench.regress.compare import (
     HarnessError,
     compare_sets,
     load_set,
@@ -19,10 +21,8 @@ from bench.compare import (
     markdown,
     samples_doc,
 )
-from bench.regress import baseline_revision, evaluate, to_set
-from bench.regress import main as regress_main
-from bench.regress_samples import Plan, machine_meta
-from bench.stats import overall
+from bench.regress.samples import Plan, machine_meta
+from bench.regress.stats import overall
 
 
 def write_set(path: Path, cpu: list[float], lost: int = 0, meta: dict[str, Any] | None = None,

@@ -1,4 +1,4 @@
-"""bench.cpu: another process's CPU time, ns-precise, threads that ended included."""
+"""bench.harness.cpu: another process's CPU time, ns-precise, threads that ended included."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import psutil
 import pytest
 
-from bench.cpu import cpu_clock, cpu_seconds
+from bench.harness.cpu import cpu_clock, cpu_seconds
 
 # burns ~0.2 s of CPU in a thread that then ends, reports that thread's own CPU time
 # (ns), and waits on stdin so the parent can read the process's clock meanwhile

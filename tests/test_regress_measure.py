@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.regress_samples import Plan, Side, measure
+from bench.regress.samples import Plan, Side, measure
 from servers.fanout import make_broker
 from servers.fanout.slowdown import SlowBroker
 
@@ -57,8 +57,8 @@ def test_one_sample_on_a_real_server() -> None:
 
 
 def test_baseline_update_records_what_regress_needs(tmp_path: Path) -> None:
-    from bench.baseline import main as baseline_main
-    from bench.compare import load_set
+    from bench.regress.baseline import main as baseline_main
+    from bench.regress.compare import load_set
 
     cpus = os.sched_getaffinity(0)
     try:

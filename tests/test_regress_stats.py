@@ -1,4 +1,4 @@
-"""bench.stats on synthetic samples with known answers (no servers: pure statistics)."""
+"""bench.regress.stats on synthetic samples with known answers (no servers: pure statistics)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.stats import (
+from bench.regress.stats import (
     METRICS,
     bootstrap_ratio_ci,
     compare_metric,

@@ -11,7 +11,8 @@ import orjson
 import pandas as pd
 import pytest
 
-from bench import headline, plan, plots, report, runs, tables, textbook
+from bench.harness import plan, runs
+from bench.report import headline, plots, render, tables, textbook
 from loadgen import result as result_mod
 from loadgen import steps as steps_mod
 from loadgen.measure import Histogram
@@ -167,7 +168,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def test_report_renders_every_transport_and_scenario(run_dir: Path) -> None:
-    text = report.render(run_dir)
+    text = render.render(run_dir)
     html = (run_dir / "report.html").read_text()
     for t in TRANSPORTS:
         assert t in text
@@ -209,7 +210,7 @@ def test_tables_compute_cost_capacity_and_connections(run_dir: Path) -> None:
 
 def test_subscriber_ramps_keep_their_own_capacity_curve(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, ramp="subscribers")
-    report.render(run_dir)
+    render.render(run_dir)
     cap = tables.capacity(runs.load_run(run_dir))
     assert tables.capacity_best(cap) == dict.fromkeys(TRANSPORTS, 100)
     assert cap[cap["transport"] == "ws"]["deliveries_per_s"].tolist() == [500.0, 500.0, 500.0]
@@ -232,7 +233,7 @@ def _headline(run_dir: Path) -> dict[str, dict[str, str]]:
 
 def test_headline_answers_how_far_each_transport_goes(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path)
-    text = report.render(run_dir)
+    text = render.render(run_dir)
     rows = _headline(run_dir)
     assert headline.COLUMNS == (
         "transport", "max_deliveries_per_s", "knee_reached", "knee_reason", "p99_ms_at_knee",
@@ -281,7 +282,7 @@ def test_headline_answers_how_far_each_transport_goes(tmp_path: Path) -> None:
 
 def test_headline_leaves_cells_empty_for_what_was_not_measured(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, crashed=("broadcast", "sse"), invalid=("connections", "longpoll"))
-    text = report.render(run_dir)
+    text = render.render(run_dir)
     rows = _headline(run_dir)
     sse = rows["sse"]
     assert sse["max_deliveries_per_s"] == sse["knee_reason"] == sse["p99_ms_at_knee"] == ""
@@ -345,7 +346,7 @@ def test_textbook_on_an_empty_run_says_not_measured() -> None:
 def test_invalid_and_crashed_steps_are_shown_next_to_their_numbers(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, crashed=("churn", "sse"), invalid=("chat", "grpc"),
                        empty=("direct", "ws"))
-    text = report.render(run_dir)
+    text = render.render(run_dir)
     assert "ws direct: no delivery latency measured" in text
     html = (run_dir / "report.html").read_text()
     assert "INVALID: load generator used 99% CPU" in html
@@ -356,7 +357,7 @@ def test_invalid_and_crashed_steps_are_shown_next_to_their_numbers(tmp_path: Pat
 
 
 def test_a_step_that_measured_nothing_is_recognised(tmp_path: Path) -> None:
-    from bench.run import _empty
+    from bench.harness.run import _empty
 
     run_dir = make_run(tmp_path, empty=("direct", "ws"))
     steps = {(s["scenario"], s["transport"]): s for s in runs.load_run(run_dir).steps}
@@ -367,9 +368,9 @@ def test_a_step_that_measured_nothing_is_recognised(tmp_path: Path) -> None:
 
 def test_report_cli_rerenders_and_refuses_other_dirs(run_dir: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    assert report.main([str(run_dir)]) == 0
+    assert render.main([str(run_dir)]) == 0
     assert (run_dir / "report.html").exists()
-    assert report.main([str(tmp_path / "nothing")]) == 2
+    assert render.main([str(tmp_path / "nothing")]) == 2
     assert "no meta.json" in capsys.readouterr().err
 
 

@@ -21,8 +21,8 @@ import orjson
 import psutil
 import pytest
 
-from bench import run as run_mod
-from bench.plan import SCENARIOS, TRANSPORTS
+from bench.harness import run as run_mod
+from bench.harness.plan import SCENARIOS, TRANSPORTS
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,5 @@
-"""bench.validate_detector and bench.detector: logic on plain records (no processes, no timing)."""
+"""bench.experiments.validate_detector and bench.experiments.detector: logic on plain records
+(no processes, no timing)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from bench.detector.burner import BURNER_LIFETIME, burner_code, rt_throttle_problem
-from bench.detector.cases import ALL_CASES, CASES, build_cases, trial_counts
-from bench.detector.trials import saturation_excerpt
-from bench.detector.verdicts import (
+from bench.experiments.detector.burner import BURNER_LIFETIME, burner_code, rt_throttle_problem
+from bench.experiments.detector.cases import ALL_CASES, CASES, build_cases, trial_counts
+from bench.experiments.detector.trials import saturation_excerpt
+from bench.experiments.detector.verdicts import (
     all_met,
     judge,
     outcome,
@@ -19,7 +20,7 @@ from bench.detector.verdicts import (
     table,
     tally,
 )
-from bench.validate_detector import main, parse_args
+from bench.experiments.validate_detector import main, parse_args
 
 EXPECT = {"light-pinned": "valid", "starved-burner": "flagged"}
 WITH_INFO = {**EXPECT, "shared-core": "none"}

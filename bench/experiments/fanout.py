@@ -12,7 +12,7 @@ well below the load side's saturation, and we read:
 - end-to-end latency from the payload stamps (HDR, µs);
 - the load side's own CPU use (a run above 90% is flagged: it measured us).
 
-    python -m bench.fanout --subscribers 1000 --rate 20 --seconds 10
+    python -m bench.experiments.fanout --subscribers 1000 --rate 20 --seconds 10
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 import psutil
 
-from bench.cluster import Cluster, load_cpus, pin_self
-from bench.output import run_each, write_json
+from bench.experiments.output import run_each, write_json
+from bench.harness.cluster import Cluster, load_cpus, pin_self
 from loadgen.aio import Client, Received, connect
 from loadgen.measure import Histogram, now_us, parse_stamp
 from servers.core.auth import DEV_SECRET, make_token
@@ -53,8 +53,8 @@ class Sink:
                 self.hist.record(ev.recv_us - stamp.intended_us)
 
 
-async def _connect_many(transport: str, url: str, n: int, opts: dict[str, Any],
-                        room: str = "fan", user: str = "sub") -> list[Client]:
+async def connect_many(transport: str, url: str, n: int, opts: dict[str, Any],
+                       room: str = "fan", user: str = "sub") -> list[Client]:
     """`n` clients (users `{user}0`...) that joined `room`, 100 handshakes at a time."""
     sem = asyncio.Semaphore(100)
 
@@ -88,8 +88,8 @@ async def publish_open_loop(pub: Client, room: str, rate: float, count: int,
     return count
 
 
-async def _publish(pub: Client, rate: float, seconds: float, start_seq: int,
-                   room: str = "fan") -> int:
+async def publish_for(pub: Client, rate: float, seconds: float, start_seq: int,
+                      room: str = "fan") -> int:
     """`rate` x `seconds` messages to `room`, open-loop; returns the count."""
     return await publish_open_loop(pub, room, rate, int(rate * seconds), start_seq)
 
@@ -111,21 +111,21 @@ async def measure(target: str, subscribers: int, rate: float, seconds: float, br
         pin_self(load_cpus())
         opts = http_opts(transport)
         sink = Sink()
-        subs = await _connect_many(transport, node.url, subscribers, opts)
+        subs = await connect_many(transport, node.url, subscribers, opts)
         pub = await connect(transport, node.url, make_token("publisher", DEV_SECRET), **opts)
         await pub.join("fan")
         for c in (*subs, pub):
             c.on_event = sink
         members = subscribers + 1  # the publisher is a member and receives its own messages
         try:
-            sent = await _publish(pub, rate, warmup, 0)
-            await _drain(sink, sent * members, 10)
+            sent = await publish_for(pub, rate, warmup, 0)
+            await drain(sink, sent * members, 10)
             me = psutil.Process()
             me.cpu_percent(None)
             cpu0, count0, t0 = node.cpu_seconds(), sink.count, time.perf_counter()
             sink.recording = True
-            n = await _publish(pub, rate, seconds, sent)
-            complete = await _drain(sink, (sent + n) * members, 10)
+            n = await publish_for(pub, rate, seconds, sent)
+            complete = await drain(sink, (sent + n) * members, 10)
             wall = time.perf_counter() - t0
             cpu = node.cpu_seconds() - cpu0
             load_cpu = me.cpu_percent(None)
@@ -148,7 +148,7 @@ async def measure(target: str, subscribers: int, rate: float, seconds: float, br
     }
 
 
-async def _drain(sink: Sink, target: int, limit_s: float) -> bool:
+async def drain(sink: Sink, target: int, limit_s: float) -> bool:
     """Wait (bounded) until `target` deliveries were counted; False if they never came."""
     deadline = time.monotonic() + limit_s
     while sink.count < target and time.monotonic() < deadline:  # noqa: ASYNC110
@@ -157,7 +157,8 @@ async def _drain(sink: Sink, target: int, limit_s: float) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.experiments.fanout",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--subscribers", type=int, default=1000)
     p.add_argument("--rate", type=float, default=20.0, help="messages per second")

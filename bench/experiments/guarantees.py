@@ -16,7 +16,7 @@ and read per side:
 - deliveries per wall second (window start to the last delivery), whether every
   expected delivery came (`complete`) and whether that rate is within 85% of the
   offered one (`kept_up`; if not, the load was not below saturation);
-- server CPU µs per delivery (the replica's process CPU clock, bench/cpu.py) and
+- server CPU µs per delivery (the replica's process CPU clock, bench/harness/cpu.py) and
   its CPU use (% of a core: near 100 means the load is not below saturation);
 - Redis CPU µs per published message (history on costs Lua scripts in Redis), raw
   and net of Redis's idle CPU (measured for 1 s with every client connected).
@@ -33,7 +33,7 @@ and the replay of every message missed; we also check that every message from th
 one seen last before closing to the target came exactly once, in offset order
 (contiguous offsets from the cursor's).
 
-    python -m bench.guarantees --subscribers 25 --rate 40 --seconds 3 --outage 5
+    python -m bench.experiments.guarantees --subscribers 25 --rate 40 --seconds 3 --outage 5
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ from typing import Any
 
 import psutil
 
-from bench.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
-from bench.cpu import cpu_clock
-from bench.fanout import Sink, _connect_many, _drain, http_opts, publish_open_loop
-from bench.output import run_each, write_json
+from bench.experiments.fanout import Sink, connect_many, drain, http_opts, publish_open_loop
+from bench.experiments.output import run_each, write_json
+from bench.harness.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
+from bench.harness.cpu import cpu_clock
 from loadgen.aio import TRANSPORTS, Client, ClientError, Received, connect
 from loadgen.measure import Histogram, now_us
 from servers.core.auth import DEV_SECRET, make_token
@@ -128,7 +128,7 @@ async def window(side: Side, p: Params, redis_cpu: Callable[[], float], record: 
     cpu0, redis0, got0, t0 = side.server_cpu(), redis_cpu(), side.sink.count, time.perf_counter()
     side.sink.recording = record
     side.seq += await publish_open_loop(side.pub, side.room, p.rate, count, side.seq)
-    await _drain(side.sink, side.seq * side.members, p.limit)
+    await drain(side.sink, side.seq * side.members, p.limit)
     side.sink.recording = False
     if record:
         side.published += count
@@ -226,7 +226,7 @@ async def measure(transport: str, p: Params) -> dict[str, Any]:
                     Cluster(transport, broker="redis", redis_url=redis.url, server_args=args)
                 ).nodes[0]
                 room = f"g-{name}"  # one Redis namespace for both: a room each
-                subs = await _connect_many(transport, node.url, p.subscribers, opts, room,
+                subs = await connect_many(transport, node.url, p.subscribers, opts, room,
                                            user=f"{name}-sub")
                 pub = await connect(transport, node.url, make_token(f"{name}-pub", DEV_SECRET),
                                     **opts)
@@ -314,7 +314,7 @@ def print_table(results: Sequence[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.guarantees",
+    p = argparse.ArgumentParser(prog="python -m bench.experiments.guarantees",
                                 description=__doc__.split("\n")[0])
     d = Params()
     p.add_argument("--transports", default=",".join(TRANSPORTS))

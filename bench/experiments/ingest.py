@@ -39,7 +39,7 @@ per-message cost on SSE: see loadgen/locuststats.py.)
 
 Server pinned to core 0, subscribers and publisher to the other core(s):
 
-    python -m bench.ingest --rounds 3 --ws-validate-utf8 --json results/ingest.json
+    python -m bench.experiments.ingest --rounds 3 --ws-validate-utf8 --json results/ingest.json
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
+from bench.harness.plan import TRANSPORTS
+
 # the frozen subscriber must not be dropped: huge outbox, long-poll session kept 10 min
 SERVER_ARGS = ("--outbox-max-events", "1000000", "--outbox-max-bytes", str(1 << 30),
                "--session-ttl", "600")
@@ -238,9 +239,10 @@ def _round(kind: str, transport: str, url: str, count: int, timeout: float) -> d
     role, recv = ("gevent", WS_KINDS[kind]) if kind in WS_KINDS else (kind, "frames")
     role, grpc_client = ("gevent", GRPC_KINDS[kind]) if kind in GRPC_KINDS else (role, "h2")
     role, events = ("gevent", "off") if kind == QUIET else (role, "batched")
-    cmd = [sys.executable, "-m", "bench.ingest", "--role", role, "--transport", transport,
-           "--url", url, "--count", str(count), "--room", room, "--timeout", str(timeout),
-           "--ws-recv", recv, "--grpc-client", grpc_client, "--request-events", events]
+    cmd = [sys.executable, "-m", "bench.experiments.ingest", "--role", role,
+           "--transport", transport, "--url", url, "--count", str(count), "--room", room,
+           "--timeout", str(timeout), "--ws-recv", recv, "--grpc-client", grpc_client,
+           "--request-events", events]
     from loadgen.measure import now_us
 
     with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -274,7 +276,7 @@ def _round(kind: str, transport: str, url: str, count: int, timeout: float) -> d
 
 def measure(transport: str, count: int, rounds: int, utf8: bool, timeout: float,
             ) -> dict[str, Any]:
-    from bench.cluster import Cluster, load_cpus, pin_self
+    from bench.harness.cluster import Cluster, load_cpus, pin_self
 
     kinds = ["aio", "gevent", QUIET] + (list(WS_KINDS) if utf8 and transport == "ws" else [])
     kinds += list(GRPC_KINDS) if transport == "grpc" else []
@@ -317,7 +319,7 @@ def measure(transport: str, count: int, rounds: int, utf8: bool, timeout: float,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.ingest",
+    p = argparse.ArgumentParser(prog="python -m bench.experiments.ingest",
                                 description=(__doc__ or "").split("\n")[0])
     p.add_argument("--transports", default=",".join(TRANSPORTS))
     p.add_argument("--messages", type=int, default=30000, help="per round, WebSocket and gRPC")

@@ -6,7 +6,7 @@ open-loop at a low rate (idle system); latency = subscriber receive time - the
 intended send time stamped in the payload (one clock: both ends are this
 process). Recorded in an HDR histogram (µs).
 
-    python -m bench.latency --messages 1000 --rate 100
+    python -m bench.experiments.latency --messages 1000 --rate 100
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bench.cluster import Cluster, load_cpus, pin_self
-from bench.fanout import publish_open_loop
-from bench.output import run_each, write_json
+from bench.experiments.fanout import publish_open_loop
+from bench.experiments.output import run_each, write_json
+from bench.harness.cluster import Cluster, load_cpus, pin_self
+from bench.harness.plan import TRANSPORTS
 from loadgen.aio import Received, connect
 from loadgen.measure import Histogram, parse_stamp
 from servers.core.auth import DEV_SECRET, make_token
-
-TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
 
 
 async def measure(transport: str, messages: int, rate: float) -> dict[str, Any]:
@@ -67,7 +66,8 @@ async def measure(transport: str, messages: int, rate: float) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.experiments.latency",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--transports", default=",".join(TRANSPORTS))
     p.add_argument("--messages", type=int, default=1000)
     p.add_argument("--rate", type=float, default=100.0, help="messages per second")

@@ -3,12 +3,14 @@
 `loadgen/broadcast.py`) against a raw Redis PUBLISH -> subscriber
 round trip with redis-py asyncio + hiredis (the standard Python client), in the same run.
 
-    python -m bench.latency_floor --seconds 20 --rounds 3 --json results/latency_floor.json
-    python -m bench.latency_floor --server-args "--ws-impl websockets"  # a server setting's share
+    python -m bench.experiments.latency_floor --seconds 20 --rounds 3 \
+        --json results/latency_floor.json
+    # a server setting's share:
+    python -m bench.experiments.latency_floor --server-args "--ws-impl websockets"
 
 Each round runs six streams side by side for the same time, each at `--rate`, spread
 over the send interval so that they never overlap (Locust keeps its own schedule; the
-roles are in bench/latency_roles.py):
+roles are in bench/experiments/latency_roles.py):
 
 - `rtbench`: client -> server -> Redis -> server -> client, timed by Locust;
 - `rtbench_asyncio_client`: the same path timed by a plain asyncio client (`loadgen.aio`),
@@ -54,10 +56,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.latency_roles import ROLES, WARMUP
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from bench import ROOT
+from bench.experiments.latency_roles import ROLES, WARMUP
 
 # --------------------------------------------------------------------------- one round
 
@@ -118,7 +118,7 @@ def _run_round(url: str, redis_url: str, seconds: float, rate: float, server_cpu
     load_before = os.getloadavg()
     t0 = time.time() + 2.0  # every stream's schedule starts here, once the processes are up
     common = ["--seconds", str(seconds), "--rate", str(rate), "--t0", repr(t0)]
-    me = [sys.executable, "-m", "bench.latency_floor"]
+    me = [sys.executable, "-m", "bench.experiments.latency_floor"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "floor.json"
         children = {
@@ -166,7 +166,7 @@ def _run_round(url: str, redis_url: str, seconds: float, rate: float, server_cpu
 def measure(seconds: float, rate: float, rounds: int = 3, redis_cpu: str = "server",
             target: float = 2.0, server_args: Sequence[str] = (), transport: str = "ws",
             ) -> dict[str, Any]:
-    from bench.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
+    from bench.harness.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
     from servers.testing import RedisServer
 
     load = load_cpus()
@@ -211,7 +211,7 @@ def _print_round(r: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.latency_floor",
+    p = argparse.ArgumentParser(prog="python -m bench.experiments.latency_floor",
                                 description=(__doc__ or "").split("\n")[0])
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per round")
     p.add_argument("--rounds", type=int, default=3)

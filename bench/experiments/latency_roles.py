@@ -1,7 +1,7 @@
-"""The measuring roles of bench.latency_floor, each a child process started as
-`python -m bench.latency_floor --role NAME ...`, each printing one JSON line: the p50/p90/
-p99/max of its stream over its own schedule (`schedule`: every stream sends at `--rate`,
-at its own phase of the interval, so that streams never overlap).
+"""The measuring roles of bench.experiments.latency_floor, each a child process started
+as `python -m bench.experiments.latency_floor --role NAME ...`, each printing one JSON
+line: the p50/p90/p99/max of its stream over its own schedule (`schedule`: every stream
+sends at `--rate`, at its own phase of the interval, so that streams never overlap).
 
 - `redis`: the baseline, PUBLISH -> subscriber with redis-py asyncio + hiredis, the
   standard Python client;
@@ -21,10 +21,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import ROOT
+
 WARMUP = 3.0  # seconds of start-up (imports, connects, cold paths) left out on every stream
 # each stream's phase, as a fraction of the send interval (floor.direct: see DIRECT_PHASE)
 STREAM_PHASES = {"aio": 0.25, "redis-lean": 0.375, "redis": 0.5, "floor": 0.75}
@@ -234,7 +234,7 @@ def _floor_role(args: argparse.Namespace) -> dict[str, Any]:
     echo_port = relay_port = free_port()
     while relay_port == echo_port:  # free_port can hand out the same port twice
         relay_port = free_port()
-    me = [sys.executable, "-m", "bench.latency_floor"]
+    me = [sys.executable, "-m", "bench.experiments.latency_floor"]
     procs = [
         subprocess.Popen([*me, "--role", "echo", "--port", str(echo_port), "--conns", "2",
                           "--cpu", str(args.redis_cpu)], cwd=ROOT),

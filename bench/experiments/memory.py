@@ -6,7 +6,7 @@ connections are open (each has a welcome and nothing else); the figure is the
 RSS delta divided by the number of added connections, core registry included.
 The server's own `rtbench_connections` gauge confirms the count.
 
-    python -m bench.memory --connections 5000
+    python -m bench.experiments.memory --connections 5000
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench.cluster import Cluster, Replica, load_cpus, pin_self
-from bench.output import run_each, write_json
+from bench.experiments.fanout import http_opts
+from bench.experiments.output import run_each, write_json
+from bench.harness.cluster import Cluster, Replica, load_cpus, pin_self
 from loadgen.aio import Client, connect
 from servers.core.auth import DEV_SECRET, make_token
 
@@ -65,11 +66,7 @@ async def measure(transport: str, connections: int, warmup: int) -> dict[str, An
     with Cluster(transport, broker="redis") as cluster:
         node = cluster.nodes[0]
         pin_self(load_cpus())
-        opts: dict[str, Any] = {}
-        if transport in ("sse", "longpoll"):  # one keep-alive pool for every client's commands
-            from loadgen.aio.http11 import Pool
-
-            opts["http"] = Pool()
+        opts = http_opts(transport)  # SSE/long-poll: one keep-alive pool for every client
         clients: list[Client] = []
         try:
             clients += await _open(transport, node.url, 0, warmup, opts)
@@ -93,7 +90,8 @@ async def measure(transport: str, connections: int, warmup: int) -> dict[str, An
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.experiments.memory",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--transports", default=",".join(TARGETS))
     p.add_argument("--connections", type=int, default=5000)
     p.add_argument("--warmup", type=int, default=100)

@@ -5,7 +5,7 @@ It speaks just enough of docs/protocol.md (welcome, join, publish -> message, ac
 for rtbench's own WebSocket client to drive it, so the fanout benchmark measures
 rtbench's servers against the cheapest fanout Python can do, side by side.
 
-    python -m bench.reference_fanout --port 9000
+    python -m bench.experiments.reference_fanout --port 9000
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ async def amain(host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.reference_fanout")
+    p = argparse.ArgumentParser(prog="python -m bench.experiments.reference_fanout")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9000)
     args = p.parse_args(argv)

@@ -69,9 +69,10 @@ arguments.
 
 Run it alone on the machine (it measures the machine's quietness too):
 
-    flock /tmp/rtbench-measure.lock python -m bench.validate_detector
-    python -m bench.validate_detector --cases light-pinned --light-trials 5 --out /tmp/d.json
-    python -m bench.validate_detector --cases shared-core --shared-trials 5
+    flock /tmp/rtbench-measure.lock python -m bench.experiments.validate_detector
+    python -m bench.experiments.validate_detector --cases light-pinned --light-trials 5 \
+        --out /tmp/d.json
+    python -m bench.experiments.validate_detector --cases shared-core --shared-trials 5
 """
 
 from __future__ import annotations
@@ -82,13 +83,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.detector.cases import ALL_CASES, CASES
-
-TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
+from bench.experiments.detector.cases import ALL_CASES, CASES
+from bench.harness.plan import TRANSPORTS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.validate_detector",
+    p = argparse.ArgumentParser(prog="python -m bench.experiments.validate_detector",
                                 description=(__doc__ or "").split("\n")[0])
     p.add_argument("--cases", default=",".join(CASES),
                    help=f"comma-separated, of {', '.join(ALL_CASES)} "
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("taskset") is None:
         print("taskset not found (util-linux): the cases need pinning", file=sys.stderr)
         return 2
-    from bench.detector.validation import validate
+    from bench.experiments.detector.validation import validate
 
     return validate(args, sys.argv[1:] if argv is None else argv)
 

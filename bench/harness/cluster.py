@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 import psutil
 
-from bench.cpu import cpu_seconds
+from bench.harness.cpu import cpu_seconds
 from servers.testing import RedisServer, ServerProcess, free_port, stop_process, wait_port
 
 SERVER_CPU = 0  # servers on core 0, load generator on the others (2-core machine: core 1)
@@ -49,7 +49,8 @@ class Replica:
         return self.proc.pid
 
     def cpu_seconds(self) -> float:
-        """CPU seconds the replica has used so far, ns-precise (bench.cpu: not 10 ms ticks)."""
+        """CPU seconds the replica has used so far, ns-precise (bench.harness.cpu: not 10 ms
+        ticks)."""
         return cpu_seconds(self.pid)
 
     def rss(self) -> int:
@@ -71,7 +72,8 @@ class Replica:
 
 @dataclass
 class Cluster:
-    """N replicas of one transport ('reference' = bench.reference_fanout, one process)."""
+    """N replicas of one transport ('reference' = bench.experiments.reference_fanout, one
+    process)."""
 
     transport: str
     replicas: int = 1
@@ -97,7 +99,7 @@ class Cluster:
     def _start_one(self) -> Replica:
         port = free_port()
         if self.transport == "reference":
-            cmd = [sys.executable, "-m", "bench.reference_fanout", "--port", str(port)]
+            cmd = [sys.executable, "-m", "bench.experiments.reference_fanout", "--port", str(port)]
             if self.cpu is not None:
                 cmd = ["taskset", "-c", str(self.cpu), *cmd]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

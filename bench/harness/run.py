@@ -33,15 +33,15 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from bench import plan as plan_mod
-from bench import runs
-from bench.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
-from bench.procs import Interrupted, affinity, signals_ignored, signals_raise, stop_group
-from bench.progress import Progress
-from bench.sampler import Sampler, Watched, parse_prom, tcp_passive_opens
+from bench import ROOT
+from bench.harness import plan as plan_mod
+from bench.harness import runs
+from bench.harness.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
+from bench.harness.procs import Interrupted, affinity, signals_ignored, signals_raise, stop_group
+from bench.harness.progress import Progress
+from bench.harness.sampler import Sampler, Watched, parse_prom, tcp_passive_opens
 from servers.testing import REDIS_HINT, MissingRedis, RedisServer
 
-ROOT = Path(__file__).resolve().parents[1]
 LOCUST_GRACE = 15.0  # beyond -t: Locust's own stop, result judging and writing (at least)
 EXIT_INTERRUPTED = 130
 
@@ -418,9 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
         return code
     if not args.no_report and harness.records:
-        from bench import report
+        from bench.report import render
 
-        summary = report.render(run_dir)
+        summary = render.render(run_dir)
         print(summary)
         print(f"\nreport: {run_dir / 'report.html'}  (wall time {meta['wall_seconds']:.0f}s)")
     if code == 0 and any(r["status"] != "ok" for r in harness.records):

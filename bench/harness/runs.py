@@ -9,7 +9,8 @@ reader must know):
   logs/<scenario>-<transport>.log       Locust's output
   metrics/<scenario>-<transport>-r<i>-{before,after}.prom   each replica's /metrics
   process_stats.csv         server/Redis CPU seconds and RSS sampled during each scenario
-  headline.csv              per transport: its knee, held connections, cost (bench/headline.py)
+  headline.csv              per transport: its knee, held connections, cost
+                            (bench/report/headline.py)
   summary.csv, latency.csv, capacity.csv, connections.csv   tables derived for the report
   plots/*.png, report.html  the report (`rtbench report RUN_DIR` re-renders both)
 
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from bench import ROOT
 
 FORMAT = "rtbench.run"
 VERSION = 2
@@ -67,11 +70,18 @@ def make_run_dir(out: Path | None, profile: str) -> Path:
 
 def _git(*args: str) -> str:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parents[1])
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=ROOT)
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def git_state(*paths: str) -> dict[str, Any]:
+    """The checkout's revision, and whether tracked files (under `paths`, relative to the
+    repository; all when none) have uncommitted changes: then the revision is not what ran."""
+    pathspec = ("--", *paths) if paths else ()
+    dirty = _git("status", "--porcelain", "--untracked-files=no", *pathspec)
+    return {"revision": _git("rev-parse", "HEAD"), "dirty": bool(dirty)}
 
 
 def cpu_model() -> str:
@@ -101,8 +111,7 @@ def base_meta(run_id: str, argv: Sequence[str], parameters: dict[str, Any]) -> d
         "finished_utc": None,
         "wall_seconds": None,
         "command": ["rtbench", "run", *argv],
-        "git": {"revision": _git("rev-parse", "HEAD"),
-                "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))},
+        "git": git_state(),
         "packages": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -15,14 +15,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.compare import EXIT, samples_doc
-from bench.regress import BASELINE
-from bench.regress_samples import Plan, Side, calibrate, machine_meta, measure
-from bench.runs import write_json
+from bench.harness.runs import write_json
+from bench.regress.check import BASELINE
+from bench.regress.compare import EXIT, samples_doc
+from bench.regress.samples import Plan, Side, calibrate, machine_meta, measure
 
 
 def main(argv: Sequence[str]) -> int:
-    from bench.cluster import load_cpus, pin_self
+    from bench.harness.cluster import load_cpus, pin_self
 
     p = argparse.ArgumentParser(prog="rtbench baseline", description=__doc__.split("\n")[0])
     p.add_argument("action", choices=("update",))

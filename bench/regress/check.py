@@ -1,9 +1,9 @@
 """`rtbench regress`: the CI perf check. Base and head measured interleaved in one job.
 
-The signal (bench/regress_samples.py) is the fanout benchmark's, not a full `rtbench run`:
+The signal (bench/regress/samples.py) is the fanout benchmark's, not a full `rtbench run`:
 one room of N subscribers on one pinned server, an open-loop publisher, and per
 sample the server's CPU per delivery (and its inverse, deliveries per CPU
-second; bench.cpu's ns process clock), delivery latency percentiles and
+second; bench.harness.cpu's ns process clock), delivery latency percentiles and
 lost/duplicated messages. Each side's clients connect and warm up once per
 round and stay connected, so a sample is only its measured window (~4.3 s):
 reconnecting 100 clients per sample cost ~1 s and added its own noise.
@@ -28,7 +28,7 @@ Sides:
 
 Method (the data behind each choice: README, "Guarding performance in CI"):
 - pairs in the order A B B A A B ...: base and head back to back, judged on the
-  per-pair ratios (Wilcoxon signed-rank, Hodges-Lehmann CI; bench.stats), so a
+  per-pair ratios (Wilcoxon signed-rank, Hodges-Lehmann CI; bench.regress.stats), so a
   machine whose load changes between pairs still compares like with like;
 - stability: a calibration loop's CPU time before and after each round (see
   CALIBRATION_DRIFT), and per metric the CI against the threshold: a pass must
@@ -56,7 +56,7 @@ from typing import Any
 
 import psutil
 
-from bench.compare import (
+from bench.regress.compare import (
     EXIT,
     HarnessError,
     SampleSet,
@@ -68,8 +68,8 @@ from bench.compare import (
     verdict_json,
     write_outputs,
 )
-from bench.regress_samples import Plan, Side, calibrate, machine_meta, measure
-from bench.stats import METRICS, Comparison, overall
+from bench.regress.samples import Plan, Side, calibrate, machine_meta, measure
+from bench.regress.stats import METRICS, Comparison, overall
 
 BASELINE = Path("results/baseline")
 # Calibration is CPU time (see `calibrate`): time-sharing barely moves it (wall-clock best
@@ -123,7 +123,7 @@ def worktree(rev: str) -> Iterator[Path]:
 
 def _round(sides: Sequence[Side], plan: Plan) -> dict[str, Any]:
     """One measured round: the calibration loop before and after, the samples of every side."""
-    from bench.cluster import load_cpus, pin_self
+    from bench.harness.cluster import load_cpus, pin_self
 
     pin_self(load_cpus())  # calibrate where the load side runs, before and after alike
     c0 = calibrate()
@@ -192,7 +192,7 @@ def _baseline_mismatch(baseline: SampleSet, plan: Plan) -> str | None:
 
 def _speed_mismatch(baseline: SampleSet) -> str | None:
     """A stored baseline is only comparable on a core as fast as the one that made it."""
-    from bench.cluster import load_cpus, pin_self
+    from bench.harness.cluster import load_cpus, pin_self
 
     stored = (baseline.metas[0] if baseline.metas else {}).get("calibration_s")
     if not stored:

@@ -12,7 +12,7 @@ BASE and HEAD are each one of:
      "samples": [{"transport": "ws", "scenario": "fanout",
                   "metrics": {"cpu_per_delivery": 41.2, "p50": 1.3, ...}}, ...]}
 
-Thresholds: defaults in bench.stats.METRICS, overridden in pyproject.toml::
+Thresholds: defaults in bench.regress.stats.METRICS, overridden in pyproject.toml::
 
     [tool.rtbench.regress]          # every transport
     p50 = 0.20                      # relative change in the bad direction
@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from bench.stats import ALPHA, METRICS, RULE_OUT, Comparison, compare_metric, overall
+from bench.regress.stats import ALPHA, METRICS, RULE_OUT, Comparison, compare_metric, overall
 
 SAMPLES_FORMAT = "rtbench.samples"
 SAMPLES_VERSION = 1
@@ -87,8 +87,8 @@ def _add_samples_file(s: SampleSet, path: Path) -> None:
 
 
 def _add_run(s: SampleSet, run_dir: Path) -> None:
-    from bench.runs import load_run
-    from bench.tables import summary
+    from bench.harness.runs import load_run
+    from bench.report.tables import summary
 
     run = load_run(run_dir)
     s.metas.append(run.meta)

@@ -4,7 +4,7 @@ One room of `Plan.subscribers` on one server per side (core 0), the clients on
 the other core, connected and warmed up once per round and kept connected, so
 a sample is only its measured window (reconnecting 100 clients per sample cost
 ~1 s and added its own noise). Per sample: the server's CPU per delivery and
-its inverse (bench.cpu's ns process clock), latency percentiles, lost and
+its inverse (bench.harness.cpu's ns process clock), latency percentiles, lost and
 duplicated messages. Sides are measured in the order A B B A A B ...
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cpu import cpu_clock
+from bench.harness.cpu import cpu_clock
 
 SCENARIO = "fanout"
 MEASURED_PATHS = ("servers", "loadgen", "bench")  # the code a sample runs
@@ -75,7 +75,7 @@ class _Room:
     """One side's subscribers and publisher, connected once and warmed up, then sampled."""
 
     def __init__(self, transport: str, url: str, cpu: Callable[[], float], plan: Plan) -> None:
-        from bench.fanout import Sink
+        from bench.experiments.fanout import Sink
 
         self.transport, self.url, self.cpu, self.plan = transport, url, cpu, plan
         self.sink = Sink()
@@ -84,38 +84,35 @@ class _Room:
         self.sent = 0
 
     async def open(self) -> None:
-        from bench.fanout import _connect_many, _drain, _publish
+        from bench.experiments.fanout import connect_many, drain, http_opts, publish_for
         from loadgen.aio import connect
         from servers.core.auth import DEV_SECRET, make_token
 
         plan = self.plan
-        if self.transport in ("sse", "longpoll"):
-            from loadgen.aio.http11 import Pool
-
-            self.opts["http"] = Pool()
-        self.clients = await _connect_many(self.transport, self.url, plan.subscribers, self.opts)
+        self.opts = http_opts(self.transport)
+        self.clients = await connect_many(self.transport, self.url, plan.subscribers, self.opts)
         self.pub = await connect(self.transport, self.url, make_token("publisher", DEV_SECRET),
                                  **self.opts)
         self.clients.append(self.pub)
         await self.pub.join("fan")
         for c in self.clients:
             c.on_event = self.sink
-        self.sent = await _publish(self.pub, plan.rate, plan.warmup, 0)
-        await _drain(self.sink, self.sent * len(self.clients), 10)
+        self.sent = await publish_for(self.pub, plan.rate, plan.warmup, 0)
+        await drain(self.sink, self.sent * len(self.clients), 10)
 
     async def sample(self) -> dict[str, float]:
         """One measured window: publish for `plan.seconds`, drain, read the server's CPU."""
-        from bench.fanout import _drain, _publish
+        from bench.experiments.fanout import drain, publish_for
         from loadgen.measure import Histogram
 
         sink, members = self.sink, len(self.clients)
         sink.hist = Histogram()
-        await _drain(sink, self.sent * members, 10)  # stragglers of the last window
+        await drain(sink, self.sent * members, 10)  # stragglers of the last window
         cpu0, count0 = self.cpu(), sink.count
         sink.recording = True
-        n = await _publish(self.pub, self.plan.rate, self.plan.seconds, self.sent)
+        n = await publish_for(self.pub, self.plan.rate, self.plan.seconds, self.sent)
         self.sent += n
-        await _drain(sink, self.sent * members, 10)
+        await drain(sink, self.sent * members, 10)
         sink.recording = False
         cpu, delivered = self.cpu() - cpu0, sink.count - count0
         # cumulative: a message late past its window's drain is not counted twice
@@ -174,7 +171,7 @@ def measure(sides: Sequence[Side], plan: Plan, log: Any = sys.stderr) -> dict[st
         dict[str, Any]]]:
     """Samples per side, interleaved A B B A ...; one server per side, its clients kept
     connected between its samples (a sample is then only the measured window)."""
-    from bench.cluster import Cluster, load_cpus, pin_self
+    from bench.harness.cluster import Cluster, load_cpus, pin_self
 
     out: dict[str, list[dict[str, Any]]] = {s.name: [] for s in sides}
     pin_self(load_cpus())
@@ -190,10 +187,9 @@ def measure(sides: Sequence[Side], plan: Plan, log: Any = sys.stderr) -> dict[st
 
 
 def machine_meta(plan: Plan) -> dict[str, Any]:
-    from bench.runs import _git, cpu_model
+    from bench.harness.runs import cpu_model, git_state
 
     # dirty: uncommitted changes in the measured code, so the revision is not what ran
-    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", *MEASURED_PATHS)
     return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "python": sys.version.split()[0],
-            "git": {"revision": _git("rev-parse", "HEAD"), "dirty": bool(dirty)},
+            "git": git_state(*MEASURED_PATHS),
             "parameters": plan.params(), "created_unix": int(time.time())}

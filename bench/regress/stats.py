@@ -62,7 +62,7 @@ class Metric:
     decisive: bool = True
 
 
-# Defaults from issue 6; bench/validate_regress.py measures how they behave.
+# Defaults from issue 6; bench/regress/validate.py measures how they behave.
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("throughput", False, 0.10, unit="deliveries/cpu-s"),
     Metric("cpu_per_delivery", True, 0.10, unit="µs"),

@@ -15,7 +15,7 @@ wall time, rounds, measured CPU ratio and the load average around it, so an
 interrupted validation still reports the trials it finished; each trial's full
 verdict JSON is kept beside it.
 
-    python -m bench.validate_regress --trials 10 --out results/regress-validation.jsonl
+    python -m bench.regress.validate --trials 10 --out results/regress-validation.jsonl
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from bench.regress_samples import Plan, Side, measure
+from bench.regress.samples import Plan, Side, measure
 
 
 def per_message_cost_us(plan: Plan, samples: int = 6) -> float:
@@ -91,7 +91,7 @@ def report(results: Sequence[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.validate_regress",
+    p = argparse.ArgumentParser(prog="python -m bench.regress.validate",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--trials", type=int, default=10, help="trials of each kind")
     p.add_argument("--slowdown", type=float, default=0.20)

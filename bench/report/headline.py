@@ -9,7 +9,7 @@ One row per transport, from two scenarios of a run:
   /metrics, summed) and resident memory per connection (mean over replicas).
 
 `valid` is true only when both scenarios' rows of the run summary are valid
-(bench.tables.summary) and the load generator was valid in every ramp step. A
+(bench.report.tables.summary) and the load generator was valid in every ramp step. A
 ramp that ended because the load generator saturated says `load-side limited`
 and claims no knee.
 """
@@ -23,8 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.plan import TRANSPORTS
-from bench.runs import RunData
+from bench.harness.plan import TRANSPORTS
+from bench.harness.runs import RunData
 
 COLUMNS = ("transport", "max_deliveries_per_s", "knee_reached", "knee_reason", "p99_ms_at_knee",
            "max_held_connections", "kb_per_connection", "cpu_us_per_delivery", "valid")
@@ -63,7 +63,7 @@ def transports(run: RunData) -> list[str]:
 
 def _scenario_valid(summary: pd.DataFrame, scenario: str, transport: str,
                     ) -> tuple[bool, str | None]:
-    """(valid, why not) of one row of the run summary, as bench.tables decides it."""
+    """(valid, why not) of one row of the run summary, as bench.report.tables decides it."""
     if summary.empty or "scenario" not in summary:
         return False, f"{scenario} not measured"
     hit = summary[(summary["scenario"] == scenario) & (summary["transport"] == transport)]

@@ -15,9 +15,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from bench import tables
-from bench.plan import TRANSPORTS
-from bench.runs import RunData
+from bench.harness.plan import TRANSPORTS
+from bench.harness.runs import RunData
+from bench.report import tables
 
 COLORS = {"ws": "#1f77b4", "sse": "#2ca02c", "longpoll": "#d62728", "grpc": "#9467bd"}
 DPI = 100

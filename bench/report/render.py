@@ -2,7 +2,7 @@
 
     rtbench report results/<run-id>      # (re-)render from the run directory
 
-Everything is derived from the run directory (see bench.runs), so a report can
+Everything is derived from the run directory (see bench.harness.runs), so a report can
 be re-rendered after a change to this module without re-running anything.
 """
 
@@ -20,8 +20,8 @@ import jinja2
 import orjson
 import pandas as pd
 
-from bench import headline, plots, tables, textbook
-from bench.runs import RunData, load_run
+from bench.harness.runs import RunData, load_run
+from bench.report import headline, plots, tables, textbook
 
 TEMPLATES = Path(__file__).parent / "templates"
 STANDALONE = ("fanout", "memory", "latency")  # bench/<name>.py --json <run>/<name>.json

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from hdrh.histogram import HdrHistogram
 
-from bench.runs import RunData
+from bench.harness.runs import RunData
 from loadgen.measure import HIGHEST_US, LOWEST_US, SIG_FIGS
 
 PCTS = (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p99.9"), ("max", "p100"))
@@ -158,7 +158,7 @@ def capacity(run: RunData) -> pd.DataFrame:
 
 def capacity_best(cap: pd.DataFrame) -> dict[str, int | None]:
     """Subscriber ramps, per transport: the largest subscriber count of an unbroken run
-    of steps within limit (a rate ramp's answer is the headline, bench.headline)."""
+    of steps within limit (a rate ramp's answer is the headline, bench.report.headline)."""
     out: dict[str, int | None] = {}
     if cap.empty:
         return out

@@ -1,7 +1,7 @@
 """gRPC client (`Chat.Connect` bidirectional stream) on grpcio, for gevent processes.
 
-Not the default (`--grpc-client grpcio` picks it): `grpc_h2` ingests ~6x more (bench/ingest.py),
-see below for why.
+Not the default (`--grpc-client grpcio` picks it): `grpc_h2` ingests ~6x more
+(bench/experiments/ingest.py), see below for why.
 
 grpcio runs its own threads; `grpc.experimental.gevent.init_gevent()` (called at
 import, before any channel exists) makes its completion queue cooperate with the

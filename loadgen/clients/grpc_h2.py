@@ -3,7 +3,7 @@
 The default gRPC client of the load generator (`--grpc-client h2`): grpcio's gevent
 mode polls its completion queue in gevent's thread pool, a thread round trip
 per received message that caps a Locust process at a fraction of an asyncio
-client's ingest rate (see loadgen/README.md, bench/ingest.py). Here one reader
+client's ingest rate (see loadgen/README.md, bench/experiments/ingest.py). Here one reader
 greenlet per connection reads 256 KiB at a time and `grpcframes.GrpcStream`
 (sans-I/O) splits HTTP/2 frames and gRPC messages; no threads, nothing to hang
 on at shutdown.

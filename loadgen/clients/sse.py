@@ -5,7 +5,7 @@ The stream is read 256 KiB at a time and each read goes whole into `SseResponse`
 (sans-I/O: httptools undoes the chunked encoding, `loadgen.sse_parser` splits the
 events), the same parser the asyncio client uses; each event's JSON is decoded
 once. Reading line by line through geventhttpclient cost ~3 Python calls per
-line and made this client the load generator's ceiling (bench/ingest.py).
+line and made this client the load generator's ceiling (bench/experiments/ingest.py).
 
 Bytes on the wire per event: what the reads that completed events carried (event
 lines, comments, chunk headers), shared among those events. The server's last

@@ -6,7 +6,7 @@ websocket-client's receive path costs ~25 µs per small frame in Python calls
 check); reading 256 KiB at a time and splitting frames in one loop is what lets
 one Locust process keep up with the server. `RECV_PATH` switches to
 websocket-client's own receive path, without ("websocket-client") or with
-("websocket-client+utf8") its UTF-8 validation: bench/ingest.py
+("websocket-client+utf8") its UTF-8 validation: bench/experiments/ingest.py
 `--ws-validate-utf8` measures both. orjson rejects invalid UTF-8 in any case.
 """
 
@@ -27,7 +27,7 @@ from loadgen.measure import now_us
 from servers.core.cursor import RESUME_PARAM
 
 RECV_PATHS = ("frames", "websocket-client", "websocket-client+utf8")
-RECV_PATH = "frames"  # bench/ingest.py sets the others to measure them
+RECV_PATH = "frames"  # bench/experiments/ingest.py sets the others to measure them
 
 
 def frame_overhead(n: int) -> int:

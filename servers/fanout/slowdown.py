@@ -2,7 +2,7 @@
 
 `inject_work_us` (env `RTBENCH_INJECT_WORK_US`, default 0 = off) makes the server
 burn that many microseconds of CPU for every message it receives from the broker,
-before handing it to the hub. `bench/validate_regress.py` sets it to a known share
+before handing it to the hub. `bench/regress/validate.py` sets it to a known share
 of the measured per-message cost to check that the detector catches a slowdown of
 that size. Never set it in a benchmark whose numbers you mean to publish.
 """

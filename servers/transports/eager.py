@@ -4,8 +4,8 @@ wait; only then does it become a Task (what Python 3.12's `eager_start=True` doe
 Why: a delivery reaches a WebSocket connection inside the Redis reader's callback, and
 its send (uvicorn's `websocket.send`) completes without waiting whenever the socket is
 writable, which is nearly always. A Task per burst of deliveries costs a trip through
-the event loop (about 35 us on an idle 2-core VM, bench.latency_floor) before the
-frame is written; started eagerly, the frame is written in the same callback.
+the event loop (about 35 us on an idle 2-core VM, bench.experiments.latency_floor) before
+the frame is written; started eagerly, the frame is written in the same callback.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""The saturation detector's validation; the method and the CLI: `bench.validate_detector`."""
+"""The saturation detector's validation; the method and the CLI:
+`bench.experiments.validate_detector`."""

@@ -157,7 +157,7 @@ class Burners:
         return out
 
     def affinities(self) -> list[list[int] | None]:
-        from bench.procs import affinity
+        from bench.harness.procs import affinity
 
         return [affinity(pid) for pid in self.pids]
 
@@ -165,7 +165,7 @@ class Burners:
         return _cpu_seconds(self.pids)
 
     def stop(self) -> None:
-        from bench.procs import signals_ignored, stop_group
+        from bench.harness.procs import signals_ignored, stop_group
 
         with signals_ignored():
             for p in self.procs:
@@ -175,7 +175,7 @@ class Burners:
 
 
 def _cpu_seconds(pids: Sequence[int]) -> list[float | None]:
-    from bench.cpu import cpu_seconds
+    from bench.harness.cpu import cpu_seconds
 
     out: list[float | None] = []
     for pid in pids:

@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from bench.detector.burner import BURNER_LIFETIME, Burners
-from bench.detector.cases import Case
+from bench import ROOT
+from bench.experiments.detector.burner import BURNER_LIFETIME, Burners
+from bench.experiments.detector.cases import Case
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_MARGIN = 30.0  # seconds a Locust run may take past its -t before it is killed
 SETTLE_MAX = 15.0  # seconds to wait for idle servers between trials
 SETTLE_IDLE = 0.05  # servers' CPU (cores, summed) below which they count as idle
@@ -114,7 +114,7 @@ def run_trial(case: Case, index: int, transport: str, servers: Sequence[str],
     Burners start when Locust's test begins (READY_TEXT in its log); raises
     BurnerError, everything stopped, if they cannot run as asked.
     """
-    from bench.procs import affinity, signals_ignored, stop_group
+    from bench.harness.procs import affinity, signals_ignored, stop_group
 
     result = workdir / f"{case.name}-{index}.json"
     log_path = workdir / f"{case.name}-{index}.log"

@@ -6,7 +6,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -15,42 +14,32 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.detector.burner import (
+from bench.experiments.detector.burner import (
     BURNER_LIFETIME,
     MIN_OTHERS_SHARE,
     BurnerError,
     read_rt_throttle,
     rt_throttle_problem,
 )
-from bench.detector.cases import Case, build_cases, trial_counts
-from bench.detector.trials import (
+from bench.experiments.detector.cases import Case, build_cases, trial_counts
+from bench.experiments.detector.trials import (
     READY_TEXT,
     READY_TIMEOUT,
-    ROOT,
     TIMEOUT_MARGIN,
     run_trial,
     wait_idle,
 )
-from bench.detector.verdicts import TARGETS, all_met, judge, outcome, table, tally
+from bench.experiments.detector.verdicts import TARGETS, all_met, judge, outcome, table, tally
 
 FORMAT = "rtbench.detector_validation"
 VERSION = 2
 
 
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=ROOT)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
 def metadata() -> dict[str, Any]:
-    from bench.runs import cpu_model, package_versions
+    from bench.harness.runs import cpu_model, git_state, package_versions
 
     return {
-        "git": {"revision": _git("rev-parse", "HEAD"),
-                "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))},
+        "git": git_state(),
         "python": sys.version.split()[0], "platform": platform.platform(),
         "hostname": platform.node(), "cpu_model": cpu_model(), "cores": os.cpu_count(),
         "affinity": sorted(os.sched_getaffinity(0)), "packages": package_versions(),
@@ -67,8 +56,8 @@ def validate(args: argparse.Namespace, command: Sequence[str]) -> int:
 
     `command` is the command line's arguments, kept in the JSON.
     """
-    from bench.cluster import SERVER_CPU, load_cpus
-    from bench.procs import Interrupted, signals_raise
+    from bench.harness.cluster import SERVER_CPU, load_cpus
+    from bench.harness.procs import Interrupted, signals_raise
 
     all_cases = build_cases(args.burners, args.overload_users, args.overload_rate,
                             args.overload_seconds)
@@ -83,7 +72,7 @@ def validate(args: argparse.Namespace, command: Sequence[str]) -> int:
     doc: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "status": "running",
         "created_utc": now.isoformat(timespec="seconds"), "finished_utc": None,
-        "command": ["python", "-m", "bench.validate_detector", *command],
+        "command": ["python", "-m", "bench.experiments.validate_detector", *command],
         "parameters": {"transport": args.transport, "replicas": 2, "server_cpu": SERVER_CPU,
                        "load_cpu": load_cpu, "trials": trials, "targets": TARGETS,
                        "timeout_margin_s": TIMEOUT_MARGIN, "burner_lifetime_s": BURNER_LIFETIME,
@@ -95,7 +84,7 @@ def validate(args: argparse.Namespace, command: Sequence[str]) -> int:
     }
 
     def save() -> None:
-        from bench.runs import write_json
+        from bench.harness.runs import write_json
 
         verdicts = {name: judge(t, skipped=doc["cases"].get(name, {}).get("skipped"))
                     for name, t in tally(doc["trials"], expect).items()}
@@ -127,7 +116,7 @@ def validate(args: argparse.Namespace, command: Sequence[str]) -> int:
 def _run_case(case: Case, trials: int, transport: str, load_cpu: int, tmp: Path,
               doc: dict[str, Any], save: Callable[[], None]) -> None:
     """One case's trials against its own servers, each recorded in `doc` and saved."""
-    from bench.cluster import SERVER_CPU, Cluster
+    from bench.harness.cluster import SERVER_CPU, Cluster
 
     info: dict[str, Any] = {"loadavg_before": _loadavg()}
     doc["cases"][case.name] = info
