@@ -16,6 +16,8 @@ from servers.core.auth import DEV_SECRET
 from servers.core.types import Limits
 
 TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
+# HTTP server stacks for ws, sse and longpoll (servers/stacks/); gRPC has one (grpcio)
+STACKS = ("starlette", "aiohttp")
 
 
 class SettingsError(ValueError):
@@ -25,6 +27,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     transport: str = "ws"
+    stack: str = "starlette"  # ws/sse/longpoll: "starlette" (uvicorn) or "aiohttp"
     host: str = "127.0.0.1"
     port: int = 8000
     metrics_port: int = 0  # gRPC only: Prometheus /metrics port (0: port + 1000)
@@ -110,6 +113,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
 def validate(s: Settings) -> Settings:
     if s.transport not in TRANSPORTS:
         raise SettingsError(f"transport {s.transport!r}: expected one of {', '.join(TRANSPORTS)}")
+    if s.stack not in STACKS:
+        raise SettingsError(f"stack {s.stack!r}: expected one of {', '.join(STACKS)}")
     if s.broker not in ("redis", "memory"):
         raise SettingsError(f"broker {s.broker!r}: expected 'redis' or 'memory'")
     # flags arrive here without passing _cast: same range rule for them
@@ -142,6 +147,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags for `rtbench serve`; each defaults to its environment variable."""
     d = from_env()
     parser.add_argument("--transport", choices=TRANSPORTS, default=d.transport)
+    parser.add_argument("--stack", choices=STACKS, default=d.stack,
+                        help="HTTP server for ws/sse/longpoll: starlette (on uvicorn) or aiohttp "
+                             "(aiohttp.web), same endpoints and wire protocol; ignored by "
+                             "--transport grpc, which has one server (grpcio) (RTBENCH_STACK)")
     parser.add_argument("--host", default=d.host)
     parser.add_argument("--port", type=int, default=d.port)
     parser.add_argument("--metrics-port", type=int, default=d.metrics_port,
@@ -172,7 +181,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=d.log_level)
     parser.add_argument("--ws-impl", default=d.ws_impl,
                         help="uvicorn WebSocket implementation (websockets-sansio, wsproto, "
-                             "websockets, auto)")
+                             "websockets, auto); --stack starlette only")
 
 
 def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:

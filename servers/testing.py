@@ -96,7 +96,8 @@ class RedisServer:
 
 @dataclass
 class ServerProcess:
-    """One `rtbench serve` replica as a child process."""
+    """One `rtbench serve` replica as a child process, on `stack` (servers/stacks/;
+    gRPC has one server and leaves the flag out)."""
 
     transport: str
     port: int
@@ -104,6 +105,7 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    stack: str = "starlette"
 
     @property
     def url(self) -> str:
@@ -112,7 +114,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0, cpu: int | None = None) -> ServerProcess:
         cmd = [sys.executable, "-m", "servers.serve", "--transport", self.transport,
-               "--port", str(self.port), *self.args]
+               "--port", str(self.port), *self.stack_args(), *self.args]
         if cpu is not None and shutil.which("taskset"):
             cmd = ["taskset", "-c", str(cpu), *cmd]
         env = {**os.environ, **self.env}
@@ -124,6 +126,10 @@ class ServerProcess:
                 log.close()  # the child has its own copy of the descriptor
         wait_port("127.0.0.1", self.port, timeout, self.proc)
         return self
+
+    def stack_args(self) -> list[str]:
+        """`--stack` for the HTTP transports (none for gRPC)."""
+        return [] if self.transport == "grpc" else ["--stack", self.stack]
 
     def stop(self) -> int:
         return stop_process(self.proc) if self.proc is not None else 0

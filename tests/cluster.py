@@ -1,5 +1,10 @@
-"""Server processes for end-to-end tests: per transport, two Redis-backed replicas
-that share a namespace plus one single replica on the memory broker."""
+"""Server processes for end-to-end tests: per transport and stack, two Redis-backed
+replicas that share a namespace plus one single replica on the memory broker.
+
+`TARGETS` is what the end-to-end suites run against: each HTTP transport on each
+server stack (servers/stacks/), and gRPC with its one server. Parametrize a fixture
+with `params=TARGETS, ids=str` to run a suite on all of them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from servers.core.auth import DEV_SECRET, make_token
+from servers.settings import STACKS, TRANSPORTS
 from servers.testing import ServerProcess, free_port
 
 # small limits so that the bad-input tests stay cheap
@@ -20,20 +26,38 @@ LIMIT_ARGS = ("--max-frame-bytes", str(MAX_FRAME_BYTES), "--max-rooms", str(MAX_
 
 
 @dataclass(frozen=True)
+class Target:
+    """One transport on one server stack."""
+
+    transport: str
+    stack: str = "starlette"
+
+    def __str__(self) -> str:
+        return self.transport if self.transport == "grpc" else f"{self.stack}-{self.transport}"
+
+
+# every HTTP transport on every stack, then gRPC (one server, no stack)
+TARGETS = tuple(
+    [Target(t, stack) for stack in STACKS for t in TRANSPORTS if t != "grpc"] + [Target("grpc")]
+)
+
+
+@dataclass(frozen=True)
 class Cluster:
     transport: str
     replicas: tuple[ServerProcess, ...]  # Redis broker, one namespace
     single: ServerProcess  # memory broker, alone
+    stack: str = "starlette"
 
     def url(self, replica: int = 0) -> str:
         return self.replicas[replica % len(self.replicas)].url
 
 
-def server(transport: str, args: Sequence[str]) -> ServerProcess:
+def server(transport: str, args: Sequence[str], stack: str = "starlette") -> ServerProcess:
     extra: list[str] = []
     if transport == "grpc":  # its default metrics port (port + 1000) may be taken
         extra = ["--metrics-port", str(free_port())]
-    return ServerProcess(transport, free_port(), args=[*args, *LIMIT_ARGS, *extra])
+    return ServerProcess(transport, free_port(), args=[*args, *LIMIT_ARGS, *extra], stack=stack)
 
 
 def start_all(procs: Sequence[ServerProcess], timeout: float = 20.0) -> None:
@@ -54,14 +78,14 @@ def stop_all(procs: Sequence[ServerProcess]) -> None:
 
 
 @contextlib.contextmanager
-def cluster(transport: str, redis_url: str) -> Iterator[Cluster]:
+def cluster(transport: str, redis_url: str, stack: str = "starlette") -> Iterator[Cluster]:
     namespace = f"conf-{transport}-{uuid.uuid4().hex[:8]}"
     redis_args = ["--broker", "redis", "--redis-url", redis_url, "--namespace", namespace]
-    procs = (server(transport, redis_args), server(transport, redis_args),
-             server(transport, ["--broker", "memory"]))
+    procs = (server(transport, redis_args, stack), server(transport, redis_args, stack),
+             server(transport, ["--broker", "memory"], stack))
     start_all(procs)
     try:
-        yield Cluster(transport, procs[:2], procs[2])
+        yield Cluster(transport, procs[:2], procs[2], stack)
     finally:
         stop_all(procs)
 

@@ -1,7 +1,8 @@
 """Cross-transport conformance: the same scenarios, through the same client API,
-against real server processes of each transport (docs/protocol.md).
+against real server processes of each transport on each server stack
+(docs/protocol.md; tests/cluster.py TARGETS).
 
-Per transport: two replicas sharing a Redis namespace (cross-replica delivery)
+Per target: two replicas sharing a Redis namespace (cross-replica delivery)
 and one replica on the memory broker, started once for the whole module.
 """
 
@@ -14,13 +15,15 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from loadgen.aio import TRANSPORTS, Client, CommandError, Received, ServerClosed, connect
+from loadgen.aio import Client, CommandError, Received, ServerClosed, connect
 from servers.core.errors import HTTP_STATUS, ErrorCode
 from servers.testing import RedisServer
 from tests.cluster import (
     MAX_FRAME_BYTES,
     MAX_ROOMS,
+    TARGETS,
     Cluster,
+    Target,
     cluster,
     server,
     start_all,
@@ -41,9 +44,10 @@ class Open(Protocol):
     ) -> Client: ...
 
 
-@pytest.fixture(scope="module", params=TRANSPORTS)
+@pytest.fixture(scope="module", params=TARGETS, ids=str)
 def servers(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[Cluster]:
-    with cluster(request.param, redis_server.url) as c:
+    target: Target = request.param
+    with cluster(target.transport, redis_server.url, target.stack) as c:
         yield c
 
 
@@ -450,7 +454,7 @@ async def test_memory_broker_single_replica(open_client: Open) -> None:
 
 
 async def test_shutdown_tells_clients_to_go_away(servers: Cluster) -> None:
-    proc = server(servers.transport, ["--broker", "memory"])
+    proc = server(servers.transport, ["--broker", "memory"], servers.stack)
     start_all([proc])
     try:
         client = await connect(servers.transport, proc.url, token(unique("g")))

@@ -13,7 +13,9 @@ query), within the documented bound for the small settings used here:
   nothing the server sends is ACKed (TCP_USER_TIMEOUT aborts the socket) and
   nothing comes back. Needs root and `ip netns`; skipped otherwise.
 
-One replica on the session's private Redis per test.
+One replica on the session's private Redis per test; the Starlette stack for every
+transport, and the aiohttp stack for WebSocket (its keepalive is aiohttp's own) and SSE
+(its sockets come from the same listening socket code).
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ import httpx
 import pytest
 
 from loadgen.aio import Client, Received, connect
-from servers.serve import listen_socket
 from servers.testing import RedisServer, ServerProcess, free_port, wait_port
-from tests.cluster import server, start_all, stop_all, token, unique
+from servers.transports.listen import listen_socket
+from tests.cluster import Target, server, start_all, stop_all, token, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -157,19 +159,15 @@ async def check_reaped(scene: Scene, transport: str, silence: Sequence[str],
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
 def test_accepted_sockets_inherit_the_user_timeout() -> None:
-    import uvicorn
-
-    config = uvicorn.Config(app=None, host="127.0.0.1", port=free_port())  # type: ignore[arg-type]
-    listener = listen_socket(config, 1.5)
+    listener = listen_socket("127.0.0.1", free_port(), 1.5)
     try:
-        listener.listen()
         with socket.create_connection(listener.getsockname(), timeout=5):
             accepted, _ = listener.accept()
             with accepted:
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 1500
     finally:
         listener.close()
-    off = listen_socket(uvicorn.Config(app=None, port=free_port()), 0)  # type: ignore[arg-type]
+    off = listen_socket("127.0.0.1", free_port(), 0)
     with off:
         assert off.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
 
@@ -179,7 +177,8 @@ def test_accepted_sockets_inherit_the_user_timeout() -> None:
 
 @pytest.fixture
 def local(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[Scene]:
-    proc = server(request.param, redis_args(redis_server))
+    target: Target = request.param
+    proc = server(target.transport, redis_args(redis_server), target.stack)
     start_all([proc])
     try:
         yield Scene(proc, proc.url, metrics_url(proc))
@@ -187,7 +186,9 @@ def local(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator
         stop_all([proc])
 
 
-@pytest.mark.parametrize("local", ["ws", "grpc", "longpoll"], indirect=True)
+@pytest.mark.parametrize(
+    "local", [Target("ws"), Target("grpc"), Target("longpoll"), Target("ws", "aiohttp")],
+    indirect=True, ids=str)
 async def test_a_stopped_client_is_reaped(local: Scene) -> None:
     async def sigstop(child: asyncio.subprocess.Process) -> None:
         child.send_signal(signal.SIGSTOP)
@@ -255,12 +256,13 @@ def netns() -> Iterator[Netns]:
             _ip("netns", "del", ns.name)
 
 
-def start_on(host: str, transport: str, args: Sequence[str]) -> ServerProcess:
+def start_on(host: str, target: Target, args: Sequence[str]) -> ServerProcess:
     """A replica listening on `host` (ServerProcess.start waits on 127.0.0.1 only)."""
-    proc = ServerProcess(transport, free_port(host), args=[*args, "--host", host])
+    proc = ServerProcess(target.transport, free_port(host), args=[*args, "--host", host],
+                         stack=target.stack)
     proc.proc = subprocess.Popen(
-        [sys.executable, "-m", "servers.serve", "--transport", transport,
-         "--port", str(proc.port), *proc.args], cwd=ROOT,
+        [sys.executable, "-m", "servers.serve", "--transport", target.transport,
+         "--port", str(proc.port), *proc.stack_args(), *proc.args], cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(host, proc.port, 20, proc.proc)
@@ -271,14 +273,14 @@ def start_on(host: str, transport: str, args: Sequence[str]) -> ServerProcess:
 
 
 @contextlib.asynccontextmanager
-async def across(transport: str, redis_server: RedisServer) -> AsyncIterator[
+async def across(target: Target, redis_server: RedisServer) -> AsyncIterator[
         tuple[Scene, Netns]]:
     """A server listening on the host end of a fresh veth pair."""
     with netns() as ns:
         args = redis_args(redis_server)
-        if transport == "grpc":
+        if target.transport == "grpc":
             args += ["--metrics-port", str(free_port())]
-        proc = start_on(ns.host_ip, transport, args)
+        proc = start_on(ns.host_ip, target, args)
         try:
             url = proc.url.replace("127.0.0.1", ns.host_ip)
             yield Scene(proc, url, metrics_url(proc, ns.host_ip)), ns
@@ -286,9 +288,11 @@ async def across(transport: str, redis_server: RedisServer) -> AsyncIterator[
             proc.stop()
 
 
-@pytest.mark.parametrize("transport", ["sse", "ws", "grpc", "longpoll"])
-async def test_a_vanished_client_is_reaped(transport: str, redis_server: RedisServer) -> None:
-    async with across(transport, redis_server) as (scene, ns):
+@pytest.mark.parametrize("target", [Target("sse"), Target("ws"), Target("grpc"),
+                                    Target("longpoll"), Target("sse", "aiohttp")], ids=str)
+async def test_a_vanished_client_is_reaped(target: Target, redis_server: RedisServer) -> None:
+    transport = target.transport
+    async with across(target, redis_server) as (scene, ns):
         async def cut(child: asyncio.subprocess.Process) -> None:
             await asyncio.to_thread(ns.link_down)
 

@@ -1,4 +1,5 @@
-"""Fault injection end to end, on every transport: real server processes, real Redis.
+"""Fault injection end to end, on every transport and server stack (tests/cluster.py
+TARGETS): real server processes, real Redis.
 
 - A replica is SIGKILLed mid-stream: its subscriber resumes on the other replica
   with its cursor and ends up with every published offset exactly once, in order.
@@ -30,9 +31,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from loadgen.aio import TRANSPORTS, Client, CommandError, ServerClosed, connect
+from loadgen.aio import Client, CommandError, ServerClosed, connect
 from servers.testing import RedisServer, ServerProcess
-from tests.cluster import server, start_all, stop_all, token, unique
+from tests.cluster import TARGETS, Target, server, start_all, stop_all, token, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -40,17 +41,24 @@ WAIT = 10.0
 RATE = 200.0  # publishes per second, scheduled open-loop
 
 
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture(params=TARGETS, ids=str)
+def target(request: pytest.FixtureRequest) -> Target:
+    result: Target = request.param
+    return result
 
 
-def replicas(transport: str, redis_url: str, *extra: str,
+@pytest.fixture
+def transport(target: Target) -> str:
+    return target.transport
+
+
+def replicas(target: Target, redis_url: str, *extra: str,
              ) -> tuple[ServerProcess, ServerProcess]:
     """Two Redis replicas sharing a fresh namespace, started."""
     args = ["--broker", "redis", "--redis-url", redis_url,
             "--namespace", f"faults-{uuid.uuid4().hex[:8]}", *extra]
-    procs = (server(transport, args), server(transport, args))
+    procs = (server(target.transport, args, target.stack),
+             server(target.transport, args, target.stack))
     start_all(procs)
     return procs
 
@@ -159,8 +167,8 @@ async def start_stream(clients: Any, sub_on: ServerProcess, pub_on: ServerProces
 
 
 async def test_killed_replica_its_subscriber_resumes_on_the_other_with_no_loss(
-        transport: str, redis_server: RedisServer, clients: Any) -> None:
-    a, b = replicas(transport, redis_server.url)
+        target: Target, redis_server: RedisServer, clients: Any) -> None:
+    a, b = replicas(target, redis_server.url)
     try:
         count = 300
         st = await start_stream(clients, b, a, count)
@@ -204,9 +212,9 @@ def own_redis() -> Iterator[list[RedisServer]]:
 
 
 async def test_redis_restart_fails_publishes_loudly_then_recovers_without_loss(
-        transport: str, own_redis: list[RedisServer], clients: Any) -> None:
+        target: Target, own_redis: list[RedisServer], clients: Any) -> None:
     redis = own_redis[0]
-    a, b = replicas(transport, redis.url)
+    a, b = replicas(target, redis.url)
     try:
         room, user = unique("room"), unique("sub")
         sub = await clients(b, user)
@@ -226,7 +234,7 @@ async def test_redis_restart_fails_publishes_loudly_then_recovers_without_loss(
         assert sorted(pub.failed) == list(range(20, 30)), "a publish succeeded while Redis was down"
         for exc in pub.failed.values():
             assert exc.code == "unavailable", exc
-            if transport in ("sse", "longpoll"):
+            if target.transport in ("sse", "longpoll"):
                 assert exc.status == 503
         assert time.monotonic() - started < 2 * 3.0 + 5  # each failed within the op timeout
 
@@ -297,9 +305,9 @@ async def kill_subscribers(redis_url: str) -> int:
 
 
 async def test_cut_subscriptions_are_healed_from_history_without_loss(
-        transport: str, own_redis: list[RedisServer], clients: Any) -> None:
+        target: Target, own_redis: list[RedisServer], clients: Any) -> None:
     redis = own_redis[0]
-    a, b = replicas(transport, redis.url)
+    a, b = replicas(target, redis.url)
     try:
         count = 400
         st = await start_stream(clients, b, a, count)
@@ -322,9 +330,9 @@ async def test_cut_subscriptions_are_healed_from_history_without_loss(
 
 
 async def test_cut_subscriptions_with_history_off_give_disabled_gaps(
-        transport: str, own_redis: list[RedisServer], clients: Any) -> None:
+        target: Target, own_redis: list[RedisServer], clients: Any) -> None:
     redis = own_redis[0]
-    a, b = replicas(transport, redis.url, "--history-size", "0")
+    a, b = replicas(target, redis.url, "--history-size", "0")
     try:
         room = unique("room")
         sub = await clients(b, unique("sub"))

@@ -1,9 +1,9 @@
 """Long-poll adapter (docs/protocol.md 7.3) against real server processes.
 
-Envelopes are checked as bytes; the rest over real sockets with httpx: connect,
-polls (held, timed out, superseded), commands and their statuses, auth and
-ownership, DELETE, idle reaping, slow consumer, SIGTERM, a broker outage at
-connect, and idle memory per held poll.
+Envelopes are checked as bytes; the rest over real sockets with httpx, on both
+server stacks: connect, polls (held, timed out, superseded), commands and their
+statuses, auth and ownership, DELETE, idle reaping, slow consumer, SIGTERM, a broker
+outage at connect, and idle memory per held poll.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 
 from servers.core.cursor import encode_cursor
 from servers.core.types import CloseReason, Event
+from servers.settings import STACKS
 from servers.testing import RedisServer, ServerProcess, free_port
 from servers.transports.longpoll import connect_body, events_body, poll_timeout
 from tests.cluster import MAX_FRAME_BYTES, server, start_all, stop_all, token, unique
@@ -94,9 +95,9 @@ class Session:
         return await command(self.http, self.user, self.conn, body, "/lp")
 
 
-@pytest.fixture(scope="module")
-def lp() -> Iterator[ServerProcess]:
-    proc = server("longpoll", ["--broker", "memory", "--session-ttl", "30"])
+@pytest.fixture(scope="module", params=STACKS)
+def lp(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    proc = server("longpoll", ["--broker", "memory", "--session-ttl", "30"], request.param)
     start_all([proc])
     yield proc
     stop_all([proc])
@@ -328,14 +329,15 @@ async def test_delete_ends_a_waiting_poll_then_404(http: httpx.AsyncClient) -> N
 # ---------------------------------------------------------------- server-side closes
 
 
-async def _server(*args: str) -> ServerProcess:
-    proc = ServerProcess("longpoll", free_port(), args=["--broker", "memory", *args])
+async def _server(stack: str, *args: str) -> ServerProcess:
+    proc = ServerProcess("longpoll", free_port(), args=["--broker", "memory", *args], stack=stack)
     await asyncio.to_thread(start_all, [proc])
     return proc
 
 
-async def test_idle_session_is_reaped_but_not_while_a_poll_waits() -> None:
-    proc = await _server("--session-ttl", "0.4")
+@pytest.mark.parametrize("stack", STACKS)
+async def test_idle_session_is_reaped_but_not_while_a_poll_waits(stack: str) -> None:
+    proc = await _server(stack, "--session-ttl", "0.4")
     try:
         async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http:
             kept, idle = await session(http, "kept"), await session(http, "idle")
@@ -352,8 +354,9 @@ async def test_idle_session_is_reaped_but_not_while_a_poll_waits() -> None:
         await asyncio.to_thread(stop_all, [proc])
 
 
-async def test_slow_consumer_gets_its_backlog_and_closed_4408_then_404() -> None:
-    proc = await _server("--outbox-max-events", "3")
+@pytest.mark.parametrize("stack", STACKS)
+async def test_slow_consumer_gets_its_backlog_and_closed_4408_then_404(stack: str) -> None:
+    proc = await _server(stack, "--outbox-max-events", "3")
     try:
         async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http:
             slow, sender = await session(http, "slow"), await session(http, "sender")
@@ -371,10 +374,11 @@ async def test_slow_consumer_gets_its_backlog_and_closed_4408_then_404() -> None
         await asyncio.to_thread(stop_all, [proc])
 
 
-async def test_sigterm_answers_the_waiting_poll_with_closed_1001() -> None:
+@pytest.mark.parametrize("stack", STACKS)
+async def test_sigterm_answers_the_waiting_poll_with_closed_1001(stack: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        proc = ServerProcess("longpoll", free_port(), args=["--broker", "memory",
-                                                            "--log-level", "info"])
+        proc = ServerProcess("longpoll", free_port(), stack=stack,
+                             args=["--broker", "memory", "--log-level", "info"])
         proc.log_path = Path(tmp) / "server.log"
         await asyncio.to_thread(start_all, [proc])
         try:
@@ -393,10 +397,11 @@ async def test_sigterm_answers_the_waiting_poll_with_closed_1001() -> None:
     assert "timeout graceful shutdown exceeded" not in log, log
 
 
-async def test_broker_outage_at_connect_is_503() -> None:
+@pytest.mark.parametrize("stack", STACKS)
+async def test_broker_outage_at_connect_is_503(stack: str) -> None:
     redis = await asyncio.to_thread(RedisServer().start)
-    proc = ServerProcess("longpoll", free_port(), args=["--broker", "redis",
-                                                        "--redis-url", redis.url])
+    proc = ServerProcess("longpoll", free_port(), stack=stack,
+                         args=["--broker", "redis", "--redis-url", redis.url])
     try:
         await asyncio.to_thread(start_all, [proc])
         await asyncio.to_thread(redis.stop)
@@ -428,11 +433,13 @@ async def _hold_poll(port: int, user: str) -> asyncio.StreamWriter:
     return writer
 
 
-async def test_idle_poll_memory_per_connection() -> None:
-    proc = await _server("--poll-timeout", "120", "--session-ttl", "120")
+@pytest.mark.parametrize("stack", STACKS)
+async def test_idle_poll_memory_per_connection(stack: str) -> None:
+    proc = await _server(stack, "--poll-timeout", "120", "--session-ttl", "120")
     try:
         per_conn = await idle_rss_per_connection(proc, _hold_poll, RSS_CONNS, True)
     finally:
         await asyncio.to_thread(stop_all, [proc])
-    print(f"\nlong-poll: {per_conn:.1f} KiB of server RSS per held poll ({RSS_CONNS} sessions)")
+    print(f"\nlong-poll ({stack}): {per_conn:.1f} KiB of server RSS per held poll "
+          f"({RSS_CONNS} sessions)")
     assert per_conn < RSS_TARGET_KIB

@@ -1,7 +1,8 @@
-"""Resume end to end on all four transports: real server processes, a private Redis, the
-loadgen.aio clients and their cursors (docs/protocol.md, "Offsets and resume").
+"""Resume end to end on all four transports and both server stacks (tests/cluster.py
+TARGETS): real server processes, a private Redis, the loadgen.aio clients and their
+cursors (docs/protocol.md, "Offsets and resume").
 
-Per transport, five servers started once: two Redis replicas sharing a namespace,
+Per target, five servers started once: two Redis replicas sharing a namespace,
 one Redis server with a 10-message history, one on the memory broker, and one with
 history off.
 """
@@ -20,7 +21,16 @@ import redis.asyncio as aioredis
 from loadgen.aio import Client, ServerClosed, connect
 from servers.fanout.redis_history import stream_keys
 from servers.testing import RedisServer, ServerProcess
-from tests.cluster import MAX_ROOMS, server, start_all, stop_all, token, unique
+from tests.cluster import (
+    MAX_ROOMS,
+    TARGETS,
+    Target,
+    server,
+    start_all,
+    stop_all,
+    token,
+    unique,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -39,18 +49,19 @@ class Servers:
     off: ServerProcess  # memory broker, --history-size 0
 
 
-@pytest.fixture(scope="module", params=["ws", "sse", "longpoll", "grpc"])
+@pytest.fixture(scope="module", params=TARGETS, ids=str)
 def servers(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[Servers]:
-    transport = request.param
+    target: Target = request.param
+    transport, stack = target.transport, target.stack
     ns = f"resume-{transport}-{uuid.uuid4().hex[:8]}"
     redis_args = ["--broker", "redis", "--redis-url", redis_server.url]
     procs = (
-        server(transport, [*redis_args, "--namespace", ns]),
-        server(transport, [*redis_args, "--namespace", ns]),
+        server(transport, [*redis_args, "--namespace", ns], stack),
+        server(transport, [*redis_args, "--namespace", ns], stack),
         server(transport, [*redis_args, "--namespace", ns + "-small",
-                           "--history-size", str(SMALL_HISTORY)]),
-        server(transport, ["--broker", "memory"]),
-        server(transport, ["--broker", "memory", "--history-size", "0"]),
+                           "--history-size", str(SMALL_HISTORY)], stack),
+        server(transport, ["--broker", "memory"], stack),
+        server(transport, ["--broker", "memory", "--history-size", "0"], stack),
     )
     start_all(procs)
     try:

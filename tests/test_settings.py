@@ -154,3 +154,30 @@ def test_history_settings_reach_the_limits() -> None:
     with pytest.raises(SettingsError, match="history_ttl"):
         parse(["--history-ttl", "0"])
     assert parse(["--history-size", "0", "--history-ttl", "0"]).history_ttl == 0  # off: unused
+
+
+def test_the_stack_is_starlette_unless_a_flag_or_the_environment_says_aiohttp(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("RTBENCH_STACK", raising=False)
+    assert parse([]).stack == "starlette" == Settings().stack
+    assert parse(["--stack", "aiohttp", "--transport", "sse"]).stack == "aiohttp"
+    assert from_env({"RTBENCH_STACK": "aiohttp"}).stack == "aiohttp"
+    monkeypatch.setenv("RTBENCH_STACK", "aiohttp")
+    assert parse([]).stack == "aiohttp"
+    assert parse(["--stack", "starlette"]).stack == "starlette"  # the flag wins
+    # gRPC has one server: any stack is accepted there (servers/serve.py says it is ignored)
+    assert parse(["--transport", "grpc"]).stack == "aiohttp"
+    with pytest.raises(SettingsError, match="stack 'tornado': expected one of starlette, aiohttp"):
+        from_env({"RTBENCH_STACK": "tornado"})
+    with pytest.raises(SystemExit):
+        parse(["--stack", "tornado"])
+    assert "invalid choice: 'tornado'" in capsys.readouterr().err
+
+
+def test_the_stack_flag_says_what_it_does_and_its_variable(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--stack {starlette,aiohttp}" in text
+    assert "ignored by --transport grpc" in text and "RTBENCH_STACK" in text

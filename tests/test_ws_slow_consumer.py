@@ -4,6 +4,7 @@ getting every message, the stalled one is dropped as a slow consumer (counted in
 
 The stalled client is a raw socket speaking WebSocket through wsproto: it joins a room,
 then never reads again (a tiny receive buffer, so the server's socket fills fast).
+On both server stacks.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from loadgen.aio import connect
+from servers.settings import STACKS
 from servers.testing import ServerProcess, free_port
 from tests.cluster import start_all, stop_all, token, unique
 
@@ -69,9 +71,10 @@ async def stalled_client(port: int, user: str, room: str) -> socket.socket:
     return sock
 
 
-async def test_a_stalled_reader_is_dropped_and_nobody_else_notices() -> None:
+@pytest.mark.parametrize("stack", STACKS)
+async def test_a_stalled_reader_is_dropped_and_nobody_else_notices(stack: str) -> None:
     n = 3 * (OUTBOX_BYTES + (8 << 20)) // SIZE  # well past its outbox and socket buffers
-    proc = ServerProcess("ws", free_port(), args=[
+    proc = ServerProcess("ws", free_port(), stack=stack, args=[
         # history off: the memory broker's history would hold 1000 of these messages
         "--broker", "memory", "--history-size", "0", "--heartbeat", "1",
         "--max-frame-bytes", "65536", "--tcp-user-timeout", "2",

@@ -1,8 +1,9 @@
-"""Transport adapters: thin pumps between a framework and the hub.
+"""Transport logic, framework-free: what the HTTP stacks' adapters share.
 
-Each HTTP adapter module exposes `routes(ctx) -> list[BaseRoute]`; `http.py`
-assembles them into one Starlette app with /healthz and /metrics. The gRPC
-adapter (`grpc_server.py`) has its own server. A second HTTP stack (aiohttp)
-would add its own `http_aiohttp.py` beside these, reusing `auth_token` rules
-and the hub; nothing in servers/core changes.
+`context.py` (hub, settings, token and subprotocol rules, exit signal), `replies.py`
+(HTTP answers as data), `sessions.py` (SSE/long-poll sessions and their command
+endpoint), `ws.py`, `sse.py` and `longpoll.py` (each transport's rules, framing and
+pumps), `listen.py` (the listening socket). The stacks in servers/stacks/ route
+requests of their framework onto these; the gRPC adapter (`grpc_server.py`,
+`grpc_codec.py`) has its own server and speaks to the hub directly.
 """

@@ -1,37 +1,36 @@
-"""Long-polling transport (docs/protocol.md 7.3).
+"""Long-polling transport (docs/protocol.md 7.3), on every stack.
 
 `POST /lp/connect` opens a session, `GET /lp/{conn}/poll` drains its outbox,
 `POST /lp/{conn}` carries a command, `DELETE /lp/{conn}` closes it. A poll body
 is the events' cached JSON joined as bytes, never re-encoded per recipient. A
-held poll costs no task of its own: it waits inside the request's task.
+held poll costs no task of its own: it waits inside the request's task. Requests
+come in as RequestViews and answers go out as Replies; a stack only routes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
 from servers.core.connection import Connection
 from servers.core.errors import ErrorCode, ProtocolError
 from servers.core.types import CloseReason, Event
-from servers.transports.http import Context, protocol_failed
-from servers.transports.sessions import (
-    JSON,
-    Held,
-    Session,
-    SessionRegistry,
-    close_body,
-    requested_cursor,
+from servers.transports.context import Context, RequestView
+from servers.transports.replies import (
+    NO_CONTENT,
+    Reply,
+    json_reply,
+    protocol_failed,
     unknown_session,
 )
+from servers.transports.sessions import Session, SessionRegistry, close_body, requested_cursor
 
 EMPTY = b'{"events":[]}'
+# a HEAD poll would take events nobody receives
+NOT_HEAD = Reply(405, content_type=None, headers={"allow": "GET"})
 
 
 class PollSession(Session):
@@ -82,34 +81,39 @@ def poll_timeout(raw: str | None, limit: float) -> float:
     return min(value, limit)
 
 
-def routes(ctx: Context) -> list[BaseRoute]:
-    sessions: SessionRegistry[PollSession] = SessionRegistry(
-        ctx, lambda conn, now, cursor: PollSession(conn, now))
+class LongPoll:
+    """The four endpoints of one long-poll server, as plain calls."""
 
-    async def connect(request: Request) -> Response:
-        """The session's first events (`welcome`, then what a resumed one missed)."""
-        opened = await sessions.open(request, requested_cursor(request))
-        if isinstance(opened, Response):
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.sessions: SessionRegistry[PollSession] = SessionRegistry(
+            ctx, lambda conn, now, cursor: PollSession(conn, now))
+
+    async def connect(self, req: RequestView) -> Reply:
+        """`POST /lp/connect`: the session's first events (`welcome`, then what a resumed
+        one missed)."""
+        opened = await self.sessions.open(req, requested_cursor(req))
+        if isinstance(opened, Reply):
             return opened
-        body = connect_body(opened.conn.id, opened.conn.outbox.take())
-        return Response(body, media_type=JSON)
+        return json_reply(connect_body(opened.conn.id, opened.conn.outbox.take()))
 
-    async def poll(request: Request) -> Response:
-        if request.method != "GET":  # a HEAD poll would take events nobody receives
-            return Response(status_code=405, headers={"allow": "GET"})
-        found = sessions.find(request)
-        if isinstance(found, Response):
+    def check_poll(self, req: RequestView, conn_id: str, method: str = "GET",
+                   ) -> tuple[PollSession, float] | Reply:
+        """`GET /lp/{conn}/poll` before it waits: the session and how long to hold."""
+        if method != "GET":
+            return NOT_HEAD
+        found = self.sessions.find(req, conn_id)
+        if isinstance(found, Reply):
             return found
         try:
-            timeout = poll_timeout(request.query_params.get("timeout"), ctx.settings.poll_timeout)
+            return found, poll_timeout(req.query.get("timeout"), self.ctx.settings.poll_timeout)
         except ProtocolError as exc:
             return protocol_failed(exc)
-        # Reads the (empty) request message now, so that the check after the
-        # wait sees only a disconnect.
-        await request.is_disconnected()
-        return await _poll(request, found, timeout)
 
-    async def _poll(request: Request, session: PollSession, wait: float) -> Response:
+    async def poll(self, session: PollSession, wait: float,
+                   disconnected: Callable[[], Awaitable[bool]]) -> Reply:
+        """Hold the poll until events are queued (or `wait` passes, or a newer poll
+        supersedes it); `disconnected` tells afterwards whether anyone is there to read."""
         loop = asyncio.get_running_loop()
         while session.poller is not None:  # supersede the waiting poll
             handoff = session.handoff
@@ -118,6 +122,7 @@ def routes(ctx: Context) -> list[BaseRoute]:
                 session.poller.cancel()
             await handoff
         conn = session.conn
+        sessions = self.sessions
         if sessions.get(conn.id) is not session:  # closed while we waited for the handoff
             return unknown_session(conn.id)
         outbox = conn.outbox
@@ -129,7 +134,7 @@ def routes(ctx: Context) -> list[BaseRoute]:
         except asyncio.CancelledError:
             if session.handoff is None:
                 raise  # not superseded: the server is cancelling us
-            return Response(EMPTY, media_type=JSON)
+            return json_reply(EMPTY)
         finally:
             session.poller = None
             session.idle_since = loop.time()
@@ -139,25 +144,23 @@ def routes(ctx: Context) -> list[BaseRoute]:
                 if me is not None and me.cancelling():
                     me.uncancel()  # the cancel was ours, not the server's
                 handoff.set_result(None)
-        if await request.is_disconnected():
-            return Response(EMPTY, media_type=JSON)  # nobody to read it; keep the events
+        if await disconnected():
+            return json_reply(EMPTY)  # nobody to read it; keep the events
         events = outbox.take()
         reason = outbox.close_reason
         if reason is None:
-            return Response(events_body(events), media_type=JSON)
+            return json_reply(events_body(events))
         await sessions.close(session)
-        return Response(events_body(events, reason), media_type=JSON)
+        return json_reply(events_body(events, reason))
 
-    async def delete(request: Request) -> Response:
-        found = sessions.find(request)
-        if isinstance(found, Response):
+    async def command(self, req: RequestView, conn_id: str, body: AsyncIterable[bytes]) -> Reply:
+        """`POST /lp/{conn}`: one command, its reply event."""
+        return await self.sessions.command(req, conn_id, body)
+
+    async def delete(self, req: RequestView, conn_id: str) -> Reply:
+        """`DELETE /lp/{conn}`: close the connection."""
+        found = self.sessions.find(req, conn_id)
+        if isinstance(found, Reply):
             return found
-        await sessions.close(found)
-        return Response(status_code=204)
-
-    return [
-        Route("/lp/connect", connect, methods=["POST"]),
-        Route("/lp/{conn}/poll", Held(poll), methods=["GET"]),
-        Route("/lp/{conn}", sessions.command, methods=["POST"]),
-        Route("/lp/{conn}", delete, methods=["DELETE"]),
-    ]
+        await self.sessions.close(found)
+        return NO_CONTENT

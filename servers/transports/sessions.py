@@ -1,22 +1,19 @@
-"""What the session-style HTTP transports (SSE, long-poll) share.
+"""What the session-style HTTP transports (SSE, long-poll) share, on every stack.
 
 A hub connection there outlives any one request: the stream or the polls carry
 events, and commands arrive as separate `POST /<prefix>/{conn}` requests. This
 module holds the registry conn id -> session, the owner check (the token's user
 must own the id), the one command endpoint, the idle-session reaper and the
-drain on shutdown. Command semantics stay in the hub.
+drain on shutdown. Command semantics stay in the hub; requests come in as
+RequestViews and answers go out as Replies, so no framework is involved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Callable
 from typing import Any, Generic, TypeVar
-
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from servers.core.codec import parse_command
 from servers.core.connection import Connection
@@ -24,11 +21,19 @@ from servers.core.cursor import RESUME_HEADER, RESUME_PARAM, Cursor, decode_curs
 from servers.core.errors import AuthError, BrokerUnavailable, ErrorCode, ProtocolError
 from servers.core.hub import Hub
 from servers.core.types import CloseReason, Command, Event
-from servers.transports.http import Context, auth_failed, protocol_failed, read_body
+from servers.transports.context import Context, RequestView
+from servers.transports.replies import (
+    Reply,
+    auth_failed,
+    forbidden,
+    internal_error,
+    json_reply,
+    protocol_failed,
+    read_body,
+    unknown_session,
+)
 
 log = logging.getLogger("rtbench.sessions")
-
-JSON = "application/json"
 
 
 class Session:
@@ -59,48 +64,16 @@ def close_body(reason: CloseReason) -> dict[str, Any]:
     return {"code": int(reason), "reason": reason.text}
 
 
-def error_response(code: str, message: str, status: int) -> Response:
-    return JSONResponse({"type": "error", "code": code, "message": message}, status_code=status)
-
-
-def forbidden() -> Response:
-    # `forbidden` is HTTP-only (section 5) and not an ErrorCode of the core
-    return error_response("forbidden", "this connection belongs to another user", 403)
-
-
-def unknown_session(conn_id: str) -> Response:
-    message = f"no connection {conn_id[:80]!r} (expired or never existed)"
-    return error_response(str(ErrorCode.UNKNOWN_SESSION), message, 404)
-
-
-def requested_cursor(request: Request, last_event_id: bool = False) -> str | None:
+def requested_cursor(req: RequestView, last_event_id: bool = False) -> str | None:
     """The raw resume cursor of a connect request, if any: `?resume=`, else the
     `X-Rtbench-Resume` header. With `last_event_id` (SSE) a non-empty `Last-Event-ID`
     comes first: a browser's EventSource sends back the last `id:` it saw when it
     reconnects, to the URL it was made with, whose `?resume=` is then stale."""
     if last_event_id:
-        raw = request.headers.get("last-event-id")
+        raw = req.headers.get("last-event-id")
         if raw:
             return raw
-    return request.query_params.get(RESUME_PARAM) or request.headers.get(RESUME_HEADER) or None
-
-
-class Held:
-    """A route endpoint for requests held open (SSE streams, waiting polls).
-
-    Starlette wraps a plain function endpoint in two exception-handling layers
-    whose frames live as long as the request; held by thousands of idle clients
-    they cost about 2 KiB each. This calls `handler` and the ASGI app it returns
-    directly (ServerErrorMiddleware still turns a bug into a 500).
-    """
-
-    __slots__ = ("handler",)
-
-    def __init__(self, handler: Callable[[Request], Awaitable[ASGIApp]]) -> None:
-        self.handler = handler
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await (await self.handler(Request(scope, receive)))(scope, receive, send)
+    return req.query.get(RESUME_PARAM) or req.headers.get(RESUME_HEADER) or None
 
 
 class SessionRegistry(Generic[S]):
@@ -117,11 +90,11 @@ class SessionRegistry(Generic[S]):
         self._draining = False
         ctx.on_exit_signal.append(self.drain)
 
-    async def open(self, request: Request, raw_cursor: str | None = None) -> S | Response:
+    async def open(self, req: RequestView, raw_cursor: str | None = None) -> S | Reply:
         """Authenticate and open a hub connection, resumed from `raw_cursor` (the wire form)
-        when given; an error response if that fails (400 `bad_cursor` for a bad cursor)."""
+        when given; an error reply if that fails (400 `bad_cursor` for a bad cursor)."""
         try:
-            user = self.ctx.authenticate(request)
+            user = self.ctx.authenticate(req)
         except AuthError as exc:
             return auth_failed(exc)
         try:
@@ -145,13 +118,12 @@ class SessionRegistry(Generic[S]):
     def get(self, conn_id: str) -> S | None:
         return self._sessions.get(conn_id)
 
-    def find(self, request: Request) -> S | Response:
-        """The session named by the `conn` path parameter, if the token's user owns it."""
+    def find(self, req: RequestView, conn_id: str) -> S | Reply:
+        """The session `conn_id` (the path's `{conn}`), if the token's user owns it."""
         try:
-            user = self.ctx.authenticate(request)
+            user = self.ctx.authenticate(req)
         except AuthError as exc:
             return auth_failed(exc)
-        conn_id: str = request.path_params["conn"]
         session = self._sessions.get(conn_id)
         if session is None:
             return unknown_session(conn_id)
@@ -173,15 +145,16 @@ class SessionRegistry(Generic[S]):
         for session in self._sessions.values():
             session.conn.outbox.close(reason)
 
-    async def command(self, request: Request) -> Response:
-        """`POST /<prefix>/{conn}`: one command in the body, its reply event as the response."""
-        found = self.find(request)
-        if isinstance(found, Response):
+    async def command(self, req: RequestView, conn_id: str, body: AsyncIterable[bytes]) -> Reply:
+        """`POST /<prefix>/{conn}`: one command in `body`, its reply event as the response."""
+        found = self.find(req, conn_id)
+        if isinstance(found, Reply):
             return found
         hub = self.hub
         try:
-            body = await read_body(request, hub.limits.max_frame_bytes)
-            cmd = parse_command(body, hub.limits)
+            raw = await read_body(req.headers.get("content-length"), body,
+                                  hub.limits.max_frame_bytes)
+            cmd = parse_command(raw, hub.limits)
             reply = await hub.execute(found.conn, cmd)
             if found.replied(cmd, reply):
                 hub.stats.slow_consumers += 1
@@ -191,8 +164,8 @@ class SessionRegistry(Generic[S]):
         except Exception:
             log.exception("command on %s failed", found.conn.id)
             hub.stats.errors += 1
-            return error_response(str(ErrorCode.INTERNAL), "internal server error", 500)
-        return Response(reply.json(), media_type=JSON)
+            return internal_error()
+        return json_reply(reply.json())
 
     # -------------------------------------------------------------- reaper
 

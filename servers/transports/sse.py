@@ -1,14 +1,13 @@
-"""Server-Sent Events transport (docs/protocol.md 7.2).
+"""Server-Sent Events transport (docs/protocol.md 7.2): framing and the stream, on every stack.
 
-`GET /sse` streams events, `POST /sse/{conn}` carries commands. The stream is a
-raw ASGI response rather than sse-starlette's EventSourceResponse: that one runs
-four tasks per connection (stream, ping, disconnect listener, shutdown watcher)
-and measured 46 KiB of server RSS per idle stream against 17-19 KiB for this one.
-Here events are written eagerly from the outbox listener (a task only while a
-send has to wait), a timer writes the keepalive comments, the request's own task
-waits for the end, and one small task waits for the client to go away. Each event
-is SSE-framed once, whatever the number of recipients: the frame is cached on the
-shared Event.
+`GET /sse` streams events, `POST /sse/{conn}` carries commands. A stack subclasses
+EventStream with the one way to write body bytes and hands it the socket's transport
+(to see when a write may block, and to cut a stalled client); everything else is
+here. Events are written eagerly from the outbox listener (a task only while a write
+has to wait), a timer writes the keepalive comments, and the request's own task
+waits for the end.
+Each event is SSE-framed once, whatever the number of recipients: the frame is
+cached on the shared Event.
 
 Resume: every event that moves the connection's cursor (docs/protocol.md 4.1) is
 written after an `id: <cursor>` line, so that a browser's EventSource sends it
@@ -18,7 +17,7 @@ the frame after it is the shared one. Joins and leaves, whose acks travel in
 command responses, reach the stream as marks in its outbox (in order with the
 events) and are written as `id:`-only blocks.
 
-A send that stays blocked (the client stopped reading and the socket buffers are
+A write that stays blocked (the client stopped reading and the socket buffers are
 full) for `heartbeat` seconds drops the stream as a slow consumer.
 """
 
@@ -29,35 +28,26 @@ import logging
 from typing import Any
 
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servers.core.connection import Connection, HubStats
 from servers.core.cursor import Cursor, CursorTracker
 from servers.core.errors import AuthError
 from servers.core.types import CloseReason, Command, Event, Join, Leave
 from servers.transports import eager
-from servers.transports.http import Context, auth_failed
-from servers.transports.sessions import (
-    Held,
-    Session,
-    SessionRegistry,
-    close_body,
-    requested_cursor,
-)
+from servers.transports.context import Context, RequestView
+from servers.transports.replies import EVENT_STREAM, Reply, auth_failed
+from servers.transports.sessions import Session, SessionRegistry, close_body
 
 log = logging.getLogger("rtbench.sse")
 
 PING = b": ping\n\n"
 RETRY_MS = 1000  # the reconnection delay a browser's EventSource is told to use
 RETRY = b"retry: %d\n\n" % RETRY_MS
-_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
-]
+HEADERS = {
+    "content-type": EVENT_STREAM,
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",  # nginx: do not buffer the stream
+}
 # events whose offset (welcome: inbox position) CursorTracker follows
 _MOVING = frozenset({"welcome", "message", "direct", "gap"})
 
@@ -131,19 +121,22 @@ class SseSession(Session):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _transport(receive: Receive) -> asyncio.WriteTransport | None:
-    """The transport under an ASGI request, if the server lets us see it.
-
-    uvicorn (httptools and h11 alike) passes the bound `receive` of its request cycle,
-    which holds the transport; Starlette's middleware passes `receive` through as is.
-    """
-    transport = getattr(getattr(receive, "__self__", None), "transport", None)
-    needed = ("abort", "get_write_buffer_size", "get_write_buffer_limits")
-    return transport if all(callable(getattr(transport, n, None)) for n in needed) else None
+def make_sessions(ctx: Context) -> SessionRegistry[SseSession]:
+    # a stream holds its session for its whole life: nothing to reap
+    return SessionRegistry(ctx, lambda conn, now, cursor: SseSession(conn, cursor), reap=False)
 
 
-def _may_block(transport: asyncio.WriteTransport | None) -> bool:
-    """Whether a `send` may wait for the client: the server pauses writing above the
+def probe(ctx: Context, req: RequestView) -> Reply:
+    """`HEAD /sse`: the stream's auth and headers, and no connection."""
+    try:
+        ctx.authenticate(req)
+    except AuthError as exc:
+        return auth_failed(exc)
+    return Reply(200, content_type=EVENT_STREAM, headers={"cache-control": "no-cache"})
+
+
+def may_block(transport: asyncio.WriteTransport | None) -> bool:
+    """Whether a write may wait for the client: the server pauses writing above the
     transport's high-water mark and resumes below its low-water mark, so a buffer
     above low water may mean paused. Unknown transport: assume it may."""
     if transport is None:
@@ -155,23 +148,25 @@ class EventStream:
     """The `text/event-stream` body of one session, for as long as the client stays.
 
     Events are written eagerly (servers/transports/eager.py), like WebSocket frames:
-    when they land in the outbox, in the delivering callback itself; only a send that
-    has to wait goes on as a task. The request's own task just waits for the end; a
-    timer writes a `: ping` comment after `heartbeat` seconds without a write.
+    when they land in the outbox, in the delivering callback itself; only a write that
+    has to wait goes on as a task. `run` just waits for the end; a timer writes a
+    `: ping` comment after `heartbeat` seconds without a write. A stack subclasses it
+    with `write` (no callback objects held per stream), sends the response head, then
+    awaits `run`; it calls `client_left` when the client goes away (or cancels `run`,
+    which is the same).
     """
 
     __slots__ = ("beat", "disconnected", "ended", "first", "heartbeat", "last_write", "ping",
-                 "runner", "send", "session", "sessions", "stats", "transport")
+                 "runner", "session", "sessions", "stats", "transport")
 
     def __init__(self, sessions: SessionRegistry[SseSession], session: SseSession,
-                 heartbeat: float) -> None:
+                 heartbeat: float, transport: asyncio.WriteTransport | None) -> None:
         self.sessions = sessions
         self.session = session
-        self.heartbeat = heartbeat  # also the bound on a blocked send (0: none)
+        self.heartbeat = heartbeat  # also the bound on a blocked write (0: none)
         self.stats: HubStats = sessions.hub.stats
         self.disconnected = False
-        self.transport: asyncio.WriteTransport | None = None
-        self.send: Send | None = None
+        self.transport = transport
         # True once the stream ended with its close event (or the client left), False
         # if the client stopped taking data
         self.ended: asyncio.Future[bool] | None = None
@@ -181,30 +176,33 @@ class EventStream:
         self.last_write = 0.0
         self.beat: asyncio.TimerHandle | None = None  # the next ping check
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.transport = _transport(receive)
-        self.send = send
-        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+    async def write(self, chunk: bytes, more: bool) -> None:
+        """Write one chunk of the response body; `more` False: the last, the response ends."""
+        raise NotImplementedError
+
+    async def run(self) -> bool:
+        """Write the stream until it ends; True if the client stalled and its TCP
+        connection was cut. The session is closed when this returns (or is cancelled)."""
         loop = asyncio.get_running_loop()
         self.ended = loop.create_future()
         self.last_write = loop.time()
         outbox = self.session.conn.outbox
-        watch = asyncio.create_task(self._watch(receive))
-        outbox.listen(self._ready)  # writes what is queued (the welcome) right away
-        if self.heartbeat:
-            self.beat = loop.call_later(self.heartbeat, self._beat)
         try:
-            if not await self.ended and self._stalled():
-                # the server learns of the abort a moment later: returning before it has
-                # would have it log (and close) an unfinished response
-                await asyncio.wait({watch}, timeout=1.0)
+            outbox.listen(self._ready)  # writes what is queued (the welcome) right away
+            if self.heartbeat:
+                self.beat = loop.call_later(self.heartbeat, self._beat)
+            return not await self.ended and self._stalled()
         finally:
             outbox.listen(None)
             if self.beat is not None:
                 self.beat.cancel()
             self.runner.cancel()
-            watch.cancel()
             await self.sessions.close(self.session)
+
+    async def client_left(self) -> None:
+        """The client went away: close the session (the stream then ends)."""
+        self.disconnected = True
+        await self.sessions.close(self.session)
 
     def _beat(self) -> None:
         """Timer: a ping after `heartbeat` seconds without a write; then again."""
@@ -216,13 +214,6 @@ class EventStream:
             delay = self.heartbeat
         self.beat = loop.call_later(delay, self._beat)
 
-    async def _watch(self, receive: Receive) -> None:
-        """Close the session as soon as the client goes away (the stream then ends)."""
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.disconnected = True
-        await self.sessions.close(self.session)
-
     def _ready(self) -> None:
         """Outbox listener: events arrived, the outbox closed, or a ping is due.
 
@@ -230,7 +221,7 @@ class EventStream:
         it: deferring them to it (one chunk per read) measured ~7% more server CPU
         per delivery and twice the p99 in a 1000-stream room (bench.fanout), where a
         read brings one message; a backlog is written as one chunk anyway, once a
-        send had to wait."""
+        write had to wait."""
         if self.ended is not None and not self.ended.done():
             self.runner.run(self._drain)
 
@@ -238,22 +229,20 @@ class EventStream:
         if self.ended is not None and not self.ended.done():
             self.ended.set_result(normally)
 
-    async def _send(self, message: Message) -> bool:
-        """`send(message)`; False if it stayed blocked for `heartbeat` seconds.
+    async def _send(self, chunk: bytes, more: bool = True) -> bool:
+        """`write(chunk, more)`; False if it stayed blocked for `heartbeat` seconds.
 
-        The timer is armed only when the send may block: a timer per send measured
+        The timer is armed only when the write may block: a timer per write measured
         about 12 us more server CPU per delivered event under uvloop (one run on a
         loaded 2-core machine), half the cost of the rest of the delivery."""
-        send = self.send
-        assert send is not None
-        if not self.heartbeat or not _may_block(self.transport):
-            await send(message)
+        if not self.heartbeat or not may_block(self.transport):
+            await self.write(chunk, more)
             return True
         if self.runner.inline:  # in the caller's stack: the timeout needs a task of ours
             await asyncio.sleep(0)
         try:
             async with asyncio.timeout(self.heartbeat):
-                await send(message)
+                await self.write(chunk, more)
         except TimeoutError:
             return False
         return True
@@ -274,8 +263,7 @@ class EventStream:
                     ok = True
                     if not self.disconnected:
                         last = close_frame(outbox.close_reason or CloseReason.NORMAL)
-                        ok = await self._send({"type": "http.response.body", "body": last,
-                                               "more_body": False})
+                        ok = await self._send(last, more=False)
                     self._end(ok)
                     return
                 else:
@@ -285,13 +273,12 @@ class EventStream:
                 if self.first:
                     chunk, self.first = self.first + chunk, b""
                 self.last_write = loop.time()
-                if not await self._send({"type": "http.response.body", "body": chunk,
-                                         "more_body": True}):
+                if not await self._send(chunk):
                     self._end(False)
                     return
                 del chunk
         except Exception as exc:  # the server could not write: the client is gone
-            log.debug("sse stream %s: send failed: %r", session.conn.id, exc)
+            log.debug("sse stream %s: write failed: %r", session.conn.id, exc)
             self._end(True)
 
     def _stalled(self) -> bool:
@@ -312,27 +299,3 @@ class EventStream:
             return False
         self.transport.abort()
         return True
-
-
-def routes(ctx: Context) -> list[BaseRoute]:
-    # a stream holds its session for its whole life: nothing to reap
-    sessions: SessionRegistry[SseSession] = SessionRegistry(
-        ctx, lambda conn, now, cursor: SseSession(conn, cursor), reap=False
-    )
-
-    async def stream(request: Request) -> ASGIApp:
-        if request.method == "HEAD":  # a probe: same auth and headers, no connection
-            try:
-                ctx.authenticate(request)
-            except AuthError as exc:
-                return auth_failed(exc)
-            return Response(headers={"cache-control": "no-cache"}, media_type="text/event-stream")
-        opened = await sessions.open(request, requested_cursor(request, last_event_id=True))
-        if isinstance(opened, Response):
-            return opened
-        return EventStream(sessions, opened, ctx.settings.heartbeat)
-
-    return [
-        Route("/sse", Held(stream), methods=["GET"]),
-        Route("/sse/{conn}", sessions.command, methods=["POST"]),
-    ]

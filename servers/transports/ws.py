@@ -1,39 +1,91 @@
-"""WebSocket transport: Starlette + uvicorn. One JSON command or event per text frame."""
+"""WebSocket transport (docs/protocol.md 7.1), on every stack: one JSON command or event
+per text frame.
+
+What a stack brings: a way to accept the handshake (with a subprotocol) and a Sender
+subclass that sends a text frame and closes with a code and reason; it reads frames
+itself and hands each to `hub.handle_raw`. What is here: the handshake's refusals
+(4401, 4400, 1011), the sender that writes the outbox to the socket, and the limits
+the stack configures its WebSocket with (frame size, keepalive, no compression).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-
-from starlette.routing import BaseRoute, WebSocketRoute
-from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
+from collections.abc import Awaitable, Callable
 
 from servers.core.connection import Connection
 from servers.core.cursor import RESUME_HEADER, RESUME_PARAM, Cursor, decode_cursor
 from servers.core.errors import AuthError, BrokerUnavailable, ProtocolError
 from servers.core.hub import Hub
 from servers.core.types import CloseReason
+from servers.settings import Settings
 from servers.transports import eager
-from servers.transports.http import (
-    SUBPROTOCOL,
-    TOKEN_SUBPROTOCOL_PREFIX,
-    Context,
-    offered_subprotocols,
-)
+from servers.transports.context import Context, RequestView, choose_subprotocol
 
 log = logging.getLogger("rtbench.ws")
 
-def _subprotocol(ws: WebSocket) -> str | None:
-    offered = offered_subprotocols(ws)
-    if SUBPROTOCOL in offered:
-        return SUBPROTOCOL
-    # a browser that sent only `bearer.<token>` must get one of its offers back
-    return next((p for p in offered if p.startswith(TOKEN_SUBPROTOCOL_PREFIX)), None)
+Accept = Callable[[str | None], Awaitable[None]]  # accept the handshake with a subprotocol
+Close = Callable[[int, str], Awaitable[None]]  # send a close frame: code, reason
+
+# per-connection deflate would compress each broadcast once per recipient; off,
+# like the reference fanout, so both sides do the same work
+PER_MESSAGE_DEFLATE = False
+# how long a connection's end waits for a close frame the server is still writing
+CLOSE_WAIT = 5.0
 
 
-class _Sender:
+def max_message_size(settings: Settings) -> int:
+    """The hard limit on one frame (close 1009 above it): bigger than `max_frame_bytes`,
+    so that a frame between the two gets a `too_large` error event and the connection
+    lives on (docs/protocol.md 6)."""
+    return max(4 * settings.max_frame_bytes, 1 << 20)
+
+
+def keepalive(settings: Settings) -> float | None:
+    """Seconds between pings, and the longest wait for the pong (None: no keepalive)."""
+    return settings.heartbeat or None
+
+
+def reason_text(text: str) -> str:
+    """A close reason cut to the 123 bytes a close frame has room for (at a character)."""
+    return text.encode()[:123].decode(errors="ignore")
+
+
+def _cursor(req: RequestView, hub: Hub) -> Cursor | None:
+    """The resume cursor of `?resume=` or the `X-Rtbench-Resume` header, if any."""
+    raw = req.query.get(RESUME_PARAM) or req.headers.get(RESUME_HEADER)
+    return decode_cursor(raw, hub.limits) if raw else None
+
+
+async def handshake(ctx: Context, req: RequestView, accept: Accept, close: Close,
+                    ) -> Connection | None:
+    """Authenticate, accept, open the hub connection; None when refused (and closed).
+
+    A refusal comes after the handshake is accepted, so that browsers can read the
+    close code and reason: 4401 for a token, 4400 for a resume cursor, 1011 when the
+    fanout layer is down.
+    """
+    subprotocol = choose_subprotocol(req.subprotocols)
+    try:
+        user = ctx.authenticate(req)
+    except AuthError as exc:
+        await accept(subprotocol)
+        await close(int(CloseReason.UNAUTHORIZED), reason_text(exc.message))
+        return None
+    await accept(subprotocol)
+    hub = ctx.hub
+    try:
+        return await hub.open(user, "json", _cursor(req, hub))
+    except ProtocolError as exc:  # a bad resume cursor: refused like a bad token
+        await close(int(CloseReason.BAD_REQUEST), reason_text(f"{exc.code}: {exc.message}"))
+    except BrokerUnavailable as exc:
+        await close(int(CloseReason.INTERNAL), reason_text(f"unavailable: {exc}"))
+    return None
+
+
+class Sender:
     """Outbox -> socket, started eagerly when events arrive: the frames are written in
     the delivering callback itself, and only a send that has to wait (the client reads
     slower than we write) goes on as a task until the outbox is empty.
@@ -41,104 +93,60 @@ class _Sender:
     An idle connection holds this small object and no task (about 1 KB less per held
     connection than a permanent pump). When the outbox closes, the socket is closed
     with the outbox's reason once what was queued has been written.
+
+    A stack subclasses it with `send_text` and `close_socket` (a subclass rather than
+    callbacks: no extra objects held per connection); `start` once it is built.
     """
 
-    __slots__ = ("conn", "runner", "send")
+    __slots__ = ("conn", "runner")
 
-    def __init__(self, send: Send, conn: Connection) -> None:
-        self.send = send
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.runner = eager.Runner()
+
+    async def send_text(self, text: str) -> None:
+        """Send one text frame."""
+        raise NotImplementedError
+
+    async def close_socket(self, code: int, reason: str) -> None:
+        """Send the close frame."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Write what the outbox holds (the welcome) and whatever lands in it from now on."""
+        self.conn.outbox.listen(self.ready)
 
     def ready(self) -> None:
         self.runner.run(self._drain)
 
     async def _drain(self) -> None:
-        outbox, send = self.conn.outbox, self.send
+        outbox, send = self.conn.outbox, self.send_text
         try:
             while events := outbox.take():
                 for ev in events:
                     if outbox.close_reason is CloseReason.SLOW_CONSUMER:
                         outbox.take()  # it fell behind: drop the backlog, say why, go
                         break
-                    await send({"type": "websocket.send", "text": ev.text()})
+                    await send(ev.text())
                 del events
             if outbox.close_reason is not None:
                 reason = outbox.close_reason
                 with contextlib.suppress(Exception):
-                    await send({"type": "websocket.close", "code": int(reason),
-                                "reason": reason.text})
+                    await self.close_socket(int(reason), reason.text)
         except Exception:
             outbox.listen(None)  # the socket is gone; the reader sees the disconnect
 
     async def stop(self) -> None:
-        self.conn.outbox.listen(None)
-        task = self.runner.cancel()
+        """The connection ends: stop writing. A close the server started (the outbox
+        closed) is let finish, for at most CLOSE_WAIT seconds."""
+        outbox = self.conn.outbox
+        outbox.listen(None)
+        task = self.runner.task
+        try:
+            if outbox.closed and task is not None and not task.done():
+                await asyncio.wait({task}, timeout=CLOSE_WAIT)
+        finally:
+            task = self.runner.cancel()  # also when the wait itself is cancelled
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-class _Endpoint:
-    """The /ws endpoint as a plain ASGI app: a class instance, so Starlette routes to it
-    without its per-session exception wrapper (about 1 KB per held connection)."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.hub: Hub = ctx.hub
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        conn = await self._handshake(WebSocket(scope, receive, send))
-        if conn is None:
-            return
-        hub = self.hub
-        sender = _Sender(send, conn)
-        conn.outbox.listen(sender.ready)
-        try:
-            while True:
-                msg = await receive()
-                if msg["type"] == "websocket.disconnect":
-                    break
-                data = msg.get("text")
-                if data is None:
-                    data = msg.get("bytes") or b""
-                await hub.handle_raw(conn, data)
-        except Exception:
-            log.exception("ws connection %s failed", conn.id)
-        finally:
-            await sender.stop()
-            await hub.close(conn)
-
-    async def _handshake(self, ws: WebSocket) -> Connection | None:
-        """Authenticate, accept, open the hub connection; None when refused (and closed).
-
-        Its own coroutine so that the Starlette WebSocket object (and what it caches)
-        is not kept for the connection's lifetime.
-        """
-        hub = self.hub
-        try:
-            user = self.ctx.authenticate(ws)
-        except AuthError as exc:
-            # close after accept so that browsers can read the code and reason
-            await ws.accept(_subprotocol(ws))
-            await ws.close(int(CloseReason.UNAUTHORIZED), exc.message[:120])
-            return None
-        await ws.accept(_subprotocol(ws))
-        try:
-            return await hub.open(user, "json", _cursor(ws, hub))
-        except ProtocolError as exc:  # a bad resume cursor: refused like a bad token
-            reason = f"{exc.code}: {exc.message}".encode()[:120].decode(errors="ignore")
-            await ws.close(int(CloseReason.BAD_REQUEST), reason)  # 123 bytes at most
-        except BrokerUnavailable as exc:
-            await ws.close(int(CloseReason.INTERNAL), f"unavailable: {exc}"[:120])
-        return None
-
-
-def _cursor(ws: WebSocket, hub: Hub) -> Cursor | None:
-    """The resume cursor of `?resume=` or the `X-Rtbench-Resume` header, if any."""
-    raw = ws.query_params.get(RESUME_PARAM) or ws.headers.get(RESUME_HEADER)
-    return decode_cursor(raw, hub.limits) if raw else None
-
-
-def routes(ctx: Context) -> list[BaseRoute]:
-    return [WebSocketRoute("/ws", _Endpoint(ctx))]

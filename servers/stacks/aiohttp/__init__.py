@@ -1,0 +1,1 @@
+"""The aiohttp stack: aiohttp.web on its own server (`rtbench serve --stack aiohttp`)."""

@@ -1,0 +1,1 @@
+"""The Starlette stack: Starlette on uvicorn (`rtbench serve --stack starlette`, the default)."""
