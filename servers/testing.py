@@ -96,8 +96,8 @@ class RedisServer:
 
 @dataclass
 class ServerProcess:
-    """One `rtbench serve` replica as a child process, on `stack` (servers/stacks/;
-    gRPC has one server and leaves the flag out)."""
+    """One `rtbench serve` replica as a child process, on `stack` (servers/stacks/; None:
+    whatever RTBENCH_STACK says; gRPC has one server and leaves the flag out)."""
 
     transport: str
     port: int
@@ -105,7 +105,7 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
-    stack: str = "starlette"
+    stack: str | None = "starlette"
 
     @property
     def url(self) -> str:
@@ -129,7 +129,9 @@ class ServerProcess:
 
     def stack_args(self) -> list[str]:
         """`--stack` for the HTTP transports (none for gRPC)."""
-        return [] if self.transport == "grpc" else ["--stack", self.stack]
+        if self.transport == "grpc" or self.stack is None:
+            return []
+        return ["--stack", self.stack]
 
     def stop(self) -> int:
         return stop_process(self.proc) if self.proc is not None else 0
