@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servers.settings import STACKS
+from servers.core.cursor import encode_cursor
+from servers.settings import STACKS, Settings
 from servers.testing import ServerProcess, free_port
-from tests.cluster import start_all, stop_all
+from tests.cluster import start_all, stop_all, token
 
 pytestmark = pytest.mark.e2e
 
@@ -35,6 +36,31 @@ async def test_the_environment_picks_the_stack_when_no_flag_does(stack: str) -> 
     assert resp.json()["transport"] == "longpoll"
     assert SERVER_HEADER[stack] in resp.headers["server"]
     assert proc.proc is not None and proc.proc.returncode == 0  # a clean SIGTERM exits 0
+
+
+@pytest.mark.parametrize("stack", STACKS)
+async def test_a_cursor_as_long_as_the_limits_allow_fits_in_the_url_and_a_header(
+        stack: str) -> None:
+    # the default limits: 100 rooms, long names, and a cursor of about 13 KB, more than
+    # aiohttp's 8190-byte default for a request line or a header field
+    rooms = {f"room-{i:03d}-" + "x" * 55: [123456, "0123abcd", True] for i in range(100)}
+    cursor = encode_cursor({"inbox": [7, "0123abcd"], "rooms": rooms})
+    assert 8190 < len(cursor) < Settings().max_frame_bytes
+    proc = ServerProcess("longpoll", free_port(), args=["--broker", "memory"], stack=stack)
+    start_all([proc])
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=10) as http:
+            auth = {"authorization": f"Bearer {token('long')}"}
+            for resp in (await http.post("/lp/connect", params={"resume": cursor}, headers=auth),
+                         await http.post("/lp/connect",
+                                         headers={**auth, "x-rtbench-resume": cursor})):
+                assert resp.status_code == 200, resp.text
+                events = resp.json()["events"]
+                assert events[0]["type"] == "welcome"
+                # this server never saw those epochs: one gap per stream, then live
+                assert sum(e["type"] == "gap" for e in events) == 101
+    finally:
+        stop_all([proc])
 
 
 def test_grpc_says_it_ignores_the_stack() -> None:

@@ -18,6 +18,7 @@ from servers.transports.context import (
     RequestView,
     choose_subprotocol,
     keepalive_timeout,
+    max_header_bytes,
     parse_subprotocols,
     token_from,
 )
@@ -94,3 +95,7 @@ def test_health_names_transport_server_broker_and_connections() -> None:
 def test_an_idle_http_connection_outlives_a_held_poll() -> None:
     assert keepalive_timeout(Settings(poll_timeout=25)) == 35
     assert keepalive_timeout(Settings(poll_timeout=0)) == 10
+
+
+def test_a_request_line_or_header_has_room_for_the_longest_cursor() -> None:
+    assert max_header_bytes(Settings(max_frame_bytes=65536)) > 65536 + 4096

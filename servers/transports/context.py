@@ -102,3 +102,10 @@ def keepalive_timeout(settings: Settings) -> float:
     """Seconds an idle HTTP/1.1 connection is kept: longer than a held poll, so that a
     long-poll client's next poll reuses its connection."""
     return max(int(settings.poll_timeout) + 10, 5)
+
+
+def max_header_bytes(settings: Settings) -> int:
+    """The longest request line or header field a stack must accept: a resume cursor may be
+    `max_frame_bytes` characters long (servers/core/cursor.py), in `?resume=` beside a token
+    or in a header (`Last-Event-ID`, `X-Rtbench-Resume`)."""
+    return settings.max_frame_bytes + 8192

@@ -29,7 +29,7 @@ from servers import metrics
 from servers.core.hub import Hub
 from servers.settings import Settings
 from servers.stacks.aiohttp.http import response
-from servers.transports.context import Context, keepalive_timeout
+from servers.transports.context import Context, keepalive_timeout, max_header_bytes
 from servers.transports.listen import BACKLOG, listen_socket
 from servers.transports.replies import json_reply
 
@@ -79,6 +79,9 @@ async def serve(s: Settings, hub: Hub) -> None:
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         keepalive_timeout=keepalive_timeout(s),
         access_log=None,
+        # aiohttp refuses lines and fields over 8190 bytes; httptools (uvicorn) has no limit
+        max_line_size=max_header_bytes(s),
+        max_field_size=max_header_bytes(s),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -93,9 +93,10 @@ class App:
             await self.app(scope, receive, send)
 
 
-def build_app(settings: Settings, hub: Hub) -> App:
-    """Starlette app for one HTTP transport plus /healthz and /metrics."""
-    ctx = Context.create(settings, hub)
+def build_app(ctx: Context) -> App:
+    """Starlette app for one HTTP transport plus /healthz and /metrics; its lifespan starts
+    the hub and shuts it down."""
+    hub, settings = ctx.hub, ctx.settings
     registry = metrics.make_registry(hub, settings.transport)
 
     async def healthz(request: Request) -> Response:
@@ -130,7 +131,7 @@ def run(s: Settings, hub: Hub) -> int:
 
     ping = ws.keepalive(s)
     config = uvicorn.Config(
-        build_app(s, hub),
+        build_app(Context.create(s, hub)),
         host=s.host,
         port=s.port,
         loop="auto",  # uvloop when installed
