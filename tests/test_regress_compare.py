@@ -10,7 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from bench.regress.check import baseline_revision, evaluate, to_set
+from bench.harness.plan import TRANSPORTS
+from bench.regress import check
+from bench.regress.baseline import parser as baseline_parser
+from bench.regress.check import baseline_revision, evaluate, parser, to_set
 from bench.regress.check import main as regress_main
 from bench.regress.compare import (
     HarnessError,
@@ -21,7 +24,7 @@ from bench.regress.compare import (
     markdown,
     samples_doc,
 )
-from bench.regress.samples import Plan, machine_meta
+from bench.regress.samples import Plan, Side, machine_meta, plan_from_args
 from bench.regress.stats import overall
 
 
@@ -66,8 +69,44 @@ def test_harness_error_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "samples.json").write_bytes(b'{"format": "other"}')
     assert main([str(tmp_path / "bad"), str(tmp_path / "bad")]) == 3
-    assert regress_main(["--pairs", "2", "--json", str(tmp_path / "r.json")]) == 3
-    assert "harness error" in capsys.readouterr().err
+    assert regress_main(["--samples", "2", "--json", str(tmp_path / "r.json")]) == 3
+    assert "--samples must be at least 6" in capsys.readouterr().err
+    assert regress_main(["--transports", "ws,mqtt", "--json", str(tmp_path / "r.json")]) == 3
+    assert "unknown mqtt" in capsys.readouterr().err
+
+
+def test_pairs_is_a_deprecated_spelling_of_samples(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parser().parse_args(["--pairs", "12"])
+    assert args.samples == 12
+    assert "--pairs is deprecated, use --samples" in capsys.readouterr().err
+    assert "--pairs" not in parser().format_help()
+    assert parser().parse_args([]).samples == Plan().samples
+
+
+def test_regress_and_baseline_cover_every_transport_by_default() -> None:
+    assert plan_from_args(parser().parse_args([])).transports == TRANSPORTS
+    assert plan_from_args(baseline_parser().parse_args(["update"])).transports == TRANSPORTS
+    assert plan_from_args(parser().parse_args(["--transports", "grpc,ws"])).transports \
+        == ("grpc", "ws")
+
+
+def test_stored_baseline_must_hold_every_transport_checked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    # recorded here, for ws only, by a machine 1000x faster (so a matching check stops there)
+    meta = {**machine_meta(Plan(("ws",))), "calibration_s": [1e-5, 1e-5]}
+    base = write_set(tmp_path / "baseline", BASE, meta=meta)
+    out = tmp_path / "v.json"
+    assert regress_main(["--baseline", str(base), "--json", str(out), "--stored"]) == 2
+    note = orjson.loads(out.read_bytes())["notes"][0]
+    assert "no samples for sse, longpoll, grpc" in note and "--transports ws" in note
+    cpus = os.sched_getaffinity(0)
+    try:  # a subset it holds is compared (and stops at the machine's speed)
+        assert regress_main(["--baseline", str(base), "--json", str(out), "--stored",
+                             "--transports", "ws"]) == 2
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert "calibration loop" in orjson.loads(out.read_bytes())["notes"][0]
 
 
 def test_regress_against_foreign_baseline_is_inconclusive(tmp_path: Path,
@@ -189,6 +228,31 @@ def test_a_clean_baseline_names_the_revision_to_measure_alongside(tmp_path: Path
                                                             "dirty": False}})
     assert baseline_revision(gone) is None
     assert baseline_revision(tmp_path / "missing") is None
+
+
+def test_a_second_round_measures_only_the_transports_not_passed(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    steady = [30.0, 31.0, 29.5, 30.5, 30.2, 29.8, 30.1, 30.3]
+    measured: list[tuple[str, ...]] = []
+
+    def fake_round(sides: object, plan: Plan) -> dict[str, Any]:
+        measured.append(plan.transports)
+        slower = {"ws": 1.25, "sse": 1.0}  # ws regressed, sse did not
+        def rows(t: str, f: float) -> list[dict[str, Any]]:
+            return [{"transport": t, "scenario": "fanout",
+                     "metrics": {"cpu_per_delivery": c * f, "lost": 0}} for c in steady]
+        return {"calibration_s": [0.040, 0.041],
+                "samples": {"base": [r for t in plan.transports for r in rows(t, 1.0)],
+                            "head": [r for t in plan.transports for r in rows(t, slower[t])]}}
+
+    monkeypatch.setattr(check, "_round", fake_round)
+    verdict, comps, notes, _ = check.run_check(
+        Plan(("ws", "sse")), Side("base"), Side("head"), {}, Path("unused"))
+    assert measured == [("ws", "sse"), ("ws",)]
+    assert "second round of ws" in capsys.readouterr().err
+    assert verdict == "regression" and "confirmed" in notes[-1]
+    cpu = {c.transport: c for c in comps if c.metric == "cpu_per_delivery"}
+    assert cpu["ws"].n_base == 16 and cpu["sse"].n_base == 8  # pooled where measured twice
 
 
 def test_latency_against_stored_samples_only_warns() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.harness.plan import TRANSPORTS
 from bench.regress.samples import Plan, Side, measure
 from servers.fanout import make_broker
 from servers.fanout.slowdown import SlowBroker
@@ -41,15 +42,17 @@ def test_knob_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(broker, SlowBroker) and broker.work_us == 150
 
 
-def test_one_sample_on_a_real_server() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_one_sample_on_a_real_server(transport: str) -> None:
     # ~1000 deliveries in the measured window: the server's CPU over it is well above 0
-    plan = Plan(subscribers=50, rate=20, seconds=1, warmup=0.3, pairs=1, broker="memory")
+    plan = Plan((transport,), subscribers=50, rate=20, seconds=1, warmup=0.3, samples=1,
+                broker="memory")
     cpus = os.sched_getaffinity(0)
     try:
         rows = measure([Side("head")], plan)["head"]
     finally:
         os.sched_setaffinity(0, cpus)  # measure() pins this process to the load core
-    assert len(rows) == 1
+    assert len(rows) == 1 and rows[0]["transport"] == transport
     m = rows[0]["metrics"]
     assert m["lost"] == 0 and m["duplicates"] == 0
     assert m["cpu_per_delivery"] > 0 and m["throughput"] > 0
@@ -63,7 +66,7 @@ def test_baseline_update_records_what_regress_needs(tmp_path: Path) -> None:
     cpus = os.sched_getaffinity(0)
     try:
         assert baseline_main(["update", "--out", str(tmp_path), "--samples", "1",
-                              "--broker", "memory"]) == 0
+                              "--broker", "memory", "--transports", "ws"]) == 0
     finally:
         os.sched_setaffinity(0, cpus)
     doc = orjson.loads((tmp_path / "samples.json").read_bytes())
@@ -71,5 +74,5 @@ def test_baseline_update_records_what_regress_needs(tmp_path: Path) -> None:
     assert doc["format"] == "rtbench.samples" and len(doc["samples"]) == 1
     assert len(meta["calibration_s"]) == 2 and all(c > 0 for c in meta["calibration_s"])
     assert isinstance(meta["git"]["dirty"], bool) and len(meta["git"]["revision"]) == 40
-    assert meta["parameters"]["broker"] == "memory"
+    assert meta["parameters"]["broker"] == "memory" and meta["parameters"]["transports"] == ["ws"]
     assert load_set(tmp_path).values[("ws", "fanout", "cpu_per_delivery")][0] > 0

@@ -34,6 +34,7 @@ import httpx
 import orjson
 
 from bench import ROOT
+from bench.cli import HelpFormatter
 from bench.harness import plan as plan_mod
 from bench.harness import runs
 from bench.harness.cluster import SERVER_CPU, Cluster, load_cpus, pin_self
@@ -316,32 +317,35 @@ def _one_line(r: dict[str, Any]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="rtbench run",
+        prog="rtbench run", formatter_class=HelpFormatter,
         description="Run every scenario against every transport and write the report.")
-    size = p.add_mutually_exclusive_group()
+    size = p.add_argument_group("profile (one of)").add_mutually_exclusive_group()
     size.add_argument("--quick", dest="profile", action="store_const", const="quick",
                       help="about 3 minutes on a 2-core machine (the default)")
     size.add_argument("--full", dest="profile", action="store_const", const="full",
                       help="about 30 minutes: larger populations, longer steady states")
     size.add_argument("--smoke", dest="profile", action="store_const", const="smoke",
-                      help="a few seconds per scenario: checks the harness works")
+                      help="a few seconds per scenario: checks that the harness and every "
+                           "scenario work (its numbers mean nothing)")
     p.set_defaults(profile="quick")
-    p.add_argument("--transports", default="all",
-                   help=f"comma-separated subset of {','.join(plan_mod.TRANSPORTS)}")
-    p.add_argument("--scenarios", default="all",
-                   help=f"comma-separated subset of {','.join(plan_mod.SCENARIOS)}")
+    p.add_argument("--transports", default="all", metavar="LIST",
+                   help=f"comma-separated subset of {','.join(plan_mod.TRANSPORTS)}, or all")
+    p.add_argument("--scenarios", default="all", metavar="LIST",
+                   help=f"comma-separated subset of {','.join(plan_mod.SCENARIOS)}, or all")
     p.add_argument("--replicas", type=int, default=2, help="server replicas per transport")
     p.add_argument("--broker", choices=("redis", "memory"), default="redis",
                    help="memory: no Redis, one replica (labelled single-node in the report)")
-    p.add_argument("--redis-url", default=None,
+    p.add_argument("--redis-url", default=None, metavar="URL",
                    help="use this Redis instead of starting a private redis-server")
-    p.add_argument("--duration", type=float, default=None,
-                   help="seconds per scenario, overriding the profile's")
-    p.add_argument("--server-args", default="",
-                   help="extra `rtbench serve` flags for every replica (one quoted string)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="run directory (default results/<run-id>/)")
-    p.add_argument("--no-report", action="store_true", help="skip rendering the report")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="seconds per scenario (default: the profile's)")
+    p.add_argument("--server-args", default="", metavar="ARGS",
+                   help="extra `rtbench serve` flags for every replica, one quoted string "
+                        "(default: none)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="run directory (default: a new results/<run-id>/)")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip rendering the report (`rtbench report DIR` renders it later)")
     return p
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from bench import ROOT
+from bench.cli import HelpFormatter
 
 FORMAT = "rtbench.run"
 VERSION = 2
@@ -220,11 +221,16 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def ls_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="rtbench ls", description="List benchmark runs.")
+def ls_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rtbench ls", description="List benchmark runs.",
+                                formatter_class=HelpFormatter)
     p.add_argument("root", nargs="?", default=str(DEFAULT_ROOT),
                    help="directory holding run directories (default results/)")
-    args = p.parse_args(argv)
+    return p
+
+
+def ls_main(argv: Sequence[str]) -> int:
+    args = ls_parser().parse_args(argv)
     rows = list_runs(Path(args.root))
     if not rows:
         print(f"no runs under {args.root}/ (start one with `rtbench run --quick`)")

@@ -1,6 +1,8 @@
 """`rtbench regress`: the CI perf check. Base and head measured interleaved in one job.
 
-The signal (bench/regress/samples.py) is the fanout benchmark's, not a full `rtbench run`:
+Every transport by default (ws, sse, longpoll, grpc, one after the other; `--transports`
+picks some). The signal (bench/regress/samples.py) is the fanout benchmark's, not a full
+`rtbench run`:
 one room of N subscribers on one pinned server, an open-loop publisher, and per
 sample the server's CPU per delivery (and its inverse, deliveries per CPU
 second; bench.harness.cpu's ns process clock), delivery latency percentiles and
@@ -34,8 +36,9 @@ Method (the data behind each choice: README, "Guarding performance in CI"):
   CALIBRATION_DRIFT), and per metric the CI against the threshold: a pass must
   rule out twice the threshold, else inconclusive;
 - a round that says regression is confirmed, and one that is inconclusive is
-  decided, by a second round: the verdict is then on both rounds' pairs pooled,
-  and a regression is reported only if it holds there.
+  decided, by a second round of the transports that were not a clear pass
+  (all of them when the core's speed drifted): the verdict is then on both
+  rounds' pairs pooled, and a regression is reported only if it holds there.
 Exit codes: 0 pass, 1 confirmed regression, 2 inconclusive, 3 harness error.
 """
 
@@ -56,6 +59,7 @@ from typing import Any
 
 import psutil
 
+from bench.cli import Deprecated, HelpFormatter
 from bench.regress.compare import (
     EXIT,
     HarnessError,
@@ -68,7 +72,15 @@ from bench.regress.compare import (
     verdict_json,
     write_outputs,
 )
-from bench.regress.samples import Plan, Side, calibrate, machine_meta, measure
+from bench.regress.samples import (
+    Plan,
+    Side,
+    add_plan_args,
+    calibrate,
+    machine_meta,
+    measure,
+    plan_from_args,
+)
 from bench.regress.stats import METRICS, Comparison, overall
 
 BASELINE = Path("results/baseline")
@@ -79,7 +91,7 @@ BASELINE = Path("results/baseline")
 # stored baseline it is the machine's speed that is compared, so 25% is the limit.
 CALIBRATION_DRIFT = 0.25
 CALIBRATION_DRIFT_PAIRED = 1.0
-MIN_PAIRS = 6
+MIN_SAMPLES = 6  # per side: the signed-rank test cannot reach p < 0.05 on fewer pairs
 BASELINE_SPEED = 0.10  # a stored baseline's machine must run the calibration loop within 10%
 
 
@@ -175,18 +187,39 @@ def _warn_only(c: Comparison) -> Comparison:
     return dataclasses.replace(c, verdict="warn", note="stored baseline: latency only warns")
 
 
+def _unsettled(comps: Sequence[Comparison], plan: Plan) -> tuple[str, ...]:
+    """The transports a second round must measure: those whose own verdict is not a pass;
+    every one when all passed (the round as a whole was inconclusive: the core's speed
+    drifted)."""
+    unclear = tuple(t for t in plan.transports
+                    if overall([c for c in comps if c.transport == t]) != "pass")
+    return unclear or plan.transports
+
+
 def _regressed(comps: Sequence[Comparison]) -> set[tuple[str, str]]:
     return {(c.transport, c.metric) for c in comps if c.verdict in ("regression", "fail")}
 
 
 def _baseline_mismatch(baseline: SampleSet, plan: Plan) -> str | None:
+    """Why the stored baseline cannot judge this plan, or None. It may hold more
+    transports than the plan asks for, not fewer."""
     meta = baseline.metas[0] if baseline.metas else {}
     here = machine_meta(plan)
-    for key in ("cpu_model", "cores", "parameters"):
-        if meta.get(key) != here[key]:
-            return (f"baseline {key} {meta.get(key)!r} differs from this machine's "
-                    f"{here[key]!r}: not comparable (refresh it with `rtbench baseline update` "
-                    "or use --base REV)")
+    stored = dict(meta.get("parameters") or {})
+    recorded = stored.pop("transports", [])
+    wanted = {k: v for k, v in here["parameters"].items() if k != "transports"}
+    fix = "refresh it with `rtbench baseline update` or use --base REV"
+    for key, mine, theirs in (("cpu_model", here["cpu_model"], meta.get("cpu_model")),
+                              ("cores", here["cores"], meta.get("cores")),
+                              ("parameters", wanted, stored)):
+        if mine != theirs:
+            return (f"baseline {key} {theirs!r} differs from this machine's {mine!r}: "
+                    f"not comparable ({fix})")
+    missing = [t for t in plan.transports if t not in recorded]
+    if missing:
+        return (f"baseline has no samples for {', '.join(missing)} (it was recorded for "
+                f"{', '.join(recorded) or 'none'}): {fix}, or pass --transports "
+                f"{','.join(t for t in plan.transports if t in recorded) or '...'}")
     return None
 
 
@@ -224,9 +257,10 @@ def run_check(plan: Plan, base: Side | None, head: Side, conf: dict[str, Any],
     first = _regressed(comps)
     if verdict in ("regression", "inconclusive"):
         why = "to confirm the regression" if verdict == "regression" else "to decide"
-        print(f"round 1: {verdict}; measuring a second round {why}", file=sys.stderr,
-              flush=True)
-        rounds.append(_round(sides, plan))
+        again = _unsettled(comps, plan)
+        print(f"round 1: {verdict}; measuring a second round of {', '.join(again)} {why}",
+              file=sys.stderr, flush=True)
+        rounds.append(_round(sides, dataclasses.replace(plan, transports=again)))
         v1 = verdict
         verdict, comps, notes = evaluate(rounds, conf, baseline, meta)
         pooled = f"{len(rounds)} rounds pooled"
@@ -255,40 +289,52 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: Sequence[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtbench regress", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter,
                                 epilog="exit codes: 0 pass, 1 confirmed regression, "
                                        "2 inconclusive, 3 harness error")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--base", metavar="REV", help="git revision to compare against")
-    g.add_argument("--base-dir", type=Path, help="existing checkout to compare against")
-    p.add_argument("--baseline", type=Path, default=BASELINE,
-                   help="baseline used without --base/--base-dir (default %(default)s): its "
-                        "git revision measured alongside when available, else its samples")
+    g.add_argument("--base", metavar="REV",
+                   help="git revision to compare against, checked out in a temporary worktree "
+                        "(default: the baseline, see --baseline)")
+    g.add_argument("--base-dir", type=Path, metavar="PATH",
+                   help="existing checkout to compare against (`.`: the working tree itself)")
+    p.add_argument("--baseline", type=Path, default=BASELINE, metavar="DIR",
+                   help="baseline used without --base/--base-dir: its git revision measured "
+                        "alongside when available, else its stored samples")
     p.add_argument("--stored", action="store_true",
                    help="compare with the baseline's stored samples even when its revision "
                         "could be measured alongside (unpaired: weaker on a shared machine)")
-    p.add_argument("--transports", default="ws")
-    p.add_argument("--pairs", type=int, default=Plan.pairs, help="samples per side per round")
-    p.add_argument("--subscribers", type=int, default=Plan.subscribers)
-    p.add_argument("--rate", type=float, default=Plan.rate)
-    p.add_argument("--seconds", type=float, default=Plan.seconds)
-    p.add_argument("--broker", default=Plan.broker, choices=("redis", "memory"))
+    add_plan_args(p)
+    p.add_argument("--pairs", type=int, dest="samples", action=Deprecated, new="--samples",
+                   help=argparse.SUPPRESS)
     p.add_argument("--head-env", action="append", default=[], metavar="NAME=VALUE",
-                   help="extra env for the head's servers (validation: RTBENCH_INJECT_WORK_US)")
-    p.add_argument("--base-env", action="append", default=[], metavar="NAME=VALUE")
-    p.add_argument("--json", type=Path, default=Path("results/regress/verdict.json"))
-    p.add_argument("--config", type=Path, default=Path("pyproject.toml"))
-    args = p.parse_args(argv)
+                   help="extra environment for the head's servers, repeatable "
+                        "(the validation sets RTBENCH_INJECT_WORK_US)")
+    p.add_argument("--base-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment for the base's servers, repeatable")
+    p.add_argument("--json", type=Path, default=Path("results/regress/verdict.json"),
+                   metavar="FILE",
+                   help="the JSON verdict; summary.md and summary.html are written beside it")
+    p.add_argument("--config", type=Path, default=Path("pyproject.toml"), metavar="FILE",
+                   help="pyproject.toml whose [tool.rtbench.regress] sets the thresholds")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
     t0 = time.monotonic()
     # CI cancels with SIGTERM: unwind through the context managers (servers, worktree)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        if args.pairs < MIN_PAIRS:
-            raise HarnessError(f"--pairs must be at least {MIN_PAIRS} (the signed-rank test "
-                               "cannot reach p < 0.05 with fewer)")
-        plan = Plan(tuple(args.transports.split(",")), args.subscribers, args.rate,
-                    args.seconds, pairs=args.pairs, broker=args.broker)
+        if args.samples < MIN_SAMPLES:
+            raise HarnessError(f"--samples must be at least {MIN_SAMPLES} (the signed-rank "
+                               "test cannot reach p < 0.05 on fewer pairs)")
+        try:
+            plan = plan_from_args(args)
+        except ValueError as exc:
+            raise HarnessError(str(exc)) from exc
         conf = load_thresholds(args.config)
         head = Side("head", None, parse_env(args.head_env))
         base_env = parse_env(args.base_env)
@@ -314,7 +360,7 @@ def main(argv: Sequence[str]) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     wall = time.monotonic() - t0
-    notes = [*notes, f"{plan.pairs} samples per side per round, {wall:.0f} s"]
+    notes = [*notes, f"{plan.samples} samples per side per round, {wall:.0f} s"]
     md = markdown(comps, verdict, "rtbench regress", notes)
     write_outputs(md, verdict_json(comps, verdict, {"notes": notes, "wall_seconds": wall,
                                                      "plan": plan.params(), **raw}), args.json,

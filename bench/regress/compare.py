@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from bench.cli import HelpFormatter
 from bench.regress.stats import ALPHA, METRICS, RULE_OUT, Comparison, compare_metric, overall
 
 SAMPLES_FORMAT = "rtbench.samples"
@@ -263,16 +264,25 @@ def write_outputs(md: str, doc: dict[str, Any], json_path: Path | None,
             (json_path.parent / "summary.html").write_text(html, encoding="utf-8")
 
 
-def main(argv: Sequence[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtbench compare", description=__doc__.split("\n")[0],
-                                epilog="exit codes: 0 pass, 1 regression, 2 inconclusive, "
+                                formatter_class=HelpFormatter,
+                                epilog="BASE and HEAD: a directory of run directories, one run "
+                                       "directory, or a samples.json (or its directory). "
+                                       "Exit codes: 0 pass, 1 regression, 2 inconclusive, "
                                        "3 harness error")
-    p.add_argument("base", type=Path)
-    p.add_argument("head", type=Path)
-    p.add_argument("--json", type=Path, help="write the JSON verdict here")
-    p.add_argument("--config", type=Path, default=Path("pyproject.toml"),
-                   help="pyproject.toml with [tool.rtbench.regress] (default ./pyproject.toml)")
-    args = p.parse_args(argv)
+    p.add_argument("base", type=Path, help="the runs or samples to compare against")
+    p.add_argument("head", type=Path, help="the runs or samples judged")
+    p.add_argument("--json", type=Path, metavar="FILE",
+                   help="write the JSON verdict here, summary.md and summary.html beside it "
+                        "(default: only print the table)")
+    p.add_argument("--config", type=Path, default=Path("pyproject.toml"), metavar="FILE",
+                   help="pyproject.toml whose [tool.rtbench.regress] sets the thresholds")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
     try:
         conf = load_thresholds(args.config)
         comps = compare_sets(load_set(args.base), load_set(args.head), conf)

@@ -5,11 +5,13 @@ the other core, connected and warmed up once per round and kept connected, so
 a sample is only its measured window (reconnecting 100 clients per sample cost
 ~1 s and added its own noise). Per sample: the server's CPU per delivery and
 its inverse (bench.harness.cpu's ns process clock), latency percentiles, lost and
-duplicated messages. Sides are measured in the order A B B A A B ...
+duplicated messages. Sides are measured in the order A B B A A B ..., one transport
+after the other (all four by default).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.cpu import cpu_clock
+from bench.harness.plan import TRANSPORTS, parse_list
 
 SCENARIO = "fanout"
 MEASURED_PATHS = ("servers", "loadgen", "bench")  # the code a sample runs
@@ -28,7 +31,7 @@ MEASURED_PATHS = ("servers", "loadgen", "bench")  # the code a sample runs
 
 @dataclass(frozen=True)
 class Plan:
-    transports: tuple[str, ...] = ("ws",)
+    transports: tuple[str, ...] = TRANSPORTS
     # light enough that the load side (one core) is far from saturation: its
     # latency figures otherwise measure the load generator (spread > 100% seen
     # at 200 x 50/s)
@@ -36,14 +39,45 @@ class Plan:
     rate: float = 20.0
     seconds: float = 4.0
     warmup: float = 1.0
-    # 10 pairs: n=8 missed ~3% of +20% trials under load (paired sd(log) 0.11), see README
-    pairs: int = 10
+    # per side per round (in `regress`, that many A/B pairs). 10: n=8 missed ~3% of +20%
+    # trials under load (paired sd(log) 0.11), see README
+    samples: int = 10
     broker: str = "redis"
 
     def params(self) -> dict[str, Any]:
         return {"transports": list(self.transports), "subscribers": self.subscribers,
                 "rate": self.rate, "seconds": self.seconds, "warmup": self.warmup,
                 "broker": self.broker, "scenario": SCENARIO}
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    """The options that make a Plan, the same in `rtbench regress` and `rtbench baseline`
+    (a stored baseline only compares with a check of the same parameters)."""
+    d = Plan()
+    p.add_argument("--transports", default=",".join(d.transports), metavar="LIST",
+                   help=f"comma-separated subset of {','.join(TRANSPORTS)}, or all")
+    p.add_argument("--samples", type=int, default=d.samples, metavar="N",
+                   help="measured windows per transport (regress: per side and round, "
+                        "taken in back-to-back pairs)")
+    p.add_argument("--subscribers", type=int, default=d.subscribers, metavar="N",
+                   help="subscribers in the measured room")
+    p.add_argument("--rate", type=float, default=d.rate, metavar="PER_S",
+                   help="messages published per second")
+    p.add_argument("--seconds", type=float, default=d.seconds, metavar="S",
+                   help="one sample's measured window")
+    p.add_argument("--broker", default=d.broker, choices=("redis", "memory"),
+                   help="the servers' broker (memory: no Redis)")
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """The Plan of `add_plan_args`' options; ValueError names an unknown transport."""
+    transports = parse_list(args.transports, TRANSPORTS)
+    unknown = [t for t in transports if t not in TRANSPORTS]
+    if unknown:
+        raise ValueError(f"--transports: unknown {', '.join(unknown)} "
+                         f"(expected some of {', '.join(TRANSPORTS)})")
+    return Plan(tuple(transports), args.subscribers, args.rate, args.seconds,
+                samples=args.samples, broker=args.broker)
 
 
 @dataclass
@@ -154,7 +188,7 @@ async def _measure(sides: Sequence[Side], transport: str, nodes: dict[str, Any],
     try:
         for room in rooms.values():
             await room.open()
-        for i in range(plan.pairs):
+        for i in range(plan.samples):
             order = list(sides) if i % 2 == 0 else list(reversed(sides))
             for side in order:
                 metrics = await rooms[side.name].sample()

@@ -21,6 +21,7 @@ verdict JSON is kept beside it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import subprocess
@@ -33,13 +34,14 @@ from typing import Any
 
 import orjson
 
+from bench.cli import HelpFormatter
+from bench.harness.plan import TRANSPORTS
 from bench.regress.samples import Plan, Side, measure
 
 
 def per_message_cost_us(plan: Plan, samples: int = 6) -> float:
     """Server CPU per broker message (µs), measured as the check measures it."""
-    raw = measure([Side("head")], Plan(plan.transports, plan.subscribers, plan.rate,
-                                       plan.seconds, pairs=samples, broker=plan.broker))
+    raw = measure([Side("head")], dataclasses.replace(plan, samples=samples))
     cpu = statistics.median(r["metrics"]["cpu_per_delivery"] for r in raw["head"])
     return float(cpu * (plan.subscribers + 1))
 
@@ -92,10 +94,15 @@ def report(results: Sequence[dict[str, Any]]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.regress.validate",
-                                description=__doc__.split("\n")[0])
+                                description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--trials", type=int, default=10, help="trials of each kind")
-    p.add_argument("--slowdown", type=float, default=0.20)
-    p.add_argument("--out", type=Path, default=Path("results/regress-validation.jsonl"))
+    p.add_argument("--slowdown", type=float, default=0.20,
+                   help="the injected share of the server CPU per broker message")
+    # one transport: the knob's share is calibrated on that transport's cost
+    p.add_argument("--transport", default="ws", choices=TRANSPORTS,
+                   help="the transport checked (the trials pass --transports to regress)")
+    p.add_argument("--out", type=Path, default=Path("results/regress-validation.jsonl"),
+                   help="the trials, one JSON line each; their verdicts beside it")
     p.add_argument("--report", action="store_true",
                    help="only summarize the trials already in --out")
     p.add_argument("regress_args", nargs="*", help="extra `rtbench regress` options (after --)")
@@ -103,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:
         report([orjson.loads(line) for line in args.out.read_bytes().splitlines() if line])
         return 0
-    plan = Plan()
+    plan = Plan(transports=(args.transport,))
     cost = per_message_cost_us(plan)
     inject = cost * args.slowdown
     print(f"server CPU per broker message {cost:.0f} µs; injecting {inject:.0f} µs "
@@ -112,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for i in range(args.trials):
         for kind in ("power", "identical"):
-            r = trial(kind, i + 1, inject, args.out, args.regress_args)
+            r = trial(kind, i + 1, inject, args.out,
+                      ["--transports", args.transport, *args.regress_args])
             results.append(r)
             with open(args.out, "ab") as f:
                 f.write(orjson.dumps({"trial": i + 1, "cost_us": round(cost, 1), **r}) + b"\n")

@@ -20,6 +20,7 @@ import jinja2
 import orjson
 import pandas as pd
 
+from bench.cli import HelpFormatter
 from bench.harness.runs import RunData, load_run
 from bench.report import headline, plots, tables, textbook
 
@@ -152,11 +153,18 @@ def render(run_dir: Path) -> str:
     return head + "\n\n" + summary_text(ctx["summary_frame"])
 
 
-def main(argv: Sequence[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtbench report",
-                                description="(Re-)render the report of a run directory.")
-    p.add_argument("run_dir", type=Path)
-    args = p.parse_args(argv)
+                                description="(Re-)render the report of a run directory.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("run_dir", type=Path,
+                   help="a run directory (results/<run-id>/): its tables, plots and "
+                        "report.html are written anew")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
     try:
         text = render(args.run_dir)
     except (FileNotFoundError, ValueError) as exc:
