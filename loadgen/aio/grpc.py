@@ -1,7 +1,8 @@
-"""gRPC client (docs/protocol.md 7.4): one `Chat.Connect` bidirectional stream.
+"""gRPC client (docs/protocol.md 7.4): one `Chat.Connect` bidirectional stream on grpc.aio.
 
-Events are converted to the JSON transports' dicts (`data` decoded from its JSON
-bytes), so callers see the same bodies whatever the transport.
+Frames are converted by `loadgen.grpc_codec` (shared with the gevent gRPC clients):
+events arrive as the JSON transports' dicts, so callers see the same bodies whatever
+the transport.
 """
 
 from __future__ import annotations
@@ -9,144 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
-import orjson
 from grpc import aio
 
-from loadgen.aio.base import ABNORMAL, UNAUTHORIZED, Client, CloseInfo, ServerClosed
+from loadgen.aio.base import Client, CloseInfo, ServerClosed
+from loadgen.grpc_codec import CONNECT, event_of, frame_of, status_close, target_of
 from servers.core.cursor import RESUME_METADATA, encode_cursor
 from servers.proto import rtbench_pb2 as pb
-
-CONNECT = "/rtbench.v1.Chat/Connect"
-
-# section 7.4: the status that ends a stream, and the close code it stands for
-_STATUS_CODES = {
-    grpc.StatusCode.UNAUTHENTICATED: UNAUTHORIZED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 4408,
-    grpc.StatusCode.INVALID_ARGUMENT: 4400,  # a refused resume cursor
-    grpc.StatusCode.OK: 1000,
-}
-
-
-def close_info(status: grpc.StatusCode, details: str | None) -> CloseInfo:
-    """CloseInfo for a final status. UNAVAILABLE stands for both 1001 and 1011;
-    only 1011 (setup failed) says `unavailable:`/`internal` in its details."""
-    text = details or ""
-    code = _STATUS_CODES.get(status)
-    if code is None:
-        if status == grpc.StatusCode.UNAVAILABLE:
-            code = 1011 if text.startswith(("unavailable", "internal")) else 1001
-        else:
-            code = ABNORMAL
-    return CloseInfo(code, text)
 
 
 def _serialize(frame: pb.ClientFrame | bytes) -> bytes:
     # bytes pass through untouched: `send_raw` sends frames the stubs cannot build
     return frame if isinstance(frame, bytes) else frame.SerializeToString()
-
-
-def frame_of(cmd: dict[str, Any]) -> pb.ClientFrame:
-    """The ClientFrame of a JSON-shaped command (what the base client builds)."""
-    frame = pb.ClientFrame()
-    if "id" in cmd:
-        frame.id = str(cmd["id"])
-    kind = cmd["type"]
-    if kind == "publish":
-        frame.publish.room = cmd["room"]
-        frame.publish.data = orjson.dumps(cmd["data"])
-    elif kind == "direct":
-        frame.direct.to = cmd["to"]
-        frame.direct.data = orjson.dumps(cmd["data"])
-    elif kind == "join":
-        frame.join.room = cmd["room"]
-        frame.join.presence = bool(cmd.get("presence", False))
-        since = cmd.get("since")
-        if since is not None:
-            frame.join.since.offset = since["offset"]
-            frame.join.since.epoch = since["epoch"]
-    elif kind == "leave":
-        frame.leave.room = cmd["room"]
-    elif kind == "ping":
-        frame.ping.SetInParent()
-    elif kind == "presence":
-        frame.presence.SetInParent()
-        frame.presence.users.extend(cmd["users"])
-    else:
-        raise ValueError(f"no gRPC frame for command type {kind!r}")
-    return frame
-
-
-def _with_ref(body: dict[str, Any], ev: Any) -> dict[str, Any]:
-    if ev.HasField("ref"):
-        body["ref"] = ev.ref
-    return body
-
-
-def _stream_extras(body: dict[str, Any], ev: Any) -> dict[str, Any]:
-    if ev.HasField("offset"):
-        body["offset"] = ev.offset
-    if ev.HasField("epoch"):
-        body["epoch"] = ev.epoch
-    return body
-
-
-def _gap(ev: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": "gap", "from": ev.from_offset, "reason": ev.reason}
-    if ev.HasField("room"):
-        body["room"] = ev.room
-    if ev.inbox:
-        body["inbox"] = True
-    return _stream_extras(body, ev)
-
-
-def _welcome(ev: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "type": "welcome", "conn": ev.conn, "user": ev.user, "server": ev.server,
-        "limits": {"max_frame_bytes": ev.limits.max_frame_bytes,
-                   "max_rooms": ev.limits.max_rooms,
-                   "outbox_max_events": ev.limits.outbox_max_events,
-                   "outbox_max_bytes": ev.limits.outbox_max_bytes}}
-    if ev.HasField("inbox"):
-        body["inbox"] = {"offset": ev.inbox.offset, "epoch": ev.inbox.epoch}
-    return body
-
-
-_loads = orjson.loads
-_EVENTS: dict[str, Callable[[Any], dict[str, Any]]] = {
-    "message": lambda ev: _stream_extras(
-        {"type": "message", "room": ev.room, "from": ev.from_user, "data": _loads(ev.data),
-         "ts": ev.ts}, ev),
-    "direct": lambda ev: _stream_extras(
-        {"type": "direct", "from": ev.from_user, "to": ev.to, "data": _loads(ev.data),
-         "ts": ev.ts}, ev),
-    "ack": lambda ev: _stream_extras(_with_ref({"type": "ack"}, ev), ev),
-    "gap": _gap,
-    "pong": lambda ev: _with_ref({"type": "pong", "ts": ev.ts}, ev),
-    "error": lambda ev: _with_ref(
-        {"type": "error", "code": ev.code, "message": ev.message}, ev),
-    "presence": lambda ev: {
-        "type": "presence", "room": ev.room, "user": ev.user, "status": ev.status},
-    "presence_state": lambda ev: _with_ref(
-        {"type": "presence_state", "users": dict(ev.users)}, ev),
-    "welcome": _welcome,
-}
-
-
-def event_of(frame: pb.ServerFrame) -> dict[str, Any]:
-    """The JSON-shaped body of a ServerFrame; unknown (future) events keep only `type`."""
-    kind = frame.WhichOneof("event")
-    if kind is None:
-        return {"type": ""}
-    convert = _EVENTS.get(kind)
-    return convert(getattr(frame, kind)) if convert else {"type": kind}
-
-
-def target_of(url: str) -> str:
-    return url.rstrip("/").partition("://")[2] or url
 
 
 class GrpcClient(Client):
@@ -211,7 +88,7 @@ class GrpcClient(Client):
             info = CloseInfo(1000, "stream ended")
         except aio.AioRpcError as exc:
             self._status = exc.code().name
-            info = close_info(exc.code(), exc.details())
+            info = CloseInfo(*status_close(exc.code(), exc.details()))
         finally:
             self._finish(info)
 

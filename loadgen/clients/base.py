@@ -38,14 +38,10 @@ import gevent
 import orjson
 from gevent.event import AsyncResult, Event
 
+from loadgen.wire import CURSOR_TYPES, REPLY_TYPES
 from servers.core.cursor import CursorTracker, encode_cursor
 
 OnEvent = Callable[[dict[str, Any], int, int], None]
-
-# Replies routed to the command that asked, never to on_event.
-REPLY_TYPES = frozenset({"ack", "pong", "presence_state", "error"})
-# Events that move the resume cursor (CursorTracker.observe).
-CURSOR_TYPES = frozenset({"message", "direct", "gap"})
 
 
 class ClientError(Exception):

@@ -30,10 +30,10 @@ import gevent
 import grpc
 from gevent.queue import Queue
 
-from loadgen.aio.grpc import CONNECT, event_of, target_of
 from loadgen.clients.base import ClientError
-from loadgen.clients.grpcbase import GrpcClientBase, status_close
+from loadgen.clients.grpcbase import GrpcClientBase
 from loadgen.clients.grpcframes import FRAME_OVERHEAD
+from loadgen.grpc_codec import CONNECT, event_of, status_close, target_of
 from loadgen.measure import now_us
 from servers.proto import rtbench_pb2 as pb
 

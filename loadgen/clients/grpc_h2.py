@@ -12,9 +12,9 @@ One TCP connection and one stream per client, like the other transports.
 Sends share the socket under a lock (publisher greenlets and the reader's
 WINDOW_UPDATE / PING acks); a send the server's flow-control window cannot take
 blocks until a WINDOW_UPDATE, like a full TCP buffer would.
-Commands, metadata (token, resume cursor) and status -> close code are shared with
-the grpcio client (`grpcbase`), frame <-> dict conversions with the asyncio client
-(`loadgen.aio.grpc`).
+Commands and metadata (token, resume cursor) are shared with the grpcio client
+(`grpcbase`), frame <-> dict conversions and status -> close code with every gRPC
+client (`loadgen.grpc_codec`).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from google.protobuf.message import DecodeError
 
-from loadgen.aio.grpc import CONNECT, event_of, target_of
 from loadgen.clients.base import ClientError, RawSocket
 from loadgen.clients.base import split_url as _split
-from loadgen.clients.grpcbase import GrpcClientBase, status_close
+from loadgen.clients.grpcbase import GrpcClientBase
 from loadgen.clients.grpcframes import FRAME_OVERHEAD, GrpcFrameError, GrpcStream
+from loadgen.grpc_codec import CONNECT, event_of, status_close, target_of
 from loadgen.measure import now_us
 from servers.proto import rtbench_pb2 as pb
 

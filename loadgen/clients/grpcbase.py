@@ -1,10 +1,10 @@
 """What the two gevent gRPC clients (`grpc_h2`, the default, and `grpc` on grpcio) share:
-the `Chat.Connect` call's metadata (token, resume cursor), commands as encoded
-`ClientFrame`s, and final statuses as close codes. Each subclass supplies `_put`,
-which sends one encoded frame on its stream.
+the `Chat.Connect` call's metadata (token, resume cursor) and commands as encoded
+`ClientFrame`s. Each subclass supplies `_put`, which sends one encoded frame on its
+stream.
 
-Frame <-> dict conversions and the status mapping are the asyncio client's
-(`loadgen.aio.grpc`), so all three gRPC clients read and write the same frames.
+Frame <-> dict conversions and final statuses as close codes are `loadgen.grpc_codec`'s,
+shared with the asyncio client, so all three gRPC clients read and write the same frames.
 """
 
 from __future__ import annotations
@@ -12,23 +12,12 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, ClassVar
 
-import grpc
 import orjson
 
-from loadgen.aio.grpc import close_info, frame_of
 from loadgen.clients.base import StreamClient
+from loadgen.grpc_codec import frame_of
 from servers.core.cursor import RESUME_METADATA
 from servers.proto import rtbench_pb2 as pb
-
-_STATUS = {s.value[0]: s for s in grpc.StatusCode}
-
-
-def status_close(status: int | grpc.StatusCode | None, message: str | None) -> tuple[int, str]:
-    """Close code and reason of a final gRPC status (a code number or a StatusCode)."""
-    if not isinstance(status, grpc.StatusCode):
-        status = _STATUS.get(status if status is not None else -1, grpc.StatusCode.UNKNOWN)
-    info = close_info(status, message)
-    return info.code, info.reason
 
 
 class GrpcClientBase(StreamClient):

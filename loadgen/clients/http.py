@@ -10,6 +10,7 @@ import orjson
 from geventhttpclient import HTTPClient
 
 from loadgen.clients.base import Client, ClientError, OnEvent, split_url
+from loadgen.wire import error_body
 
 # In-flight command POSTs per connection; open-loop publishers of HTTP transports
 # keep up to this many publishes in flight (each one a keep-alive connection).
@@ -17,12 +18,9 @@ COMMAND_CONCURRENCY = 8
 
 
 def error_from(status: int, body: bytes) -> ClientError:
-    """The ClientError for an HTTP error reply (JSON `error` body when the server sent one)."""
-    try:
-        obj = orjson.loads(body)
-        return ClientError(str(obj["code"]), str(obj.get("message", "")))
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return ClientError(f"http_{status}", body[:200].decode(errors="replace"))
+    """The ClientError for an HTTP error reply (`loadgen.wire.error_body`)."""
+    err = error_body(status, body)
+    return ClientError(str(err["code"]), str(err.get("message", "")))
 
 
 class HttpClient(Client):

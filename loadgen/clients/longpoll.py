@@ -48,10 +48,11 @@ import gevent
 import orjson
 from gevent.event import Event
 
-from loadgen.clients.base import CURSOR_TYPES, ClientError, OnEvent, RawSocket
+from loadgen.clients.base import ClientError, OnEvent, RawSocket
 from loadgen.clients.http import HttpClient, error_from
 from loadgen.clients.httpresponse import ResponseError, ResponseReader
 from loadgen.measure import now_us
+from loadgen.wire import CURSOR_TYPES, poll_batch
 from servers.core.cursor import RESUME_PARAM
 
 POLL_TIMEOUT = 20.0  # seconds the server may hold a poll (protocol maximum: poll_timeout)
@@ -182,10 +183,8 @@ class LongPollClient(RawSocket, HttpClient):
         try:
             if status != 200:
                 raise error_from(status, body)
-            reply = orjson.loads(body)
-            events = reply.get("events") or ()
-            closed = reply.get("closed")
-        except (ClientError, ValueError, AttributeError) as exc:  # error, not a JSON object
+            events, closed = poll_batch(body)
+        except (ClientError, ValueError) as exc:  # an error, or not a long-poll batch
             self._ended(1006, f"poll failed: {exc}")
             self._drop()
             return False
@@ -197,7 +196,7 @@ class LongPollClient(RawSocket, HttpClient):
                     observe(ev)
                 on_event(ev, share, recv_us)
         if closed:
-            self._ended(int(closed.get("code", 1000)), str(closed.get("reason", "")))
+            self._ended(*closed)
             self._drop()
             return False
         if self._sock is not sock:  # closed by an on_event callback

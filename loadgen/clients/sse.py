@@ -33,6 +33,7 @@ from loadgen.clients.base import ClientError, RawSocket
 from loadgen.clients.http import HttpClient, error_from
 from loadgen.clients.ssestream import SseResponse
 from loadgen.measure import now_us
+from loadgen.wire import close_of
 from servers.core.cursor import RESUME_PARAM
 
 RECV_BYTES = 256 * 1024
@@ -133,8 +134,9 @@ class SseClient(RawSocket, HttpClient):
             on_event = self.on_event
             for raw in events:
                 ev = loads(raw)
-                if ev.get("type") == "close":
-                    self._ended(int(ev.get("code", 1000)), str(ev.get("reason", "")))
+                closed = close_of(ev)
+                if closed is not None:
+                    self._ended(*closed)
                     self._abort()
                     return False
                 on_event(ev, share, recv_us)
