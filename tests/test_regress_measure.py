@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.harness.cluster import Cluster
 from bench.harness.plan import TRANSPORTS
 from bench.regress.samples import Plan, Side, measure
 from servers.fanout import make_broker
@@ -76,3 +77,12 @@ def test_baseline_update_records_what_regress_needs(tmp_path: Path) -> None:
     assert isinstance(meta["git"]["dirty"], bool) and len(meta["git"]["revision"]) == 40
     assert meta["parameters"]["broker"] == "memory" and meta["parameters"]["transports"] == ["ws"]
     assert load_set(tmp_path).values[("ws", "fanout", "cpu_per_delivery")][0] > 0
+
+
+def test_servers_start_with_flags_an_older_base_knows() -> None:
+    # `rtbench regress --base REV` runs the same command line in REV's tree: a flag newer
+    # than REV (such as --stack) would make its servers exit 2 before listening
+    with Cluster("sse", broker="memory") as cluster:
+        cmd = [str(a) for a in cluster.nodes[0].proc.args]  # type: ignore[union-attr]
+    assert "--stack" not in cmd
+    assert cmd[cmd.index("servers.serve") + 1:][:2] == ["--transport", "sse"]

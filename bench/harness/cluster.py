@@ -112,7 +112,9 @@ class Cluster:
         metrics_port = free_port() if self.transport == "grpc" else None
         if metrics_port is not None:
             args += ["--metrics-port", str(metrics_port)]
-        server = ServerProcess(self.transport, port, args=args).start(cpu=self.cpu)
+        # no --stack flag (the servers' default, or RTBENCH_STACK): `rtbench regress --base REV`
+        # starts this command in REV's tree, which may predate the flag (exit 2)
+        server = ServerProcess(self.transport, port, args=args, stack=None).start(cpu=self.cpu)
         assert server.proc is not None
         base = f"127.0.0.1:{port}"
         if metrics_port is not None:
