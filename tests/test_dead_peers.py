@@ -39,7 +39,7 @@ import pytest
 
 from loadgen.aio import Client, Received, connect
 from servers.testing import RedisServer, ServerProcess, free_port, wait_port
-from servers.transports.listen import listen_socket
+from servers.transports.listen import server_socket
 from tests.cluster import Target, server, start_all, stop_all, token, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -159,15 +159,19 @@ async def check_reaped(scene: Scene, transport: str, silence: Sequence[str],
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
 def test_accepted_sockets_inherit_the_user_timeout() -> None:
-    listener = listen_socket("127.0.0.1", free_port(), 1.5)
+    listener = server_socket("127.0.0.1", free_port(), 1.5)
     try:
+        # not listening yet: the server listens once it is ready (its port then means so)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(listener.getsockname(), timeout=5).close()
+        listener.listen()
         with socket.create_connection(listener.getsockname(), timeout=5):
             accepted, _ = listener.accept()
             with accepted:
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 1500
     finally:
         listener.close()
-    off = listen_socket("127.0.0.1", free_port(), 0)
+    off = server_socket("127.0.0.1", free_port(), 0)
     with off:
         assert off.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
 

@@ -20,11 +20,16 @@ def set_user_timeout(sock: socket.socket, seconds: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
 
 
-def listen_socket(host: str, port: int, user_timeout: float) -> socket.socket:
-    """A listening TCP socket on `host:port` (SO_REUSEADDR), with TCP_USER_TIMEOUT."""
+def server_socket(host: str, port: int, user_timeout: float) -> socket.socket:
+    """A TCP socket bound to `host:port` (SO_REUSEADDR) with TCP_USER_TIMEOUT, not yet
+    listening: the server listens once its startup (the hub's) is done, so a port that
+    accepts connections means a server ready to serve, which is what the harness and
+    the tests wait for."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
         set_user_timeout(sock, user_timeout)
     except BaseException:
         sock.close()

@@ -30,7 +30,7 @@ from servers.core.hub import Hub
 from servers.settings import Settings
 from servers.stacks.aiohttp.http import response
 from servers.transports.context import Context, keepalive_timeout, max_header_bytes
-from servers.transports.listen import BACKLOG, listen_socket
+from servers.transports.listen import BACKLOG, server_socket
 from servers.transports.replies import json_reply
 
 log = logging.getLogger("rtbench.http")
@@ -89,7 +89,7 @@ async def serve(s: Settings, hub: Hub) -> None:
         loop.add_signal_handler(sig, stop.set)
     await runner.setup()
     try:
-        site = web.SockSite(runner, listen_socket(s.host, s.port, s.tcp_user_timeout),
+        site = web.SockSite(runner, server_socket(s.host, s.port, s.tcp_user_timeout),
                             backlog=BACKLOG)
         await site.start()
         await stop.wait()

@@ -23,7 +23,7 @@ from servers.core.hub import Hub
 from servers.settings import Settings
 from servers.transports import ws
 from servers.transports.context import Context, keepalive_timeout
-from servers.transports.listen import BACKLOG, listen_socket
+from servers.transports.listen import BACKLOG, server_socket
 
 log = logging.getLogger("rtbench.http")
 
@@ -149,7 +149,7 @@ def run(s: Settings, hub: Hub) -> int:
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
-    sock = listen_socket(s.host, s.port, s.tcp_user_timeout)
+    sock = server_socket(s.host, s.port, s.tcp_user_timeout)
     # uvicorn re-raises the signal it caught once its graceful shutdown is done; with
     # SIGTERM ignored by then, a clean shutdown exits 0 as process managers expect
     signal.signal(signal.SIGTERM, lambda *_: None)
