@@ -32,7 +32,7 @@ are timed (`gc_pause` histogram, per generation counters) and reported with the
 other signals.
 
 **The descriptor table** is grown to the open-files limit before the clock
-starts (`servers.fdtable`): growing it on the way stalled `socket()` 6-22 ms at
+starts (`servers.fdtable`): growing it on the way stalled `socket()` 5-18 ms at
 the 256th, 512th, 1,024th and 2,048th descriptor.
 
 Past a threshold the run is marked invalid: its latencies describe the

@@ -4,7 +4,7 @@ Linux grows a process's descriptor table by doubling when a new descriptor does
 not fit, and in a process with more than one thread (gevent's resolver pool and
 monitor, grpcio's pollers, asyncio's executor) each growth waits for an RCU
 grace period (`expand_fdtable` -> `synchronize_rcu`). Measured here with one
-extra thread: `socket()` took 6-22 ms at the 256th, 512th, 1,024th and 2,048th
+extra thread: `socket()` took 5-18 ms at the 256th, 512th, 1,024th and 2,048th
 descriptor, under 1 ms otherwise; after `grow()`, no call over 1 ms
 (results/published/fdtable-20261202.json, `python -m servers.fdtable`). A load
 generator opening 2,000 connections, or a server accepting them, would show
