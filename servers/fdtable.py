@@ -5,7 +5,7 @@ not fit, and in a process with more than one thread (gevent's resolver pool and
 monitor, grpcio's pollers, asyncio's executor) each growth waits for an RCU
 grace period (`expand_fdtable` -> `synchronize_rcu`). Measured here with one
 extra thread: `socket()` took 5-18 ms at the 256th, 512th, 1,024th and 2,048th
-descriptor, under 1 ms otherwise; after `grow()`, no call over 1 ms
+descriptor, under 1 ms otherwise; after `grow()`, one call over 1 ms (1.4 ms) in two runs
 (results/published/fdtable-20261202.json, `python -m servers.fdtable`). A load
 generator opening 2,000 connections, or a server accepting them, would show
 those stalls as latency of the thing measured. The table never shrinks, so
