@@ -3,7 +3,8 @@
 
 A raw ASGI response rather than sse-starlette's EventSourceResponse: that one runs
 four tasks per connection (stream, ping, disconnect listener, shutdown watcher) and
-measured 46 KiB of server RSS per idle stream against 17-19 KiB for this one, where
+measured 42-46 KiB of server RSS per idle stream against 17-19 KiB for this one
+(results/published/history-20261127-20261128.json, server-choices-20261128), where
 the request's own task waits for the end and one small task waits for the client to
 go away.
 """
