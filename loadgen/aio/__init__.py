@@ -1,4 +1,5 @@
-"""asyncio clients for the four rtbench transports, one API (docs/protocol.md).
+"""asyncio clients for the four rtbench transports, one API (docs/protocol.md): WebSocket,
+SSE and long-poll on aiohttp's client, gRPC on grpc.aio.
 
     client = await connect("ws", "http://127.0.0.1:8000", token)
     await client.join("lobby")
@@ -10,19 +11,24 @@ when set (nothing is buffered then; set it right after `connect`), otherwise to 
 buffer read with `next_event(types, timeout)` / `take_events(types)`. Each is a
 `Received` (`type`, decoded `body`, local `recv_us`). A failed command raises
 CommandError; a connection the server refused or ended raises ServerClosed, and
-`closed_reason` then says why (section 6 code and reason).
+`closed_reason` then says why (section 6 code and reason). An `on_event` that raises
+ends the connection (1006) and goes to the loop's exception handler.
 
 `url` is the server's base URL (`http://host:port`; `grpc://host:port` for gRPC).
 Options common to all transports: `timeout` (handshake and command replies) and
 `first` (commands sent as soon as the transport allows, before `welcome` is
 awaited; their replies arrive as events). Per transport: `token_in`
-("header", "query"; WebSocket also "subprotocol"), `http` (SSE/long-poll: a shared
-httpx.AsyncClient), `poll_timeout` (long-poll), `channel` (gRPC: a shared channel).
+("header", "query"; WebSocket also "subprotocol"), `http` (WebSocket, SSE, long-poll:
+an aiohttp.ClientSession shared by many clients, made by `http_session()`; each client
+otherwise has its own), `poll_timeout` (long-poll), `channel` (gRPC: a shared channel).
+
+The wire rules are shared with the gevent clients (`loadgen.clients`): `loadgen.wire`,
+`loadgen.sse_parser`, `loadgen.grpc_codec`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadgen.aio.base import (
     Client,
@@ -33,6 +39,9 @@ from loadgen.aio.base import (
     Received,
     ServerClosed,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
 
 TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
 
@@ -46,7 +55,16 @@ __all__ = [
     "Received",
     "ServerClosed",
     "connect",
+    "http_session",
 ]
+
+
+def http_session() -> aiohttp.ClientSession:
+    """An aiohttp.ClientSession to share among many clients as `http=` (no connection
+    limit, short keep-alive: `loadgen.aio.http.http_session`); close it when done."""
+    from loadgen.aio.http import http_session as make
+
+    return make()
 
 
 async def connect(transport: str, url: str, token: str | None, **opts: Any) -> Client:

@@ -1,5 +1,5 @@
-"""What every transport client shares: the event type, the errors, reply matching,
-the event buffer, and the HTTP command helper of the SSE and long-poll clients.
+"""What every transport client shares: the event type, the errors, reply matching and
+the event buffer (the HTTP plumbing of the SSE and long-poll clients is `loadgen.aio.http`).
 
 A client delivers each server event exactly once: replies to its own commands go
 to the command that waits for them; everything else goes to `on_event` when set
@@ -21,17 +21,14 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from loadgen.wire import CURSOR_TYPES, REPLY_TYPES
 from servers.core.cursor import CursorTracker
-
-# events that answer a command; matched to the waiting command by `ref`
-REPLY_TYPES = frozenset({"ack", "pong", "presence_state", "error"})
-# events that move the resume cursor
-CURSOR_TYPES = frozenset({"message", "direct", "gap"})
 
 TokenPlacement = Literal["header", "query", "subprotocol"]
 
 UNAUTHORIZED = 4401
 ABNORMAL = 1006  # WebSocket's code for "ended without a close frame"
+PROTOCOL_ERROR = 1002  # the server sent what the protocol does not allow (bad JSON...)
 
 
 @dataclass(slots=True, frozen=True)
@@ -54,6 +51,11 @@ class CommandError(ClientError):
         self.code = code
         self.message = message
         self.status = status  # HTTP status on the HTTP transports
+
+
+class CallbackError(ClientError):
+    """`on_event` raised (the exception is the `__cause__`): a bug of the caller's, which
+    ends the connection (1006) and goes to the event loop's exception handler."""
 
 
 class ServerClosed(ClientError):
@@ -84,6 +86,11 @@ class Received:
 
 
 EventCallback = Callable[[Received], None]
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message` of an exception, for close reasons (reprs of aiohttp's are long)."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def auth_headers(token: str | None, placement: TokenPlacement = "header") -> dict[str, str]:
@@ -203,9 +210,7 @@ class Client(ABC):
                 if types is None or ev.type in types:
                     self._buffer.remove(ev)
                     return ev
-            if self._done:
-                info = self.closed_reason or CloseInfo(1000, "closed by the client")
-                raise ServerClosed(info.code, info.reason)
+            self._raise_if_done()
             self._changed.clear()
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -252,10 +257,24 @@ class Client(ABC):
         ev = Received(body, recv_us)
         callback = self.on_event
         if callback is not None:
-            callback(ev)
+            try:
+                callback(ev)
+            except Exception as exc:
+                raise CallbackError(f"on_event raised {exc!r}") from exc
             return
         self._buffer.append(ev)
         self._changed.set()
+
+    def _reader_error(self, exc: Exception) -> CloseInfo:
+        """Why a reader ended on `exc`: a failing `on_event` (reported to the loop's
+        exception handler: it is a bug to show, not a server's doing) or a malformed
+        stream (ValueError: bad JSON, bad event stream, bad long-poll batch)."""
+        if isinstance(exc, CallbackError):
+            asyncio.get_running_loop().call_exception_handler({
+                "message": f"{type(self).__name__}.on_event failed",
+                "exception": exc.__cause__ or exc})
+            return CloseInfo(ABNORMAL, f"event callback failed: {exc.__cause__!r}")
+        return CloseInfo(PROTOCOL_ERROR, f"server broke the protocol: {exc}")
 
     def _set_welcome(self, body: dict[str, Any]) -> None:
         if self._welcomed.done():
@@ -273,6 +292,13 @@ class Client(ABC):
         except BaseException:
             await self.close()
             raise
+
+    def _raise_if_done(self) -> None:
+        """ServerClosed (the server's reason, or 1000 if the client closed) once the
+        connection has ended: nothing can be sent or received any more."""
+        if self._done:
+            info = self.closed_reason or CloseInfo(1000, "closed by the client")
+            raise ServerClosed(info.code, info.reason)
 
     def _finish(self, info: CloseInfo | None) -> None:
         """The event source ended; `info` is the server's reason (None if we closed)."""
@@ -294,9 +320,7 @@ class Client(ABC):
         self, cmd: dict[str, Any], send: Callable[[dict[str, Any]], Any]
     ) -> dict[str, Any]:
         """Stream transports: send `cmd` with a fresh `id`, await the reply with that `ref`."""
-        if self._done:
-            info = self.closed_reason or CloseInfo(1000, "closed by the client")
-            raise ServerClosed(info.code, info.reason)
+        self._raise_if_done()
         ref = str(next(self._ids))
         cmd["id"] = ref
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

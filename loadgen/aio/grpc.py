@@ -89,6 +89,9 @@ class GrpcClient(Client):
         except aio.AioRpcError as exc:
             self._status = exc.code().name
             info = CloseInfo(*status_close(exc.code(), exc.details()))
+        except Exception as exc:  # on_event raised, or a frame would not convert
+            info = self._reader_error(exc)
+            self._call.cancel()
         finally:
             self._finish(info)
 

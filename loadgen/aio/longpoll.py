@@ -1,9 +1,13 @@
-"""Long-polling client (docs/protocol.md 7.3): POST /lp/connect, a poll loop, one
-POST per command, DELETE to close.
+"""Long-polling client (docs/protocol.md 7.3) on aiohttp: `POST /lp/connect`, a poll loop
+of `GET /lp/{conn}/poll`, one `POST /lp/{conn}` per command, `DELETE` to close.
 
-The session is created on the connection that then carries the poll loop, so an
-idle client holds one connection; commands go through a keep-alive pool, never
-behind a held poll.
+Every request goes through the session's keep-alive pool (`loadgen.aio.http`): the
+connect's connection goes back to it and the first poll takes it again, and a held
+poll keeps its connection, so an idle client holds one connection and commands
+never wait behind a poll. `recv_us` of a batch's events is taken when its body has
+been read, before decoding. A network failure, an HTTP error status or a body that
+is not a batch ends the connection (1006; 1002 for a malformed body); the batch's
+`closed` member ends it with its section 6 code.
 """
 
 from __future__ import annotations
@@ -12,18 +16,22 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import aiohttp
 import orjson
 
-from loadgen.aio.base import ABNORMAL, CloseInfo, ServerClosed, TokenPlacement
-from loadgen.aio.http11 import Connection, HttpSessionClient, decode_body, refused
+from loadgen.aio.base import (
+    ABNORMAL,
+    PROTOCOL_ERROR,
+    CloseInfo,
+    ServerClosed,
+    TokenPlacement,
+    describe,
+)
+from loadgen.aio.http import HttpSessionClient, refused
+from loadgen.wire import error_body, poll_batch
 from servers.core.cursor import RESUME_PARAM, encode_cursor
-
-if TYPE_CHECKING:
-    import httpx
-
-    from loadgen.aio.http11 import Pool
 
 
 class LongPollClient(HttpSessionClient):
@@ -31,7 +39,6 @@ class LongPollClient(HttpSessionClient):
 
     poll_timeout = 25.0
     _conn_path = ""
-    _polling: Connection | None = None
     _poller: asyncio.Task[None] | None = None
 
     @classmethod
@@ -43,33 +50,34 @@ class LongPollClient(HttpSessionClient):
         timeout: float = 10.0,  # noqa: ASYNC109 - kept as the per-command reply timeout
         token_in: TokenPlacement = "header",
         first: Sequence[dict[str, Any]] = (),
-        http: Pool | httpx.AsyncClient | None = None,
+        http: aiohttp.ClientSession | object | None = None,
         poll_timeout: float = 25.0,
         resume: Mapping[str, Any] | None = None,
     ) -> LongPollClient:
         """Create the session (its response carries `welcome`), send `first`, start polling.
 
-        `http`: a shared `http11.Pool` for the commands; an httpx client is ignored.
+        `http`: a shared aiohttp.ClientSession (see `loadgen.aio.http`).
         `resume`: a `cursor` of an earlier connection; the session first gets what was
         missed since (ServerClosed 4400 if the cursor is refused)."""
         self = cls(url, token, token_in, timeout, http, resume)
         self.poll_timeout = poll_timeout
         params = {} if resume is None else {RESUME_PARAM: encode_cursor(resume)}
         try:
-            self._polling = await self.connection()
-            resp = await self._polling.request("POST", self.target("/lp/connect", **params),
-                                               self._headers, b"", timeout)
+            status, body = await self._send("POST", self.url_for("/lp/connect", **params))
+            if status != 200:
+                raise refused(status, body)
+            try:
+                reply = orjson.loads(body)
+                conn, events = str(reply["conn"]), list(reply["events"])
+            except (ValueError, KeyError, TypeError) as exc:
+                why = f"bad connect response: {describe(exc)}"
+                raise ServerClosed(PROTOCOL_ERROR, why) from None
         except BaseException:
             await self._abandon()
             raise
-        if resp.status != 200:
-            await self._abandon()
-            raise refused(resp)
-        body = decode_body(resp)
-        self._conn_path = f"/lp/{body['conn']}"
-        self.command_path = self._conn_path
-        events = body.get("events") or [{}]
-        self._set_welcome(events[0])
+        self._conn_path = f"/lp/{conn}"
+        self.command_url = self.url_for(self._conn_path)
+        self._set_welcome(events[0] if events else {})
         if self._welcomed.exception() is not None:
             await self.close()
             await self._welcomed  # raises why
@@ -82,38 +90,36 @@ class LongPollClient(HttpSessionClient):
         return self
 
     async def _poll(self) -> None:
-        target = self.target(self._conn_path + "/poll", timeout=str(self.poll_timeout))
+        url = self.url_for(self._conn_path + "/poll", timeout=str(self.poll_timeout))
+        get = self._session.get
         headers = self._headers
-        timeout = self.poll_timeout + self.timeout
-        loads = orjson.loads
+        timeout = aiohttp.ClientTimeout(total=self.poll_timeout + self.timeout)
         deliver = self._deliver
         clock = time.time_ns
         info: CloseInfo | None = None
         try:
             while True:
-                conn = self._polling
-                if conn is None or not conn.usable:  # the server ended the keep-alive
-                    conn = self._polling = await self.connection()
-                resp = await conn.request("GET", target, headers, b"", timeout)
-                if resp.status != 200:
-                    err = decode_body(resp)
-                    info = CloseInfo(ABNORMAL, f"poll answered {resp.status}: "
-                                               f"{err.get('code')} {err.get('message', '')}")
-                    break
+                async with get(url, headers=headers, timeout=timeout) as resp:
+                    body = await resp.read()
+                    status = resp.status
                 recv_us = clock() // 1000
-                try:
-                    body = loads(resp.body)
-                    events, closed = body["events"], body.get("closed")
-                except (ValueError, KeyError, TypeError) as exc:  # not the documented body
-                    info = CloseInfo(ABNORMAL, f"bad poll response: {exc!r}")
+                if status != 200:
+                    err = error_body(status, body)
+                    info = CloseInfo(ABNORMAL, f"poll answered {status}: "
+                                               f"{err['code']} {err.get('message', '')}")
                     break
+                events, closed = poll_batch(body)
                 for ev in events:
                     deliver(ev, recv_us)
                 if closed:
-                    info = CloseInfo(int(closed["code"]), str(closed.get("reason", "")))
+                    info = CloseInfo(*closed)
                     break
-        except (ServerClosed, TimeoutError) as exc:
-            info = CloseInfo(ABNORMAL, f"poll failed: {exc}")
+        except TimeoutError:
+            info = CloseInfo(ABNORMAL, f"poll failed: no response within {timeout.total} s")
+        except aiohttp.ClientError as exc:
+            info = CloseInfo(ABNORMAL, f"poll failed: {describe(exc)}")
+        except Exception as exc:  # not a batch, or on_event raised
+            info = self._reader_error(exc)
         finally:
             self._finish(info)
 
@@ -121,14 +127,13 @@ class LongPollClient(HttpSessionClient):
         """Stop polling and delete the session (the server may already have ended it)."""
         already_done = self._done
         self._closing = True
-        if self._poller is not None and not self._poller.done():
-            self._poller.cancel()
+        poller = self._poller
+        if poller is not None and not poller.done():
+            poller.cancel()  # aiohttp closes the held poll's connection
             with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-        if self._polling is not None:
-            await self._polling.aclose()
+                await poller
         self._finish(None)
         if self._conn_path and not already_done:
             with contextlib.suppress(ServerClosed, TimeoutError):
-                await self._send("DELETE", self._conn_path)
-        await self._close_pool()
+                await self._send("DELETE", self.url_for(self._conn_path))
+        await self._close_session()

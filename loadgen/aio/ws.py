@@ -1,4 +1,11 @@
-"""WebSocket client (docs/protocol.md 7.1) on the `websockets` asyncio implementation."""
+"""WebSocket client (docs/protocol.md 7.1) on aiohttp's `ws_connect`.
+
+Text frames come as bytes (`decode_text=False`: orjson decodes UTF-8 JSON itself) and
+commands go as text frames of orjson's bytes (`send_frame`): nothing is decoded or
+encoded twice. aiohttp answers the server's pings. `recv_us` is taken when a frame
+has been received, before decoding. A close frame gives the section 6 code; a
+connection that ends without one is 1006.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +16,26 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
 import orjson
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed
-from websockets.typing import Subprotocol
+from aiohttp import WSMsgType
 
 from loadgen.aio.base import (
     ABNORMAL,
     Client,
     CloseInfo,
+    ServerClosed,
     TokenPlacement,
     auth_headers,
     auth_params,
     base_url,
+    describe,
 )
+from loadgen.aio.http import session_of
 from servers.core.cursor import RESUME_PARAM, encode_cursor
 
-SUBPROTOCOL = Subprotocol("rtbench.v1")
+SUBPROTOCOL = "rtbench.v1"
+_DATA = (WSMsgType.TEXT, WSMsgType.BINARY)
 
 
 def ws_url(url: str, token: str | None, token_in: TokenPlacement,
@@ -39,12 +48,24 @@ def ws_url(url: str, token: str | None, token_in: TokenPlacement,
     return uri + (f"?{urlencode(params)}" if params else "")
 
 
+def _close_info(kind: WSMsgType, data: Any, extra: Any) -> CloseInfo:
+    """Why the connection ended, from the message (type, data, extra) that ended the reader."""
+    if kind is WSMsgType.CLOSE:
+        return CloseInfo(int(data), str(extra or ""))
+    if kind is WSMsgType.ERROR:  # a WebSocketError carries its close code (1002, 1009)
+        return CloseInfo(int(getattr(data, "code", ABNORMAL)), str(data))
+    return CloseInfo(ABNORMAL, "connection closed without a close frame")
+
+
 class WsClient(Client):
     transport = "ws"
 
-    def __init__(self, ws: ClientConnection, timeout: float,
+    def __init__(self, session: aiohttp.ClientSession, owns_session: bool,
+                 ws: aiohttp.ClientWebSocketResponse[bool], timeout: float,
                  resume: Mapping[str, Any] | None = None) -> None:
         super().__init__(timeout, resume)
+        self._session = session
+        self._owns_session = owns_session
         self._ws = ws
         self._reader = asyncio.create_task(self._read())
 
@@ -57,56 +78,82 @@ class WsClient(Client):
         timeout: float = 10.0,  # noqa: ASYNC109 - kept as the per-command reply timeout
         token_in: TokenPlacement = "header",
         first: Sequence[dict[str, Any]] = (),
-        max_queue: int = 256,
+        http: aiohttp.ClientSession | object | None = None,
         resume: Mapping[str, Any] | None = None,
     ) -> WsClient:
         """Connect, send `first` right after the upgrade, then wait for `welcome`.
 
+        `http`: a shared aiohttp.ClientSession (see `loadgen.aio.http`).
         `resume`: a `cursor` of an earlier connection; the server sends what was missed
         since, then the live stream (or closes with 4400 if the cursor is invalid)."""
         protocols = [SUBPROTOCOL]
         if token and token_in == "subprotocol":
-            protocols.append(Subprotocol("bearer." + token))
-        ws = await ws_connect(
-            ws_url(url, token, token_in, resume),
-            additional_headers=auth_headers(token, token_in),
-            subprotocols=protocols,
-            compression=None,  # the server does not deflate either
-            proxy=None,
-            ping_interval=None,  # the server pings; the library answers
-            open_timeout=timeout,
-            max_size=None,
-            max_queue=max_queue,
-        )
-        self = cls(ws, timeout, resume)
+            protocols.append("bearer." + token)
+        session, owned = session_of(http, stacklevel=3)  # open <- connect <- caller
         try:
-            for cmd in first:
-                await ws.send(orjson.dumps(cmd), text=True)
-        except ConnectionClosed:
-            pass  # the reader reports why (e.g. 4401) through the welcome
+            async with asyncio.timeout(timeout):
+                ws = await session.ws_connect(
+                    ws_url(url, token, token_in, resume),
+                    protocols=protocols,
+                    headers=auth_headers(token, token_in),
+                    compress=0,  # the server does not deflate either
+                    max_msg_size=0,
+                    autoping=True,  # the server pings; aiohttp answers
+                    heartbeat=None,
+                    decode_text=False,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout),
+                )
+        except BaseException as exc:
+            if owned:
+                await session.close()
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(f"no WebSocket handshake within {timeout} s") from None
+            if isinstance(exc, aiohttp.WSServerHandshakeError):
+                raise ServerClosed(ABNORMAL, f"handshake refused: {exc.status} {exc.message}",
+                                   exc.status) from None
+            if isinstance(exc, aiohttp.ClientError):
+                why = f"connect to {url} failed: {describe(exc)}"
+                raise ServerClosed(ABNORMAL, why) from None
+            raise
+        self = cls(session, owned, ws, timeout, resume)
+        for cmd in first:
+            with contextlib.suppress(ServerClosed):  # the reader reports why (e.g. 4401)
+                await self._send(cmd)
         await self._await_welcome()
         return self
 
     async def _read(self) -> None:
-        recv = self._ws.recv
+        receive = self._ws.receive
         loads = orjson.loads
         deliver = self._deliver
         clock = time.time_ns
+        data = _DATA
         info: CloseInfo | None = None
         try:
-            self._set_welcome(loads(await recv(decode=False)))
-            while True:
-                raw = await recv(decode=False)
-                recv_us = clock() // 1000  # before decoding: parsing is not latency
-                deliver(loads(raw), recv_us)
-        except ConnectionClosed as exc:
-            rcvd = exc.rcvd
-            info = CloseInfo(rcvd.code, rcvd.reason) if rcvd else CloseInfo(ABNORMAL, str(exc))
+            msg = await receive()
+            if msg.type in data:
+                self._set_welcome(loads(msg.data))
+                while (msg := await receive()).type in data:
+                    recv_us = clock() // 1000  # before decoding: parsing is not latency
+                    deliver(loads(msg.data), recv_us)
+            info = _close_info(msg.type, msg.data, msg.extra)
+        except Exception as exc:  # bad JSON, or on_event raised
+            info = self._reader_error(exc)
+            with contextlib.suppress(Exception):
+                await self._ws.close(code=1002 if info.code == 1002 else 1011)
         finally:
             self._finish(info)
 
+    async def _write(self, data: bytes, opcode: WSMsgType) -> None:
+        self._raise_if_done()
+        try:
+            await self._ws.send_frame(data, opcode)
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            info = self.closed_reason or CloseInfo(ABNORMAL, f"send failed: {describe(exc)}")
+            raise ServerClosed(info.code, info.reason) from None
+
     async def _send(self, cmd: dict[str, Any]) -> None:
-        await self._ws.send(orjson.dumps(cmd), text=True)
+        await self._write(orjson.dumps(cmd), WSMsgType.TEXT)
 
     async def _request(self, cmd: dict[str, Any]) -> dict[str, Any]:
         return await self._stream_request(cmd, self._send)
@@ -115,7 +162,11 @@ class WsClient(Client):
         await self._send(cmd)
 
     async def send_raw(self, data: bytes | str) -> int | None:
-        await self._ws.send(data)
+        """Send one frame as is: str as a text frame, bytes as a binary one."""
+        if isinstance(data, str):
+            await self._write(data.encode(), WSMsgType.TEXT)
+        else:
+            await self._write(data, WSMsgType.BINARY)
         return None
 
     async def close(self) -> None:
@@ -126,3 +177,6 @@ class WsClient(Client):
             self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+        if self._owns_session:
+            self._owns_session = False
+            await self._session.close()
