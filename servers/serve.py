@@ -10,6 +10,7 @@ from servers import settings as settings_mod
 from servers.core.hub import Hub
 from servers.fanout import make_broker
 from servers.settings import Settings
+from servers.startup import StartupError
 
 log = logging.getLogger("rtbench.serve")
 
@@ -37,12 +38,13 @@ def run(s: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`rtbench serve`: 2 and one line on stderr for a setting, a port or a broker the
+    user has to fix; a traceback is a bug."""
     try:
-        s = settings_mod.parse(argv)
-    except settings_mod.SettingsError as exc:
+        return run(settings_mod.parse(argv))
+    except (settings_mod.SettingsError, StartupError) as exc:
         print(f"rtbench serve: {exc}", file=sys.stderr)
         return 2
-    return run(s)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Server settings: flags override `RTBENCH_*` environment variables override defaults.
 
 Typed casts with errors that name the variable and the value (Starlette's config.py).
+Each field of `Settings` carries its own help: it is the one source of
+`rtbench serve --help` and of README's configuration table (`markdown_table`, printed by
+`python -m servers.settings --markdown`; tests/test_serve_cli.py checks README has it).
 """
 
 from __future__ import annotations
@@ -8,9 +11,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from servers.core.auth import DEV_SECRET
 from servers.core.types import Limits
@@ -18,46 +23,83 @@ from servers.core.types import Limits
 TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
 # HTTP server stacks for ws, sse and longpoll (servers/stacks/); gRPC has one (grpcio)
 STACKS = ("starlette", "aiohttp")
+BROKERS = ("redis", "memory")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # both stdlib's and uvicorn's
+WS_IMPLS = ("websockets-sansio", "wsproto", "websockets", "auto")  # uvicorn's --ws values
+REDIS_URL_FORMS = "redis://[user:password@]host[:port][/db], rediss://... or unix:///path[?db=N]"
 
 
-class SettingsError(ValueError):
-    """A setting has a value of the wrong type or out of range."""
+def _setting(default: Any, help: str, *, choices: Sequence[str] = (), shown: str = "",
+             metavar: str | None = None, flag: bool = True) -> Any:
+    """A Settings field with its documentation: `help` (one sentence or two), `shown` (the
+    default as a reader should see it, when the value alone would mislead), `flag`
+    (False: environment only)."""
+    return field(default=default, metadata={
+        "help": help, "choices": tuple(choices), "shown": shown, "metavar": metavar,
+        "flag": flag})
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    transport: str = "ws"
-    stack: str = "starlette"  # ws/sse/longpoll: "starlette" (uvicorn) or "aiohttp"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    metrics_port: int = 0  # gRPC only: Prometheus /metrics port (0: port + 1000)
-    broker: str = "redis"  # "redis" or "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    namespace: str = "rtb"  # Redis key/channel prefix; replicas that talk share it
-    secret: str = DEV_SECRET
-    server_id: str = ""  # default: host-pid
-    max_frame_bytes: int = 64 * 1024
-    max_rooms: int = 100
-    outbox_max_events: int = 10_000
-    outbox_max_bytes: int = 8 * 1024 * 1024
+    transport: str = _setting("ws", "the transport this replica serves", choices=TRANSPORTS)
+    stack: str = _setting(
+        "starlette", "HTTP server for ws, sse and longpoll (Starlette on uvicorn, or "
+        "aiohttp.web: same endpoints and wire protocol); ignored by --transport grpc, "
+        "which has one server (grpcio)", choices=STACKS)
+    host: str = _setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)",
+                         metavar="ADDR")
+    port: int = _setting(8000, "TCP port to listen on", metavar="PORT")
+    metrics_port: int = _setting(
+        0, "gRPC only: port of the Prometheus /metrics and /healthz endpoint (the HTTP "
+        "transports serve both on --port)", shown="port + 1000", metavar="PORT")
+    broker: str = _setting(
+        "redis", "fanout between replicas (memory: a single node, no Redis)", choices=BROKERS)
+    redis_url: str = _setting("redis://127.0.0.1:6379/0",
+                              f"the Redis of the redis broker: {REDIS_URL_FORMS}", metavar="URL")
+    namespace: str = _setting("rtb", "Redis key and channel prefix; replicas that talk to "
+                              "each other share it", metavar="PREFIX")
+    secret: str = _setting(DEV_SECRET, "HMAC secret that signs and checks tokens; environment "
+                           "only, since a flag would show in `ps`", flag=False)
+    server_id: str = _setting("", "this replica's name in /healthz, metrics and presence",
+                              shown="host-pid", metavar="NAME")
+    max_frame_bytes: int = _setting(64 * 1024, "largest command a client may send, in bytes",
+                                    metavar="BYTES")
+    max_rooms: int = _setting(100, "rooms one connection may join", metavar="N")
+    outbox_max_events: int = _setting(
+        10_000, "events queued for one connection before it is dropped as a slow consumer "
+        "(close 4408)", metavar="N")
+    outbox_max_bytes: int = _setting(
+        8 * 1024 * 1024, "bytes queued for one connection before it is dropped as a slow "
+        "consumer (close 4408)", shown="8388608 (8 MiB)", metavar="BYTES")
     # per stream (room, user inbox): keep the last history_size messages, at most
     # history_ttl seconds old, for resume; 0 turns history, offsets and resume off
-    history_size: int = 1000
-    history_ttl: float = 300.0
-    # liveness (docs/protocol.md 6.1): keepalive every `heartbeat` s (WS ping, SSE comment,
-    # gRPC keepalive ping; 0: none); an HTTP-transport socket whose sent data stays
-    # unacknowledged for `tcp_user_timeout` s is aborted (TCP_USER_TIMEOUT; 0: kernel
-    # default, about 15 min); a replica that stops refreshing its presence counts for
-    # `presence_ttl` s is taken for dead and its users shown offline (0: never)
-    heartbeat: float = 15.0
-    tcp_user_timeout: float = 30.0
-    presence_ttl: float = 30.0
-    poll_timeout: float = 25.0  # long-poll: longest a poll is held open
-    session_ttl: float = 30.0  # long-poll/SSE: session kept this long without a client
-    log_level: str = "warning"
-    ws_impl: str = "websockets-sansio"  # uvicorn --ws implementation (pyproject says why)
-    # regress validation only (bench/regress/validate.py): CPU µs burnt per broker message
-    inject_work_us: float = 0.0
+    history_size: int = _setting(
+        1000, "messages kept per room and per user inbox for resume (0: history, offsets "
+        "and resume off)", metavar="N")
+    history_ttl: float = _setting(300.0, "seconds a message stays in history",
+                                  metavar="SECONDS")
+    # liveness (docs/protocol.md 6.1)
+    heartbeat: float = _setting(
+        15.0, "seconds between keepalives (WS ping, SSE comment, gRPC keepalive ping); a peer "
+        "that does not answer within it is dropped (0: off)", metavar="SECONDS")
+    tcp_user_timeout: float = _setting(
+        30.0, "ws, sse, longpoll: abort a socket whose sent data stays unacknowledged this "
+        "many seconds (TCP_USER_TIMEOUT; 0: the kernel's, about 15 min)", metavar="SECONDS")
+    presence_ttl: float = _setting(
+        30.0, "redis broker: seconds after which a replica that stopped refreshing its "
+        "presence counts is taken for dead and its users shown offline (0: never)",
+        metavar="SECONDS")
+    poll_timeout: float = _setting(25.0, "longpoll: longest a poll is held open, in seconds",
+                                   metavar="SECONDS")
+    session_ttl: float = _setting(30.0, "sse, longpoll: seconds a session is kept without a "
+                                  "client, for it to come back", metavar="SECONDS")
+    log_level: str = _setting("warning", "server log level", choices=LOG_LEVELS)
+    ws_impl: str = _setting(
+        "websockets-sansio", "uvicorn's WebSocket implementation (pyproject.toml says why "
+        "this one); --stack starlette only", choices=WS_IMPLS)
+    inject_work_us: float = _setting(
+        0.0, "regress validation only (bench/regress/validate.py): CPU microseconds burnt "
+        "per broker message", flag=False)
 
     def limits(self) -> Limits:
         return Limits(
@@ -68,6 +110,56 @@ class Settings:
             history_size=self.history_size,
             history_ttl=self.history_ttl,
         )
+
+
+def env_var(f: Field[Any]) -> str:
+    """The environment variable of a setting: RTBENCH_<FIELD>."""
+    return "RTBENCH_" + f.name.upper()
+
+
+def flag_name(f: Field[Any]) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def shown_default(f: Field[Any]) -> str:
+    """A setting's built-in default as the help and the README show it."""
+    if f.metadata["shown"]:
+        return str(f.metadata["shown"])
+    value = f.default
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def _check_redis_url(url: str) -> None:
+    """Refuse a URL the Redis broker cannot use, before anything connects."""
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "unix":
+            int(parse_qs(parts.query).get("db", ["0"])[0])
+            ok = bool(parts.path)
+        else:
+            _ = parts.port  # ValueError when not a number in 0-65535
+            int(parts.path.lstrip("/") or 0)
+            ok = parts.scheme in ("redis", "rediss") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise SettingsError(f"redis_url {redact_url(url)!r}: expected {REDIS_URL_FORMS}")
+
+
+class SettingsError(ValueError):
+    """A setting has a value of the wrong type or out of range."""
 
 
 def _in_range(value: float) -> bool:
@@ -104,22 +196,19 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     base = Settings()
     changes: dict[str, Any] = {}
     for f in fields(Settings):
-        var = "RTBENCH_" + f.name.upper()
+        var = env_var(f)
         if var in env:
             changes[f.name] = _cast(var, env[var], getattr(base, f.name))
     return validate(replace(base, **changes))
 
 
 def validate(s: Settings) -> Settings:
-    if s.transport not in TRANSPORTS:
-        raise SettingsError(f"transport {s.transport!r}: expected one of {', '.join(TRANSPORTS)}")
-    if s.stack not in STACKS:
-        raise SettingsError(f"stack {s.stack!r}: expected one of {', '.join(STACKS)}")
-    if s.broker not in ("redis", "memory"):
-        raise SettingsError(f"broker {s.broker!r}: expected 'redis' or 'memory'")
-    # flags arrive here without passing _cast: same range rule for them
     for f in fields(Settings):
         value = getattr(s, f.name)
+        choices = f.metadata["choices"]
+        if choices and value not in choices:
+            raise SettingsError(f"{f.name} {value!r}: expected one of {', '.join(choices)}")
+        # flags arrive here without passing _cast: same range rule for them
         if isinstance(value, int | float) and not _in_range(value):
             raise SettingsError(
                 f"{f.name}={value!r}: expected a non-negative {type(value).__name__}"
@@ -127,6 +216,11 @@ def validate(s: Settings) -> Settings:
     for name in ("port", "metrics_port"):
         if getattr(s, name) > 65535:
             raise SettingsError(f"{name}={getattr(s, name)}: expected a TCP port (0-65535)")
+    if s.transport == "grpc" and not s.metrics_port and s.port + 1000 > 65535:
+        raise SettingsError(f"port={s.port}: the metrics port would be port + 1000 = "
+                            f"{s.port + 1000}; pass --metrics-port")
+    if s.broker == "redis":
+        _check_redis_url(s.redis_url)
     if s.max_frame_bytes < 256:
         raise SettingsError("max_frame_bytes must be at least 256")
     if s.outbox_max_events < 2 or s.outbox_max_bytes < s.max_frame_bytes:
@@ -143,45 +237,45 @@ def validate(s: Settings) -> Settings:
     return s
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags for `rtbench serve`; each defaults to its environment variable."""
-    d = from_env()
-    parser.add_argument("--transport", choices=TRANSPORTS, default=d.transport)
-    parser.add_argument("--stack", choices=STACKS, default=d.stack,
-                        help="HTTP server for ws/sse/longpoll: starlette (on uvicorn) or aiohttp "
-                             "(aiohttp.web), same endpoints and wire protocol; ignored by "
-                             "--transport grpc, which has one server (grpcio) (RTBENCH_STACK)")
-    parser.add_argument("--host", default=d.host)
-    parser.add_argument("--port", type=int, default=d.port)
-    parser.add_argument("--metrics-port", type=int, default=d.metrics_port,
-                        help="gRPC only: port of the Prometheus /metrics endpoint (0: port+1000)")
-    parser.add_argument("--broker", choices=("redis", "memory"), default=d.broker)
-    parser.add_argument("--redis-url", default=d.redis_url)
-    parser.add_argument("--namespace", default=d.namespace)
-    parser.add_argument("--server-id", default=d.server_id)
-    parser.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
-    parser.add_argument("--max-rooms", type=int, default=d.max_rooms)
-    parser.add_argument("--outbox-max-events", type=int, default=d.outbox_max_events)
-    parser.add_argument("--outbox-max-bytes", type=int, default=d.outbox_max_bytes)
-    parser.add_argument("--history-size", type=int, default=d.history_size,
-                        help="messages kept per room/inbox for resume (0: history off)")
-    parser.add_argument("--history-ttl", type=float, default=d.history_ttl,
-                        help="seconds a message stays in history")
-    parser.add_argument("--heartbeat", type=float, default=d.heartbeat,
-                        help="seconds between keepalives: WS ping, SSE comment, gRPC ping "
-                             "(a peer that does not answer within it is dropped; 0: off)")
-    parser.add_argument("--tcp-user-timeout", type=float, default=d.tcp_user_timeout,
-                        help="ws/sse/longpoll: abort a socket whose sent data is unacknowledged "
-                             "this many seconds (TCP_USER_TIMEOUT; 0: kernel default)")
-    parser.add_argument("--presence-ttl", type=float, default=d.presence_ttl,
-                        help="seconds after which a dead replica's users are shown offline "
-                             "(Redis broker; 0: never)")
-    parser.add_argument("--poll-timeout", type=float, default=d.poll_timeout)
-    parser.add_argument("--session-ttl", type=float, default=d.session_ttl)
-    parser.add_argument("--log-level", default=d.log_level)
-    parser.add_argument("--ws-impl", default=d.ws_impl,
-                        help="uvicorn WebSocket implementation (websockets-sansio, wsproto, "
-                             "websockets, auto); --stack starlette only")
+def _flag_help(f: Field[Any], env: Mapping[str, str]) -> str:
+    """A flag's help: what it does, its default and its variable (set or not)."""
+    var = env_var(f)
+    where = (f"{var}={env[var]!r} is set; built-in default: {shown_default(f)}" if var in env
+             else f"default: {shown_default(f)}; env {var}")
+    return f"{f.metadata['help']} ({where})".replace("%", "%%")
+
+
+def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None,
+                  ) -> None:
+    """Flags for `rtbench serve`, one per setting but the environment-only ones; each
+    defaults to its environment variable, else to the built-in default."""
+    env = os.environ if env is None else env
+    d = from_env(env)
+    for f in fields(Settings):
+        if not f.metadata["flag"]:
+            continue
+        kind = type(f.default)
+        parser.add_argument(
+            flag_name(f), default=getattr(d, f.name), help=_flag_help(f, env),
+            choices=f.metadata["choices"] or None, metavar=f.metadata["metavar"],
+            type=kind if kind in (int, float) else str)
+
+
+def _environment_only() -> str:
+    return "; ".join(f"{env_var(f)}: {f.metadata['help']} (default: {shown_default(f)})"
+                     for f in fields(Settings) if not f.metadata["flag"])
+
+
+def make_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The `rtbench serve` parser."""
+    parser = argparse.ArgumentParser(
+        prog="rtbench serve",
+        description="Run one server replica: one transport on one server stack, fanning out "
+                    "through Redis (or in memory for a single node). Every flag has an "
+                    "RTBENCH_* environment variable; a flag wins over it.",
+        epilog=("Environment only: " + _environment_only()).replace("%", "%%"))
+    add_arguments(parser, env)
+    return parser
 
 
 def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
@@ -192,6 +286,39 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:
-    parser = argparse.ArgumentParser(prog="rtbench serve")
-    add_arguments(parser)
-    return from_args(parser.parse_args(argv))
+    return from_args(make_parser().parse_args(argv))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table() -> str:
+    """README's configuration table: every setting with its flag, variable, built-in
+    default and meaning (the environment of the caller plays no part)."""
+    rows = ["| flag | variable | default | meaning |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        flag = f"`{flag_name(f)}`" if f.metadata["flag"] else "(env only)"
+        meaning = f.metadata["help"]
+        if f.metadata["choices"]:
+            meaning += "; one of " + ", ".join(f"`{c}`" for c in f.metadata["choices"])
+        # strings in backquotes, to be typed as they are; numbers and descriptions plain
+        literal = isinstance(f.default, str) and not f.metadata["shown"]
+        default = f"`{f.default}`" if literal else shown_default(f)
+        rows.append(f"| {flag} | `{env_var(f)}` | {_cell(default)} | {_cell(meaning)} |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m servers.settings",
+        description="Print the settings of `rtbench serve` as README's configuration table.")
+    parser.add_argument("--markdown", action="store_true", required=True,
+                        help="the Markdown table (flag, variable, default, meaning)")
+    parser.parse_args(argv)
+    sys.stdout.write(markdown_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

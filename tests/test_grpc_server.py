@@ -298,22 +298,22 @@ async def test_metrics_and_healthz(mem: Server, channel: aio.Channel) -> None:
     gina.call.cancel()
 
 
-def test_port_taken_exits_1(mem: Server) -> None:
+def test_port_taken_exits_2(mem: Server) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "servers.serve", "--transport", "grpc", "--broker", "memory",
          "--port", str(mem.proc.port), "--metrics-port", str(free_port())],
         capture_output=True, text=True, timeout=30)
-    assert run.returncode == 1
+    assert run.returncode == 2  # a start-up failure the user can fix (tests/test_serve_cli.py)
     assert "cannot listen" in run.stderr
 
 
-def test_broker_unreachable_exits_1() -> None:
+def test_broker_unreachable_exits_2() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     run = subprocess.run(
         [sys.executable, "-m", "servers.serve", "--transport", "grpc", "--broker", "redis",
          "--redis-url", url, "--port", str(free_port()), "--metrics-port", str(free_port())],
         capture_output=True, text=True, timeout=30)
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert f"cannot reach Redis at {url}" in run.stderr
 
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +29,7 @@ from servers.core.errors import AuthError, BrokerUnavailable, ErrorCode, Protoco
 from servers.core.hub import Hub
 from servers.core.types import CloseReason, Event
 from servers.settings import Settings
+from servers.startup import StartupError, start_hub
 from servers.transports.grpc_codec import (
     FORMAT,
     encode_event,
@@ -37,6 +37,7 @@ from servers.transports.grpc_codec import (
     parse_frame,
     parse_send,
 )
+from servers.transports.listen import server_socket
 
 log = logging.getLogger("rtbench.grpc")
 
@@ -320,13 +321,13 @@ def _exit_on_signal() -> asyncio.Event:
 
 
 async def serve(s: Settings, hub: Hub) -> int:
-    """Serve until SIGINT/SIGTERM; 1 if the broker or a port is unusable."""
+    """Serve until SIGINT/SIGTERM; StartupError if a port or the broker is unusable."""
     stop = _exit_on_signal()
-    try:
-        await hub.start()
-    except BrokerUnavailable as exc:
-        print(f"rtbench serve: {exc}", file=sys.stderr)
-        return 1
+    metrics_port = s.metrics_port or s.port + 1000
+    # ports first, as the HTTP stacks do: grpcio would log its own bind error on stderr
+    server_socket(s.host, s.port, 0).close()
+    server_socket(s.host, metrics_port, 0, flag="--metrics-port").close()
+    await start_hub(hub, s)
     service = ChatService(hub, TokenVerifier(s.secret))
     server = aio.server(options=server_options(s))
     server.add_generic_rpc_handlers(
@@ -335,19 +336,17 @@ async def serve(s: Settings, hub: Hub) -> int:
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     await health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    metrics_port = s.metrics_port or s.port + 1000
     ops: asyncio.Server | None = None
     try:
         # the gRPC port last: once it accepts connections, everything is ready
         ops = await _serve_metrics(hub, "grpc", s.host, metrics_port)
         server.add_insecure_port(f"{s.host}:{s.port}")
-    except (OSError, RuntimeError) as exc:
-        print(f"rtbench serve: cannot listen on {s.host}:{s.port} (gRPC) and "
-              f"{s.host}:{metrics_port} (metrics): {exc}", file=sys.stderr)
+    except (OSError, RuntimeError) as exc:  # taken since the check above
         if ops is not None:
             ops.close()
         await hub.shutdown()
-        return 1
+        raise StartupError(f"cannot listen on {s.host}:{s.port} (gRPC) and {s.host}:"
+                           f"{metrics_port} (metrics): {' '.join(str(exc).split())}") from None
     await server.start()
     log.info("gRPC on %s:%d, metrics on :%d, broker %s", s.host, s.port, metrics_port,
              hub.broker.name)

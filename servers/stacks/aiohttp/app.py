@@ -29,6 +29,7 @@ from servers import metrics
 from servers.core.hub import Hub
 from servers.settings import Settings
 from servers.stacks.aiohttp.http import response
+from servers.startup import start_hub
 from servers.transports.context import Context, keepalive_timeout, max_header_bytes
 from servers.transports.listen import BACKLOG, server_socket
 from servers.transports.replies import json_reply
@@ -53,8 +54,8 @@ def build_app(ctx: Context) -> web.Application:
         return web.Response(body=metrics.render(registry),
                             headers={"content-type": metrics.CONTENT_TYPE})
 
-    async def start_hub(app: web.Application) -> None:
-        await hub.start()
+    async def start(app: web.Application) -> None:
+        await start_hub(hub, ctx.settings)  # StartupError (one line) if the broker is not there
 
     async def stop_hub(app: web.Application) -> None:
         await hub.shutdown()
@@ -63,7 +64,7 @@ def build_app(ctx: Context) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
     importlib.import_module(_ADAPTERS[ctx.settings.transport]).add_routes(app, ctx)
-    app.on_startup.append(start_hub)
+    app.on_startup.append(start)
     app.on_cleanup.append(stop_hub)
     return app
 
@@ -87,10 +88,15 @@ async def serve(s: Settings, hub: Hub) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await runner.setup()
+    # bound first (a taken port fails before Redis is tried), listening once the hub started
+    sock = server_socket(s.host, s.port, s.tcp_user_timeout)
     try:
-        site = web.SockSite(runner, server_socket(s.host, s.port, s.tcp_user_timeout),
-                            backlog=BACKLOG)
+        await runner.setup()  # starts the hub
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        site = web.SockSite(runner, sock, backlog=BACKLOG)
         await site.start()
         await stop.wait()
         ctx.exit_signal()

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from servers import metrics
 from servers.core.hub import Hub
 from servers.settings import Settings
+from servers.startup import start_hub
 from servers.transports import ws
 from servers.transports.context import Context, keepalive_timeout
 from servers.transports.listen import BACKLOG, server_socket
@@ -94,8 +95,8 @@ class App:
 
 
 def build_app(ctx: Context) -> App:
-    """Starlette app for one HTTP transport plus /healthz and /metrics; its lifespan starts
-    the hub and shuts it down."""
+    """Starlette app for one HTTP transport plus /healthz and /metrics, on a started hub;
+    its lifespan hooks the exit signals and shuts the hub down."""
     hub, settings = ctx.hub, ctx.settings
     registry = metrics.make_registry(hub, settings.transport)
 
@@ -114,7 +115,6 @@ def build_app(ctx: Context) -> App:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await hub.start()
         unhook = _chain_exit_signals(ctx.exit_signal)
         try:
             yield
@@ -150,8 +150,28 @@ def run(s: Settings, hub: Hub) -> int:
     )
     server = uvicorn.Server(config)
     sock = server_socket(s.host, s.port, s.tcp_user_timeout)
+
+    async def serve() -> None:
+        # The hub starts here, not in the lifespan, whose failure uvicorn prints as a
+        # traceback before exiting 3: an unreachable broker raises StartupError instead.
+        # Still before uvicorn's startup makes the socket listen; the lifespan's exit,
+        # within uvicorn's shutdown, stops the hub. A signal meanwhile goes to uvicorn,
+        # as it did while the lifespan started the hub: it serves, then stops at once.
+        exit_signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, server.handle_exit) for sig in exit_signals}
+        try:
+            await start_hub(hub, s)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        await server.serve(sockets=[sock])
+
     # uvicorn re-raises the signal it caught once its graceful shutdown is done; with
     # SIGTERM ignored by then, a clean shutdown exits 0 as process managers expect
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run(sockets=[sock])
+    try:
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # as run() does
+            runner.run(serve())
+    finally:
+        sock.close()
     return 0 if server.started else 1
