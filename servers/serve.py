@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from servers import fdtable
 from servers import settings as settings_mod
 from servers.core.hub import Hub
 from servers.fanout import make_broker
@@ -25,6 +26,9 @@ def run(s: Settings) -> int:
     logging.basicConfig(
         level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # accepting the 256th, 512th, ... connection would otherwise stall the loop while
+    # the kernel grows the descriptor table (servers/fdtable.py)
+    fdtable.grow()
     hub = build_hub(s)
     if s.transport == "grpc":
         from servers.transports import grpc_server

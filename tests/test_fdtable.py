@@ -49,3 +49,16 @@ def test_grow_defaults_to_the_open_files_limit() -> None:
 
 def test_grow_does_nothing_below_a_useful_size() -> None:
     assert fdtable.grow(10) == -1
+
+
+def test_a_server_grows_its_table_at_start(redis_server: object) -> None:
+    """`rtbench serve` sizes its table before it accepts anything (FDSize of the process)."""
+    from servers.testing import ServerProcess, free_port
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    proc = ServerProcess("ws", free_port(), args=["--broker", "memory"]).start()
+    try:
+        assert proc.proc is not None
+        assert fd_size(proc.proc.pid) >= min(soft, fdtable.CAP)
+    finally:
+        proc.stop()
