@@ -1,7 +1,8 @@
-"""The asyncio clients (loadgen/aio: WebSocket, SSE and long-poll on aiohttp) against real
-`rtbench serve` processes on real sockets: the client API and its failure semantics
-(refusals, timeouts, a server that dies or shuts down, a failing `on_event`), token
-placement, `first`, `resume`, the `http=` session option and its connection use.
+"""The asyncio clients (loadgen/aio: WebSocket on aiohttp, SSE and long-poll on
+loadgen/aio/http11.py) against real `rtbench serve` processes on real sockets: the client
+API and its failure semantics (refusals, timeouts, a server that dies or shuts down, a
+failing `on_event`), token placement, `first`, `resume`, the `http=` shared pool option
+and the connections it holds. http11.py itself is tested in tests/test_aio_http11.py.
 
 The wire rules the clients share with the gevent family are tested without sockets in
 tests/test_client_wire.py; the protocol itself in tests/test_conformance.py.
@@ -24,8 +25,8 @@ import orjson
 import psutil
 import pytest
 
-from loadgen.aio import Client, CommandError, Received, ServerClosed, connect
-from loadgen.aio.http import http_session
+from loadgen.aio import Client, CommandError, Received, ServerClosed, connect, http_session
+from loadgen.aio.http11 import Pool
 from servers.core.auth import DEV_SECRET, make_token
 from servers.testing import ServerProcess, free_port
 
@@ -331,10 +332,11 @@ async def test_killed_server(transport: str) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_shared_session_holds_one_connection_per_client(
+async def test_shared_pool_holds_one_connection_per_client(
         servers: dict[str, ServerProcess], transport: str) -> None:
     proc = servers[transport]
-    http = http_session()
+    http: Pool | aiohttp.ClientSession = Pool() if transport in HTTP_TRANSPORTS \
+        else http_session()
     clients: list[Client] = []
     try:
         for i in range(3):
@@ -349,11 +351,11 @@ async def test_shared_session_holds_one_connection_per_client(
             assert (await c.next_event("message", WAIT))["data"] == "hi"
         # sequential HTTP commands take turns on one pooled connection
         assert connections_to(proc.port) == (4 if transport in HTTP_TRANSPORTS else 3)
-        await clients.pop().close()  # a client does not close the session it was given
-        assert not http.closed and await clients[0].ping() > 0
+        await clients.pop().close()  # a client does not close the pool it was given
+        assert await clients[0].ping() > 0
     finally:
         await asyncio.gather(*(c.close() for c in clients))
-        await http.close()
+        await (http.aclose() if isinstance(http, Pool) else http.close())
     await eventually(lambda: _zero(connections_to(proc.port)), "the sockets to close")
 
 
@@ -362,12 +364,12 @@ async def _zero(n: int) -> bool:
 
 
 async def test_shared_session_has_no_connection_limit(servers: dict[str, ServerProcess]) -> None:
-    """More event streams than aiohttp's default limit (100) on one session."""
-    proc = servers["sse"]
+    """More WebSockets than aiohttp's default limit (100) on one session."""
+    proc = servers["ws"]
     room = unique("crowd")
     async with http_session() as http:
         clients = await asyncio.gather(*(
-            connect("sse", proc.url, token(unique("c")), http=http, timeout=30.0)
+            connect("ws", proc.url, token(unique("c")), http=http, timeout=30.0)
             for _ in range(150)))
         try:
             await asyncio.gather(*(c.join(room) for c in clients))
@@ -384,7 +386,8 @@ async def test_other_http_objects_are_ignored_with_a_warning(
 
     async with httpx.AsyncClient() as legacy:
         for transport in TRANSPORTS:
-            with pytest.warns(DeprecationWarning, match="aiohttp.ClientSession") as caught:
+            expected = "http11.Pool" if transport in HTTP_TRANSPORTS else "aiohttp.ClientSession"
+            with pytest.warns(DeprecationWarning, match=expected) as caught:
                 c = await connect(transport, servers[transport].url, token(unique("l")),
                                   http=legacy)
             try:

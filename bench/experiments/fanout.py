@@ -98,9 +98,9 @@ def http_opts(transport: str) -> dict[str, Any]:
     """Connect options for many clients: SSE/long-poll share one keep-alive pool."""
     if transport not in ("sse", "longpoll"):
         return {}
-    from loadgen.aio import http_session
+    from loadgen.aio.http11 import Pool
 
-    return {"http": http_session()}
+    return {"http": Pool()}
 
 
 async def measure(target: str, subscribers: int, rate: float, seconds: float, broker: str,
@@ -133,7 +133,7 @@ async def measure(target: str, subscribers: int, rate: float, seconds: float, br
         finally:
             await asyncio.gather(*(c.close() for c in (*subs, pub)), return_exceptions=True)
             if "http" in opts:
-                await opts["http"].close()
+                await opts["http"].aclose()
     h = sink.hist
     return {
         "target": target, "broker": "none" if target == "reference" else broker,

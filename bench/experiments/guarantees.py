@@ -252,7 +252,7 @@ async def measure(transport: str, p: Params) -> dict[str, Any]:
         await asyncio.gather(*(c.close() for s in sides for c in (*s.subs, s.pub)),
                              return_exceptions=True)
         if "http" in opts:
-            await opts["http"].close()
+            await opts["http"].aclose()
         redis.stop()
     return {
         "format": FORMAT, "transport": transport, "subscribers": p.subscribers,

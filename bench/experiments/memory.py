@@ -79,7 +79,7 @@ async def measure(transport: str, connections: int, warmup: int) -> dict[str, An
         finally:
             await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
             if "http" in opts:
-                await opts["http"].close()
+                await opts["http"].aclose()
             gc.collect()
     return {
         "transport": transport, "connections": connections, "held": held - warmup,

@@ -162,7 +162,7 @@ class _Room:
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
         if "http" in self.opts:
-            await self.opts["http"].close()
+            await self.opts["http"].aclose()
 
 
 def calibrate(rounds: int = 5) -> float:

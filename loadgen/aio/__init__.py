@@ -1,5 +1,7 @@
-"""asyncio clients for the four rtbench transports, one API (docs/protocol.md): WebSocket,
-SSE and long-poll on aiohttp's client, gRPC on grpc.aio.
+"""asyncio clients for the four rtbench transports, one API (docs/protocol.md): WebSocket on
+aiohttp's client, SSE and long-poll on a hand-written HTTP/1.1 client (`loadgen.aio.http11`:
+aiohttp's was measurably the bottleneck there, its docstring has the figures), gRPC on
+grpc.aio.
 
     client = await connect("ws", "http://127.0.0.1:8000", token)
     await client.join("lobby")
@@ -18,9 +20,10 @@ ends the connection (1006) and goes to the loop's exception handler.
 Options common to all transports: `timeout` (handshake and command replies) and
 `first` (commands sent as soon as the transport allows, before `welcome` is
 awaited; their replies arrive as events). Per transport: `token_in`
-("header", "query"; WebSocket also "subprotocol"), `http` (WebSocket, SSE, long-poll:
-an aiohttp.ClientSession shared by many clients, made by `http_session()`; each client
-otherwise has its own), `poll_timeout` (long-poll), `channel` (gRPC: a shared channel).
+("header", "query"; WebSocket also "subprotocol"), `http` (a pool shared by many
+clients, each otherwise has its own: SSE and long-poll, an `http11.Pool`; WebSocket, an
+aiohttp.ClientSession from `http_session()`; anything else is ignored with a
+DeprecationWarning), `poll_timeout` (long-poll), `channel` (gRPC: a shared channel).
 
 The wire rules are shared with the gevent clients (`loadgen.clients`): `loadgen.wire`,
 `loadgen.sse_parser`, `loadgen.grpc_codec`.
@@ -60,9 +63,9 @@ __all__ = [
 
 
 def http_session() -> aiohttp.ClientSession:
-    """An aiohttp.ClientSession to share among many clients as `http=` (no connection
-    limit, short keep-alive: `loadgen.aio.http.http_session`); close it when done."""
-    from loadgen.aio.http import http_session as make
+    """An aiohttp.ClientSession to share among many WebSocket clients as `http=` (no
+    connection limit: `loadgen.aio.ws.http_session`); `await session.close()` when done."""
+    from loadgen.aio.ws import http_session as make
 
     return make()
 

@@ -1,13 +1,13 @@
-"""Long-polling client (docs/protocol.md 7.3) on aiohttp: `POST /lp/connect`, a poll loop
-of `GET /lp/{conn}/poll`, one `POST /lp/{conn}` per command, `DELETE` to close.
+"""Long-polling client (docs/protocol.md 7.3): POST /lp/connect, a poll loop, one
+POST per command, DELETE to close, on the hand-written HTTP/1.1 client
+(`loadgen.aio.http11`, which says why not aiohttp).
 
-Every request goes through the session's keep-alive pool (`loadgen.aio.http`): the
-connect's connection goes back to it and the first poll takes it again, and a held
-poll keeps its connection, so an idle client holds one connection and commands
-never wait behind a poll. `recv_us` of a batch's events is taken when its body has
-been read, before decoding. A network failure, an HTTP error status or a body that
-is not a batch ends the connection (1006; 1002 for a malformed body); the batch's
-`closed` member ends it with its section 6 code.
+The session is created on the connection that then carries the poll loop, so an
+idle client holds one connection; commands go through a keep-alive pool, never
+behind a held poll. `recv_us` of a batch's events is taken when its response is
+complete, before decoding. A network failure or an HTTP error status ends the
+connection (1006), so does a body that is not a batch (1002); the batch's `closed`
+member ends it with its section 6 code.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aiohttp
 import orjson
 
 from loadgen.aio.base import (
@@ -29,7 +28,7 @@ from loadgen.aio.base import (
     TokenPlacement,
     describe,
 )
-from loadgen.aio.http import HttpSessionClient, refused
+from loadgen.aio.http11 import Connection, HttpSessionClient, Pool, refused
 from loadgen.wire import error_body, poll_batch
 from servers.core.cursor import RESUME_PARAM, encode_cursor
 
@@ -39,6 +38,7 @@ class LongPollClient(HttpSessionClient):
 
     poll_timeout = 25.0
     _conn_path = ""
+    _polling: Connection | None = None
     _poller: asyncio.Task[None] | None = None
 
     @classmethod
@@ -50,33 +50,37 @@ class LongPollClient(HttpSessionClient):
         timeout: float = 10.0,  # noqa: ASYNC109 - kept as the per-command reply timeout
         token_in: TokenPlacement = "header",
         first: Sequence[dict[str, Any]] = (),
-        http: aiohttp.ClientSession | object | None = None,
+        http: Pool | object | None = None,
         poll_timeout: float = 25.0,
         resume: Mapping[str, Any] | None = None,
     ) -> LongPollClient:
         """Create the session (its response carries `welcome`), send `first`, start polling.
 
-        `http`: a shared aiohttp.ClientSession (see `loadgen.aio.http`).
+        `http`: a shared `http11.Pool` for the commands (see `http11.pool_of`).
         `resume`: a `cursor` of an earlier connection; the session first gets what was
         missed since (ServerClosed 4400 if the cursor is refused)."""
         self = cls(url, token, token_in, timeout, http, resume)
         self.poll_timeout = poll_timeout
         params = {} if resume is None else {RESUME_PARAM: encode_cursor(resume)}
         try:
-            status, body = await self._send("POST", self.url_for("/lp/connect", **params))
-            if status != 200:
-                raise refused(status, body)
-            try:
-                reply = orjson.loads(body)
-                conn, events = str(reply["conn"]), list(reply["events"])
-            except (ValueError, KeyError, TypeError) as exc:
-                why = f"bad connect response: {describe(exc)}"
-                raise ServerClosed(PROTOCOL_ERROR, why) from None
+            self._polling = await self.connection()
+            resp = await self._polling.request("POST", self.target("/lp/connect", **params),
+                                               self._headers, b"", timeout)
         except BaseException:
             await self._abandon()
             raise
+        if resp.status != 200:
+            await self._abandon()
+            raise refused(resp)
+        try:
+            reply = orjson.loads(resp.body)
+            conn, events = str(reply["conn"]), list(reply["events"])
+        except (ValueError, KeyError, TypeError) as exc:
+            await self._abandon()
+            raise ServerClosed(PROTOCOL_ERROR, f"bad connect response: {describe(exc)}"
+                               ) from None
         self._conn_path = f"/lp/{conn}"
-        self.command_url = self.url_for(self._conn_path)
+        self.command_path = self._conn_path
         self._set_welcome(events[0] if events else {})
         if self._welcomed.exception() is not None:
             await self.close()
@@ -90,34 +94,32 @@ class LongPollClient(HttpSessionClient):
         return self
 
     async def _poll(self) -> None:
-        url = self.url_for(self._conn_path + "/poll", timeout=str(self.poll_timeout))
-        get = self._session.get
+        target = self.target(self._conn_path + "/poll", timeout=str(self.poll_timeout))
         headers = self._headers
-        timeout = aiohttp.ClientTimeout(total=self.poll_timeout + self.timeout)
+        timeout = self.poll_timeout + self.timeout
         deliver = self._deliver
         clock = time.time_ns
         info: CloseInfo | None = None
         try:
             while True:
-                async with get(url, headers=headers, timeout=timeout) as resp:
-                    body = await resp.read()
-                    status = resp.status
+                conn = self._polling
+                if conn is None or not conn.usable:  # the server ended the keep-alive
+                    conn = self._polling = await self.connection()
+                resp = await conn.request("GET", target, headers, b"", timeout)
                 recv_us = clock() // 1000
-                if status != 200:
-                    err = error_body(status, body)
-                    info = CloseInfo(ABNORMAL, f"poll answered {status}: "
+                if resp.status != 200:
+                    err = error_body(resp.status, resp.body)
+                    info = CloseInfo(ABNORMAL, f"poll answered {resp.status}: "
                                                f"{err['code']} {err.get('message', '')}")
                     break
-                events, closed = poll_batch(body)
+                events, closed = poll_batch(resp.body)
                 for ev in events:
                     deliver(ev, recv_us)
                 if closed:
                     info = CloseInfo(*closed)
                     break
-        except TimeoutError:
-            info = CloseInfo(ABNORMAL, f"poll failed: no response within {timeout.total} s")
-        except aiohttp.ClientError as exc:
-            info = CloseInfo(ABNORMAL, f"poll failed: {describe(exc)}")
+        except (ServerClosed, TimeoutError) as exc:
+            info = CloseInfo(ABNORMAL, f"poll failed: {exc}")
         except Exception as exc:  # not a batch, or on_event raised
             info = self._reader_error(exc)
         finally:
@@ -127,13 +129,14 @@ class LongPollClient(HttpSessionClient):
         """Stop polling and delete the session (the server may already have ended it)."""
         already_done = self._done
         self._closing = True
-        poller = self._poller
-        if poller is not None and not poller.done():
-            poller.cancel()  # aiohttp closes the held poll's connection
+        if self._poller is not None and not self._poller.done():
+            self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await poller
+                await self._poller
+        if self._polling is not None:
+            await self._polling.aclose()
         self._finish(None)
         if self._conn_path and not already_done:
             with contextlib.suppress(ServerClosed, TimeoutError):
-                await self._send("DELETE", self.url_for(self._conn_path))
-        await self._close_session()
+                await self._send("DELETE", self._conn_path)
+        await self._close_pool()

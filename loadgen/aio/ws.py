@@ -1,10 +1,12 @@
 """WebSocket client (docs/protocol.md 7.1) on aiohttp's `ws_connect`.
 
-Text frames come as bytes (`decode_text=False`: orjson decodes UTF-8 JSON itself) and
-commands go as text frames of orjson's bytes (`send_frame`): nothing is decoded or
-encoded twice. aiohttp answers the server's pings. `recv_us` is taken when a frame
-has been received, before decoding. A close frame gives the section 6 code; a
-connection that ends without one is 1006.
+aiohttp costs less client CPU here than the `websockets` library this client used
+before (results/published/aio-client-cost-20261202.json). Text frames come as bytes
+(`decode_text=False`: orjson decodes UTF-8 JSON itself) and commands go as text frames
+of orjson's bytes (`send_frame`): nothing is decoded or encoded twice. aiohttp answers
+the server's pings. `recv_us` is taken when a frame has been received, before
+decoding. A close frame gives the section 6 code; a connection that ends without one
+is 1006.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -31,11 +34,36 @@ from loadgen.aio.base import (
     base_url,
     describe,
 )
-from loadgen.aio.http import session_of
 from servers.core.cursor import RESUME_PARAM, encode_cursor
 
 SUBPROTOCOL = "rtbench.v1"
+# Seconds an idle pooled connection is kept (a shared session's handshakes reuse none:
+# an upgraded connection never returns to the pool).
+KEEPALIVE = 4.0
 _DATA = (WSMsgType.TEXT, WSMsgType.BINARY)
+
+
+def http_session() -> aiohttp.ClientSession:
+    """A ClientSession to share among many WebSocket clients (`http=`): no connection
+    limit (aiohttp's default, 100, would hold the 101st handshake until one closes), no
+    cookies, no User-Agent or Accept-Encoding. Create it in a running loop;
+    `await session.close()` when done."""
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                 skip_auto_headers=("User-Agent", "Accept-Encoding"))
+
+
+def session_of(http: object) -> tuple[aiohttp.ClientSession, bool]:
+    """(the session to use, whether the client owns it) for an `http=` option: a shared
+    ClientSession, or None for one of the client's own; anything else is ignored with a
+    DeprecationWarning."""
+    if isinstance(http, aiohttp.ClientSession):
+        return http, False
+    if http is not None:
+        warnings.warn(f"http={type(http).__name__}: the WebSocket client takes an "
+                      "aiohttp.ClientSession; ignored, the client uses a session of its own",
+                      DeprecationWarning, stacklevel=4)  # open <- connect <- caller
+    return http_session(), True
 
 
 def ws_url(url: str, token: str | None, token_in: TokenPlacement,
@@ -83,13 +111,13 @@ class WsClient(Client):
     ) -> WsClient:
         """Connect, send `first` right after the upgrade, then wait for `welcome`.
 
-        `http`: a shared aiohttp.ClientSession (see `loadgen.aio.http`).
+        `http`: a shared aiohttp.ClientSession (see `session_of`).
         `resume`: a `cursor` of an earlier connection; the server sends what was missed
         since, then the live stream (or closes with 4400 if the cursor is invalid)."""
         protocols = [SUBPROTOCOL]
         if token and token_in == "subprotocol":
             protocols.append("bearer." + token)
-        session, owned = session_of(http, stacklevel=3)  # open <- connect <- caller
+        session, owned = session_of(http)
         try:
             async with asyncio.timeout(timeout):
                 ws = await session.ws_connect(
