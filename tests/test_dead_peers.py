@@ -34,13 +34,13 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from loadgen.aio import Client, Received, connect
 from servers.testing import RedisServer, ServerProcess, free_port, wait_port
 from servers.transports.listen import server_socket
 from tests.cluster import Target, server, start_all, stop_all, token, unique
+from tests.http import get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -92,8 +92,7 @@ def metrics_url(proc: ServerProcess, host: str = "127.0.0.1") -> str:
 
 
 async def connections(metrics: str) -> int:
-    async with httpx.AsyncClient(timeout=5) as http:
-        text = (await http.get(metrics)).text
+    text = (await get(metrics)).text()
     found = re.search(r"^rtbench_connections\{[^}]*\} ([0-9.e+]+)$", text, re.M)
     assert found, "no rtbench_connections gauge"
     return int(float(found.group(1)))

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,6 +21,7 @@ from servers.core.auth import DEV_SECRET, make_token
 from servers.proto import rtbench_pb2 as pb
 from servers.testing import RedisServer, ServerProcess, free_port
 from servers.transports.grpc_codec import event_from_frame
+from tests.http import Http, get
 
 pytestmark = pytest.mark.e2e
 
@@ -48,8 +48,7 @@ class Server:
         self.proc.stop()
 
     async def metric(self, name: str) -> float:
-        async with httpx.AsyncClient() as http:
-            text = (await http.get(f"http://127.0.0.1:{self.metrics_port}/metrics")).text
+        text = (await get(f"http://127.0.0.1:{self.metrics_port}/metrics")).text()
         found = re.search(rf'^rtbench_{name}{{transport="grpc"}} (\S+)$', text, re.M)
         assert found, f"no rtbench_{name} in /metrics"
         return float(found.group(1))
@@ -290,11 +289,11 @@ async def test_metrics_and_healthz(mem: Server, channel: aio.Channel) -> None:
     gina, _ = await welcomed(channel, "gina")
     assert await mem.metric("connections_opened_total") == opened + 1
     assert await mem.metric("connections") >= 1
-    async with httpx.AsyncClient() as http:
-        health = (await http.get(f"http://127.0.0.1:{mem.metrics_port}/healthz")).json()
-        missing = await http.get(f"http://127.0.0.1:{mem.metrics_port}/nope")
+    async with Http(f"http://127.0.0.1:{mem.metrics_port}") as http:
+        health = (await http.get("/healthz")).json()
+        missing = await http.get("/nope")
     assert (health["status"], health["transport"], health["broker"]) == ("ok", "grpc", "memory")
-    assert missing.status_code == 404
+    assert missing.status == 404
     gina.call.cancel()
 
 

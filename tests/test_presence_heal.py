@@ -15,7 +15,6 @@ import signal
 import uuid
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -24,6 +23,7 @@ from servers.core.types import CountChange
 from servers.fanout.redis import RedisBroker
 from servers.testing import RedisServer
 from tests.cluster import server, start_all, stop_all, token, unique
+from tests.http import get
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -272,8 +272,7 @@ async def test_users_of_a_killed_replica_go_offline(redis_server: RedisServer) -
         print(f"left {loop.time() - start:.2f} s after the kill (presence_ttl 1 s)")
         users = await watcher.presence([victim_name, watcher_name])
         assert users == {victim_name: False, watcher_name: True}
-        async with httpx.AsyncClient(timeout=5) as http:
-            text = (await http.get(procs[0].url + "/metrics")).text
+        text = (await get(procs[0].url + "/metrics")).text()
         assert re.search(r"^rtbench_presence_replicas_reaped_total\{[^}]*\} 1\.0$", text, re.M)
         assert re.search(r"^rtbench_presence_resyncs_total\{[^}]*\} 0\.0$", text, re.M)
         with contextlib.suppress(Exception):
@@ -308,8 +307,7 @@ async def test_a_frozen_replica_comes_back_and_its_users_with_it(
         assert (await presence_of(watcher, frozen_name))["status"] == "joined"
         assert await watcher.presence([frozen_name]) == {frozen_name: True}
         await frozen.ping()  # and the connection itself works
-        async with httpx.AsyncClient(timeout=5) as http:
-            text = (await http.get(procs[1].url + "/metrics")).text
+        text = (await get(procs[1].url + "/metrics")).text()
         found = re.search(r"^rtbench_presence_resyncs_total\{[^}]*\} ([0-9.]+)$", text, re.M)
         assert found and float(found.group(1)) >= 1, text[-500:]
     finally:

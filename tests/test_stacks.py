@@ -9,13 +9,13 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import httpx
 import pytest
 
 from servers.core.cursor import encode_cursor
 from servers.settings import STACKS, Settings
 from servers.testing import ServerProcess, free_port
 from tests.cluster import start_all, stop_all, token
+from tests.http import Http
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +29,7 @@ async def test_the_environment_picks_the_stack_when_no_flag_does(stack: str) -> 
                          env={"RTBENCH_STACK": stack})
     start_all([proc])
     try:
-        async with httpx.AsyncClient(base_url=proc.url, timeout=5) as http:
+        async with Http(proc.url, timeout=5) as http:
             resp = await http.get("/healthz")
     finally:
         stop_all([proc])
@@ -49,12 +49,12 @@ async def test_a_cursor_as_long_as_the_limits_allow_fits_in_the_url_and_a_header
     proc = ServerProcess("longpoll", free_port(), args=["--broker", "memory"], stack=stack)
     start_all([proc])
     try:
-        async with httpx.AsyncClient(base_url=proc.url, timeout=10) as http:
+        async with Http(proc.url, timeout=10) as http:
             auth = {"authorization": f"Bearer {token('long')}"}
             for resp in (await http.post("/lp/connect", params={"resume": cursor}, headers=auth),
                          await http.post("/lp/connect",
                                          headers={**auth, "x-rtbench-resume": cursor})):
-                assert resp.status_code == 200, resp.text
+                assert resp.status == 200, resp.text()
                 events = resp.json()["events"]
                 assert events[0]["type"] == "welcome"
                 # this server never saw those epochs: one gap per stream, then live

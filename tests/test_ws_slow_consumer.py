@@ -14,7 +14,6 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 
-import httpx
 import orjson
 import psutil
 import pytest
@@ -25,6 +24,7 @@ from loadgen.aio import connect
 from servers.settings import STACKS
 from servers.testing import ServerProcess, free_port
 from tests.cluster import start_all, stop_all, token, unique
+from tests.http import Http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -41,8 +41,8 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: fl
         await asyncio.sleep(0.05)
 
 
-async def metric(http: httpx.AsyncClient, name: str) -> float:
-    for line in (await http.get("/metrics")).text.splitlines():
+async def metric(http: Http, name: str) -> float:
+    for line in (await http.get("/metrics")).text().splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
             return float(line.split()[-1])
     raise AssertionError(f"{name} missing from /metrics")
@@ -85,7 +85,7 @@ async def test_a_stalled_reader_is_dropped_and_nobody_else_notices(stack: str) -
     room = unique("room")
     sock = None
     try:
-        async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http:
+        async with Http(proc.url, timeout=WAIT) as http:
             reader = await connect("ws", proc.url, token(unique("reader")))
             publisher = await connect("ws", proc.url, token(unique("pub")))
             try:
