@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
-import httpx
 import pytest
 
 from loadgen.aio import Client, CommandError, Received, ServerClosed, connect
@@ -31,6 +30,7 @@ from tests.cluster import (
     token,
     unique,
 )
+from tests.http import Http
 
 pytestmark = pytest.mark.e2e
 
@@ -270,19 +270,18 @@ async def test_http_session_ownership(servers: Cluster, open_client: Open) -> No
         pytest.skip("session ids exist on the HTTP transports only")
     owner = await open_client(unique("o"), 0)
     prefix = "sse" if servers.transport == "sse" else "lp"
-    base = servers.url(0)
     ping = b'{"type":"ping"}'
-    async with httpx.AsyncClient(trust_env=False, verify=False) as http:
+    async with Http(servers.url(0)) as http:
         intruder = {"authorization": f"Bearer {token(unique('i'))}"}
-        resp = await http.post(f"{base}/{prefix}/{owner.welcome['conn']}", content=ping,
+        resp = await http.post(f"/{prefix}/{owner.welcome['conn']}", data=ping,
                                headers=intruder)
-        assert (resp.status_code, resp.json()["code"]) == (403, "forbidden")
-        resp = await http.post(f"{base}/{prefix}/no-such-conn", content=ping, headers=intruder)
-        assert (resp.status_code, resp.json()["code"]) == (404, "unknown_session")
-        opening = http.get(f"{base}/sse") if prefix == "sse" else http.post(f"{base}/lp/connect")
-        for resp in (await http.post(f"{base}/{prefix}/{owner.welcome['conn']}", content=ping),
+        assert (resp.status, resp.json()["code"]) == (403, "forbidden")
+        resp = await http.post(f"/{prefix}/no-such-conn", data=ping, headers=intruder)
+        assert (resp.status, resp.json()["code"]) == (404, "unknown_session")
+        opening = http.get("/sse") if prefix == "sse" else http.post("/lp/connect")
+        for resp in (await http.post(f"/{prefix}/{owner.welcome['conn']}", data=ping),
                      await opening):
-            assert (resp.status_code, resp.json()["code"]) == (401, "unauthorized")
+            assert (resp.status, resp.json()["code"]) == (401, "unauthorized")
             assert resp.json()["message"] == "missing token"
             assert resp.headers["www-authenticate"].lower().startswith("bearer")
     await owner.ping()  # the intrusions did not disturb the owner

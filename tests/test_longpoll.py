@@ -1,6 +1,6 @@
 """Long-poll adapter (docs/protocol.md 7.3) against real server processes.
 
-Envelopes are checked as bytes; the rest over real sockets with httpx, on both
+Envelopes are checked as bytes; the rest over real sockets with aiohttp's client, on both
 server stacks: connect, polls (held, timed out, superseded), commands and their
 statuses, auth and ownership, DELETE, idle reaping, slow consumer, SIGTERM, a broker
 outage at connect, and idle memory per held poll.
@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
@@ -25,6 +24,7 @@ from servers.settings import STACKS
 from servers.testing import RedisServer, ServerProcess, free_port
 from servers.transports.longpoll import connect_body, events_body, poll_timeout
 from tests.cluster import MAX_FRAME_BYTES, server, start_all, stop_all, token, unique
+from tests.http import Http, Reply
 from tests.test_sse import (
     BAD_COMMANDS,
     RSS_CONNS,
@@ -64,9 +64,9 @@ def test_poll_timeout_default_maximum_and_bad_values() -> None:
 
 
 class Session:
-    """One long-poll session of `user` over an httpx client."""
+    """One long-poll session of `user` over an `Http`."""
 
-    def __init__(self, http: httpx.AsyncClient, user: str) -> None:
+    def __init__(self, http: Http, user: str) -> None:
         self.http = http
         self.user = user
         self.auth = {"Authorization": f"Bearer {token(user)}"}
@@ -76,22 +76,22 @@ class Session:
                       headers: dict[str, str] | None = None) -> dict[str, Any]:
         resp = await self.http.post("/lp/connect", params=params,
                                     headers={**self.auth, **(headers or {})})
-        assert resp.status_code == 200, resp.text
+        assert resp.status == 200, resp.text()
         body: dict[str, Any] = resp.json()
         self.conn = body["conn"]
         return body
 
-    async def poll(self, wait: float = 5.0) -> httpx.Response:
+    async def poll(self, wait: float = 5.0) -> Reply:
         return await self.http.get(f"/lp/{self.conn}/poll", params={"timeout": wait},
                                    headers=self.auth)
 
     async def events(self, wait: float = 5.0) -> list[dict[str, Any]]:
         resp = await self.poll(wait)
-        assert resp.status_code == 200, resp.text
+        assert resp.status == 200, resp.text()
         events: list[dict[str, Any]] = resp.json()["events"]
         return events
 
-    async def send(self, body: Any) -> httpx.Response:
+    async def send(self, body: Any) -> Reply:
         return await command(self.http, self.user, self.conn, body, "/lp")
 
 
@@ -104,18 +104,18 @@ def lp(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-async def http(lp: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=lp.url, timeout=WAIT * 2) as client:
+async def http(lp: ServerProcess) -> AsyncIterator[Http]:
+    async with Http(lp.url, timeout=WAIT * 2) as client:
         yield client
 
 
-async def session(http: httpx.AsyncClient, prefix: str) -> Session:
+async def session(http: Http, prefix: str) -> Session:
     s = Session(http, unique(prefix))
     await s.connect()
     return s
 
 
-async def held_poll(s: Session, wait: float = 20.0) -> asyncio.Task[httpx.Response]:
+async def held_poll(s: Session, wait: float = 20.0) -> asyncio.Task[Reply]:
     """A poll known to be waiting at the server.
 
     Of two concurrent polls, whichever reaches the server later supersedes the
@@ -126,7 +126,7 @@ async def held_poll(s: Session, wait: float = 20.0) -> asyncio.Task[httpx.Respon
                                        return_when=asyncio.FIRST_COMPLETED)
     assert len(done) == 1, "neither poll was superseded"
     superseded = done.pop().result()
-    assert superseded.status_code == 200 and superseded.json() == {"events": []}
+    assert superseded.status == 200 and superseded.json() == {"events": []}
     return pending.pop()
 
 
@@ -134,7 +134,7 @@ async def held_poll(s: Session, wait: float = 20.0) -> asyncio.Task[httpx.Respon
 
 
 async def test_connect_returns_welcome_and_an_empty_poll_times_out(
-    http: httpx.AsyncClient,
+    http: Http,
 ) -> None:
     s = Session(http, unique("lp"))
     body = await s.connect()
@@ -142,18 +142,18 @@ async def test_connect_returns_welcome_and_an_empty_poll_times_out(
     assert welcome["type"] == "welcome" and welcome["conn"] == body["conn"]
     assert welcome["user"] == s.user and welcome["limits"]["max_frame_bytes"] == MAX_FRAME_BYTES
     resp = await s.poll(0.2)
-    assert resp.status_code == 200 and resp.json() == {"events": []}
+    assert resp.status == 200 and resp.json() == {"events": []}
     assert resp.headers["content-type"] == "application/json"
 
 
-async def test_events_between_polls_are_kept_in_order(http: httpx.AsyncClient) -> None:
+async def test_events_between_polls_are_kept_in_order(http: Http) -> None:
     a, b, room = await session(http, "a"), await session(http, "b"), unique("room")
     for s in (a, b):
         ack = (await s.send({"type": "join", "room": room, "id": "j"})).json()
         assert ack.pop("epoch") and ack.pop("offset") >= 0  # the room's position (4.1)
         assert ack == {"type": "ack", "ref": "j"}
     for i in range(5):
-        assert (await a.send({"type": "publish", "room": room, "data": i})).status_code == 200
+        assert (await a.send({"type": "publish", "room": room, "data": i})).status == 200
     for s in (a, b):
         got: list[Any] = []
         while len(got) < 5:
@@ -162,22 +162,22 @@ async def test_events_between_polls_are_kept_in_order(http: httpx.AsyncClient) -
 
 
 async def test_newer_poll_supersedes_and_the_held_one_gets_the_event(
-    http: httpx.AsyncClient,
+    http: Http,
 ) -> None:
     a, b = await session(http, "a"), await session(http, "b")
     held = await held_poll(b)  # the newer poll superseded the older one, which got []
-    assert (await a.send({"type": "direct", "to": b.user, "data": "kept"})).status_code == 200
+    assert (await a.send({"type": "direct", "to": b.user, "data": "kept"})).status == 200
     resp = await asyncio.wait_for(held, WAIT)
     assert [(e["type"], e["data"]) for e in resp.json()["events"]] == [("direct", "kept")]
 
 
 @pytest.mark.parametrize(("body", "status", "code"), BAD_COMMANDS)
 async def test_bad_command_gets_its_status_and_session_lives_on(
-    http: httpx.AsyncClient, body: Any, status: int, code: str
+    http: Http, body: Any, status: int, code: str
 ) -> None:
     s = await session(http, "bad")
     resp = await s.send(body)
-    assert resp.status_code == status
+    assert resp.status == status
     err = resp.json()
     assert err["type"] == "error" and err["code"] == code and err["message"]
     if isinstance(body, dict):
@@ -186,15 +186,15 @@ async def test_bad_command_gets_its_status_and_session_lives_on(
     assert await s.events(0) == []  # command errors are replies, not queued events
 
 
-async def test_bad_timeout_is_400(http: httpx.AsyncClient) -> None:
+async def test_bad_timeout_is_400(http: Http) -> None:
     s = await session(http, "t")
     resp = await http.get(f"/lp/{s.conn}/poll?timeout=-3", headers=s.auth)
-    assert resp.status_code == 400 and resp.json()["code"] == "bad_field"
-    assert (await http.head(f"/lp/{s.conn}/poll", headers=s.auth)).status_code == 405
+    assert resp.status == 400 and resp.json()["code"] == "bad_field"
+    assert (await http.head(f"/lp/{s.conn}/poll", headers=s.auth)).status == 405
 
 
 async def test_steady_publishing_over_many_short_polls_loses_nothing(
-        http: httpx.AsyncClient) -> None:
+        http: Http) -> None:
     """A publisher at a steady rate across many poll cycles (some of them time out
     empty): the poller sees every offset exactly once, in order."""
     pub, sub, room, n = await session(http, "pub"), await session(http, "sub"), unique("r"), 60
@@ -203,7 +203,7 @@ async def test_steady_publishing_over_many_short_polls_loses_nothing(
 
     async def publish() -> None:
         for i in range(n):  # 40 per second: the interval is the rate, not a synchronization
-            assert (await pub.send({"type": "publish", "room": room, "data": i})).status_code == 200
+            assert (await pub.send({"type": "publish", "room": room, "data": i})).status == 200
             await asyncio.sleep(0.025)
 
     publishing = asyncio.create_task(publish())
@@ -229,7 +229,7 @@ async def test_steady_publishing_over_many_short_polls_loses_nothing(
 
 @pytest.mark.parametrize("where", ["query", "header"])
 async def test_connect_with_a_cursor_gets_the_missed_events_first(
-        http: httpx.AsyncClient, where: str) -> None:
+        http: Http, where: str) -> None:
     pub, room = await session(http, "pub"), unique("room")
     sub = await session(http, "sub")
     await pub.send({"type": "join", "room": room})
@@ -238,7 +238,7 @@ async def test_connect_with_a_cursor_gets_the_missed_events_first(
     [seen] = await sub.events()
     cursor = {"inbox": [seen["offset"], seen["epoch"]],
               "rooms": {room: [ack["offset"], ack["epoch"]]}}
-    assert (await http.delete(f"/lp/{sub.conn}", headers=sub.auth)).status_code == 204
+    assert (await http.delete(f"/lp/{sub.conn}", headers=sub.auth)).status == 204
     for i in range(3):
         await pub.send({"type": "publish", "room": room, "data": i})
     await pub.send({"type": "direct", "to": sub.user, "data": "missed"})
@@ -258,17 +258,17 @@ async def test_connect_with_a_cursor_gets_the_missed_events_first(
 
 @pytest.mark.parametrize("bad", ["%%%", encode_cursor({"inbox": [-1, ""]}),
                                  encode_cursor({"rooms": {"bad room": [0, ""]}})])
-async def test_connect_with_a_bad_cursor_is_400_bad_cursor(http: httpx.AsyncClient,
+async def test_connect_with_a_bad_cursor_is_400_bad_cursor(http: Http,
                                                            bad: str) -> None:
     s = await session(http, "ok")
     before = (await http.get("/healthz")).json()["connections"]
     resp = await http.post("/lp/connect", params={"resume": bad},
                            headers={"Authorization": f"Bearer {token(unique('bad'))}"})
-    assert resp.status_code == 400
+    assert resp.status == 400
     body = resp.json()
     assert body["type"] == "error" and body["code"] == "bad_cursor" and body["message"]
     assert (await http.get("/healthz")).json()["connections"] == before
-    assert (await s.send({"type": "ping"})).status_code == 200
+    assert (await s.send({"type": "ping"})).status == 200
 
 
 # ---------------------------------------------------------------- auth, ownership, delete
@@ -283,47 +283,47 @@ async def test_connect_with_a_bad_cursor_is_400_bad_cursor(http: httpx.AsyncClie
     ],
 )
 async def test_every_endpoint_refuses_bad_tokens(
-    http: httpx.AsyncClient, headers: dict[str, str], message: str
+    http: Http, headers: dict[str, str], message: str
 ) -> None:
     s = await session(http, "auth")
     for method, path in (("POST", "/lp/connect"), ("GET", f"/lp/{s.conn}/poll?timeout=0"),
                          ("POST", f"/lp/{s.conn}"), ("DELETE", f"/lp/{s.conn}")):
-        resp = await http.request(method, path, headers=headers, content=b'{"type":"ping"}')
-        assert resp.status_code == 401, (method, path)
+        resp = await http.request(method, path, headers=headers, data=b'{"type":"ping"}')
+        assert resp.status == 401, (method, path)
         assert resp.headers["www-authenticate"].startswith("Bearer")
         assert resp.json()["code"] == "unauthorized"
         assert resp.json()["message"].startswith(message)
-    assert (await s.send({"type": "ping"})).status_code == 200
+    assert (await s.send({"type": "ping"})).status == 200
 
 
-async def test_expired_token_is_401(http: httpx.AsyncClient) -> None:
+async def test_expired_token_is_401(http: Http) -> None:
     expired = {"Authorization": f"Bearer {token(unique('old'), ttl=-60)}"}
     resp = await http.post("/lp/connect", headers=expired)
-    assert resp.status_code == 401 and resp.json()["message"] == "token expired"
+    assert resp.status == 401 and resp.json()["message"] == "token expired"
 
 
-async def test_foreign_session_is_403_and_unknown_is_404(http: httpx.AsyncClient) -> None:
+async def test_foreign_session_is_403_and_unknown_is_404(http: Http) -> None:
     owner = await session(http, "owner")
     thief = {"Authorization": f"Bearer {token(unique('thief'))}"}
     for method, path in (("GET", f"/lp/{owner.conn}/poll?timeout=0"),
                          ("POST", f"/lp/{owner.conn}"), ("DELETE", f"/lp/{owner.conn}")):
-        resp = await http.request(method, path, headers=thief, content=b'{"type":"ping"}')
-        assert resp.status_code == 403 and resp.json()["code"] == "forbidden", (method, path)
+        resp = await http.request(method, path, headers=thief, data=b'{"type":"ping"}')
+        assert resp.status == 403 and resp.json()["code"] == "forbidden", (method, path)
         resp = await http.request(method, path.replace(owner.conn, "nope-1"),
-                                  headers=owner.auth, content=b'{"type":"ping"}')
-        assert resp.status_code == 404 and resp.json()["code"] == "unknown_session"
-    assert (await owner.send({"type": "ping"})).status_code == 200
+                                  headers=owner.auth, data=b'{"type":"ping"}')
+        assert resp.status == 404 and resp.json()["code"] == "unknown_session"
+    assert (await owner.send({"type": "ping"})).status == 200
 
 
-async def test_delete_ends_a_waiting_poll_then_404(http: httpx.AsyncClient) -> None:
+async def test_delete_ends_a_waiting_poll_then_404(http: Http) -> None:
     s = await session(http, "del")
     held = await held_poll(s)
     resp = await http.delete(f"/lp/{s.conn}", headers=s.auth)
-    assert resp.status_code == 204
+    assert resp.status == 204
     polled = await asyncio.wait_for(held, WAIT)
     assert polled.json() == {"events": [], "closed": {"code": 1000, "reason": ""}}
-    assert (await s.poll(0)).status_code == 404
-    assert (await s.send({"type": "ping"})).status_code == 404
+    assert (await s.poll(0)).status == 404
+    assert (await s.send({"type": "ping"})).status == 404
 
 
 # ---------------------------------------------------------------- server-side closes
@@ -339,17 +339,17 @@ async def _server(stack: str, *args: str) -> ServerProcess:
 async def test_idle_session_is_reaped_but_not_while_a_poll_waits(stack: str) -> None:
     proc = await _server(stack, "--session-ttl", "0.4")
     try:
-        async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http:
+        async with Http(proc.url, timeout=WAIT) as http:
             kept, idle = await session(http, "kept"), await session(http, "idle")
             assert await kept.events(1.2) == []  # held for 3 x ttl: still alive after
-            assert (await kept.send({"type": "ping"})).status_code == 200
+            assert (await kept.send({"type": "ping"})).status == 200
 
             async def reaped() -> bool:
-                return (await idle.send({"type": "ping"})).status_code == 404
+                return (await idle.send({"type": "ping"})).status == 404
 
             await eventually(reaped, "the idle session to be reaped")
             resp = await idle.poll(0)
-            assert resp.status_code == 404 and resp.json()["code"] == "unknown_session"
+            assert resp.status == 404 and resp.json()["code"] == "unknown_session"
     finally:
         await asyncio.to_thread(stop_all, [proc])
 
@@ -358,18 +358,18 @@ async def test_idle_session_is_reaped_but_not_while_a_poll_waits(stack: str) -> 
 async def test_slow_consumer_gets_its_backlog_and_closed_4408_then_404(stack: str) -> None:
     proc = await _server(stack, "--outbox-max-events", "3")
     try:
-        async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http:
+        async with Http(proc.url, timeout=WAIT) as http:
             slow, sender = await session(http, "slow"), await session(http, "sender")
             for i in range(4):
                 resp = await sender.send({"type": "direct", "to": slow.user, "data": i})
-                assert resp.status_code == 200
+                assert resp.status == 200
             resp = await slow.poll(5)
-            assert resp.status_code == 200
+            assert resp.status == 200
             body = resp.json()
             assert [e["data"] for e in body["events"]] == [0, 1, 2]
             assert body["closed"] == {"code": 4408, "reason": "slow consumer: outbound queue full"}
-            assert (await slow.poll(0)).status_code == 404
-            assert (await sender.send({"type": "ping"})).status_code == 200
+            assert (await slow.poll(0)).status == 404
+            assert (await sender.send({"type": "ping"})).status == 200
     finally:
         await asyncio.to_thread(stop_all, [proc])
 
@@ -383,7 +383,7 @@ async def test_sigterm_answers_the_waiting_poll_with_closed_1001(stack: str) -> 
         await asyncio.to_thread(start_all, [proc])
         try:
             assert proc.proc is not None
-            async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http:
+            async with Http(proc.url, timeout=WAIT) as http:
                 held = await held_poll(await session(http, "bye"))
                 proc.proc.send_signal(signal.SIGTERM)
                 resp = await asyncio.wait_for(held, WAIT)
@@ -405,10 +405,10 @@ async def test_broker_outage_at_connect_is_503(stack: str) -> None:
     try:
         await asyncio.to_thread(start_all, [proc])
         await asyncio.to_thread(redis.stop)
-        async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT * 2) as http:
+        async with Http(proc.url, timeout=WAIT * 2) as http:
             resp = await http.post("/lp/connect",
                                    headers={"Authorization": f"Bearer {token(unique('u'))}"})
-        assert resp.status_code == 503 and resp.json()["code"] == "unavailable"
+        assert resp.status == 503 and resp.json()["code"] == "unavailable"
     finally:
         await asyncio.to_thread(stop_all, [proc])
         await asyncio.to_thread(redis.stop)

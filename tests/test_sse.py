@@ -1,6 +1,6 @@
 """SSE adapter (docs/protocol.md 7.2) against real server processes.
 
-Framing is checked as bytes; everything else over real sockets with httpx, on both
+Framing is checked as bytes; everything else over real sockets with aiohttp's client, on both
 server stacks: the stream, the command endpoint and its statuses, auth, ownership,
 keepalive, disconnect, slow consumer, SIGTERM, and cross-replica (and cross-stack)
 delivery over Redis. The idle-memory helper at the end is shared with the long-poll
@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 import psutil
 import pytest
@@ -47,6 +47,7 @@ from servers.transports.sse import (
     may_block,
 )
 from tests.cluster import MAX_FRAME_BYTES, MAX_ROOMS, server, start_all, stop_all, token, unique
+from tests.http import Http, Reply, lines
 
 pytestmark = pytest.mark.e2e
 
@@ -151,9 +152,9 @@ async def test_a_send_may_block_only_above_the_transports_low_water_mark() -> No
 class Stream:
     """An open `GET /sse` response, read one event (or comment) at a time."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
-        self.lines = response.aiter_lines()
+        self.lines = lines(response)
         self.comments: list[str] = []
         self.last_id = ""  # the last `id:` seen (kept across events, as a browser does)
         self.ids: list[str] = []  # every `id:` seen, id-only blocks included
@@ -198,22 +199,22 @@ class Stream:
 
 
 @contextlib.asynccontextmanager
-async def opened(http: httpx.AsyncClient, user: str, url: str = "/sse",
+async def opened(http: Http, user: str, url: str = "/sse",
                  headers: dict[str, str] | None = None) -> AsyncIterator[tuple[Stream, str]]:
     """A stream of `user` and its connection id (from `welcome`); `headers` are added."""
     headers = {"Authorization": f"Bearer {token(user)}", **(headers or {})}
     async with http.stream("GET", url, headers=headers) as resp:
-        assert resp.status_code == 200, await resp.aread()
+        assert resp.status == 200, await resp.read()
         stream = Stream(resp)
         name, welcome = await stream.next()
         assert name == "welcome" and welcome["user"] == user
         yield stream, welcome["conn"]
 
 
-async def command(http: httpx.AsyncClient, user: str, conn: str, body: Any,
-                  prefix: str = "/sse") -> httpx.Response:
+async def command(http: Http, user: str, conn: str, body: Any,
+                  prefix: str = "/sse") -> Reply:
     content = body if isinstance(body, bytes) else orjson.dumps(body)
-    return await http.post(f"{prefix}/{conn}", content=content,
+    return await http.post(f"{prefix}/{conn}", data=content,
                            headers={"Authorization": f"Bearer {token(user)}"})
 
 
@@ -226,7 +227,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str,
         await asyncio.sleep(0.02)
 
 
-async def connections(http: httpx.AsyncClient) -> int:
+async def connections(http: Http) -> int:
     return int((await http.get("/healthz")).json()["connections"])
 
 
@@ -239,18 +240,18 @@ def sse(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-async def http(sse: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=sse.url, timeout=WAIT) as client:
+async def http(sse: ServerProcess) -> AsyncIterator[Http]:
+    async with Http(sse.url, timeout=WAIT) as client:
         yield client
 
 
 # ---------------------------------------------------------------- stream and commands
 
 
-async def test_stream_headers_welcome_and_query_token(http: httpx.AsyncClient) -> None:
+async def test_stream_headers_welcome_and_query_token(http: Http) -> None:
     user = unique("sse")
     async with http.stream("GET", f"/sse?token={token(user)}") as resp:
-        assert resp.status_code == 200
+        assert resp.status == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         assert resp.headers["cache-control"] == "no-cache"
         assert resp.headers["x-accel-buffering"] == "no"
@@ -260,28 +261,28 @@ async def test_stream_headers_welcome_and_query_token(http: httpx.AsyncClient) -
     assert welcome["limits"]["max_frame_bytes"] == MAX_FRAME_BYTES
 
 
-async def test_head_opens_no_connection(http: httpx.AsyncClient) -> None:
+async def test_head_opens_no_connection(http: Http) -> None:
     before = await connections(http)
     resp = await http.head("/sse", headers={"Authorization": f"Bearer {token(unique('h'))}"})
-    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
-    assert (await http.head("/sse")).status_code == 401
+    assert resp.status == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    assert (await http.head("/sse")).status == 401
     assert await connections(http) == before
 
 
-async def test_join_publish_reach_every_member_stream(http: httpx.AsyncClient) -> None:
+async def test_join_publish_reach_every_member_stream(http: Http) -> None:
     alice, bob, room = unique("alice"), unique("bob"), unique("room")
     async with opened(http, alice) as (a, a_conn), opened(http, bob) as (b, b_conn):
         for user, conn in ((alice, a_conn), (bob, b_conn)):
             resp = await command(http, user, conn, {"type": "join", "room": room, "id": 1})
             ack = resp.json()
             # acks carry the stream position (docs/protocol.md 4.1)
-            assert resp.status_code == 200 and ack.pop("epoch") and ack.pop("offset") >= 0
+            assert resp.status == 200 and ack.pop("epoch") and ack.pop("offset") >= 0
             assert ack == {"type": "ack", "ref": 1}
         for i in range(3):
             resp = await command(http, alice, a_conn,
                                  {"type": "publish", "room": room, "data": {"i": i}})
             ack = resp.json()
-            assert resp.status_code == 200 and ack.pop("epoch") and ack.pop("offset") == i + 1
+            assert resp.status == 200 and ack.pop("epoch") and ack.pop("offset") == i + 1
             assert ack == {"type": "ack"}
         for stream in (a, b):
             got = [(await stream.until("message"))["data"]["i"] for _ in range(3)]
@@ -307,28 +308,28 @@ BAD_COMMANDS: list[tuple[Any, int, str]] = [
 
 @pytest.mark.parametrize(("body", "status", "code"), BAD_COMMANDS)
 async def test_bad_command_gets_its_status_and_stream_lives_on(
-    http: httpx.AsyncClient, body: Any, status: int, code: str
+    http: Http, body: Any, status: int, code: str
 ) -> None:
     user = unique("bad")
     async with opened(http, user) as (_, conn):
         resp = await command(http, user, conn, body)
-        assert resp.status_code == status
+        assert resp.status == status
         err = resp.json()
         assert err["type"] == "error" and err["code"] == code and err["message"]
         if isinstance(body, dict):
             assert err["ref"] == 7
-        assert (await command(http, user, conn, {"type": "ping"})).status_code == 200
+        assert (await command(http, user, conn, {"type": "ping"})).status == 200
         assert await connections(http) >= 1
 
 
-async def test_too_many_rooms_is_429(http: httpx.AsyncClient) -> None:
+async def test_too_many_rooms_is_429(http: Http) -> None:
     user = unique("rooms")
     async with opened(http, user) as (_, conn):
         for i in range(MAX_ROOMS):
             resp = await command(http, user, conn, {"type": "join", "room": f"r{i}"})
-            assert resp.status_code == 200
+            assert resp.status == 200
         resp = await command(http, user, conn, {"type": "join", "room": "one-more"})
-        assert resp.status_code == 429 and resp.json()["code"] == "too_many_rooms"
+        assert resp.status == 429 and resp.json()["code"] == "too_many_rooms"
 
 
 # ---------------------------------------------------------------- auth and ownership
@@ -344,47 +345,47 @@ async def test_too_many_rooms_is_429(http: httpx.AsyncClient) -> None:
     ],
 )
 async def test_stream_and_commands_refuse_bad_tokens(
-    http: httpx.AsyncClient, auth: Any, message: str
+    http: Http, auth: Any, message: str
 ) -> None:
     user = unique("auth")
     headers = auth if auth != "expired" else {
         "Authorization": f"Bearer {token(user, ttl=-60)}"}
     resp = await http.get("/sse", headers=headers)
-    assert resp.status_code == 401
+    assert resp.status == 401
     assert resp.headers["www-authenticate"].startswith("Bearer")
     assert resp.json()["code"] == "unauthorized" and resp.json()["message"].startswith(message)
     async with opened(http, user) as (_, conn):
-        resp = await http.post(f"/sse/{conn}", content=b'{"type":"ping"}', headers=headers)
-        assert resp.status_code == 401 and resp.json()["message"].startswith(message)
+        resp = await http.post(f"/sse/{conn}", data=b'{"type":"ping"}', headers=headers)
+        assert resp.status == 401 and resp.json()["message"].startswith(message)
 
 
-async def test_foreign_and_unknown_connections(http: httpx.AsyncClient) -> None:
+async def test_foreign_and_unknown_connections(http: Http) -> None:
     alice, mallory = unique("alice"), unique("mallory")
     async with opened(http, alice) as (_, conn):
         resp = await command(http, mallory, conn, {"type": "ping"})
-        assert resp.status_code == 403 and resp.json()["code"] == "forbidden"
+        assert resp.status == 403 and resp.json()["code"] == "forbidden"
     resp = await command(http, alice, "no-such-conn", {"type": "ping"})
-    assert resp.status_code == 404 and resp.json()["code"] == "unknown_session"
+    assert resp.status == 404 and resp.json()["code"] == "unknown_session"
 
 
 # ---------------------------------------------------------------- lifecycle
 
 
-async def test_keepalive_comment(http: httpx.AsyncClient) -> None:
+async def test_keepalive_comment(http: Http) -> None:
     async with opened(http, unique("idle")) as (stream, _):
         with pytest.raises(TimeoutError):
             await stream.next(within=1.0)  # no events, only comments (heartbeat 0.3 s)
         assert ": ping" in stream.comments
 
 
-async def test_client_disconnect_closes_the_connection(http: httpx.AsyncClient) -> None:
+async def test_client_disconnect_closes_the_connection(http: Http) -> None:
     user = unique("gone")
     async with opened(http, user) as (_, conn):
-        assert (await command(http, user, conn, {"type": "ping"})).status_code == 200
+        assert (await command(http, user, conn, {"type": "ping"})).status == 200
 
     async def forgotten() -> bool:
         resp = await command(http, user, conn, {"type": "ping"})
-        return resp.status_code == 404
+        return resp.status == 404
 
     await eventually(forgotten, "the server to close the connection of a closed stream")
 
@@ -401,7 +402,7 @@ def cursor_of(event_id: str) -> dict[str, Any]:
 
 
 async def test_id_lines_carry_the_whole_cursor_and_retry_comes_first(
-        http: httpx.AsyncClient) -> None:
+        http: Http) -> None:
     alice, r1, r2 = unique("alice"), unique("room"), unique("room")
     async with opened(http, alice) as (stream, conn):
         assert stream.retry == RETRY_MS
@@ -438,7 +439,7 @@ async def test_the_aio_client_last_id_is_its_own_cursor(sse: ServerProcess) -> N
 
 
 async def test_last_event_id_resumes_with_exactly_the_missed_messages(
-        http: httpx.AsyncClient) -> None:
+        http: Http) -> None:
     alice, bob, room = unique("alice"), unique("bob"), unique("room")
     async with opened(http, bob) as (_, b_conn):
         await command(http, bob, b_conn, {"type": "join", "room": room})
@@ -467,13 +468,13 @@ async def test_last_event_id_resumes_with_exactly_the_missed_messages(
     encode_cursor({"rooms": {f"r{i}": [0, ""] for i in range(MAX_ROOMS + 1)}}),
 ])
 async def test_a_bad_last_event_id_is_400_bad_cursor_and_nothing_else_changes(
-        http: httpx.AsyncClient, bad: str) -> None:
+        http: Http, bad: str) -> None:
     before = await connections(http)
     user = unique("u")
     good = encode_cursor({"rooms": {}})
     resp = await http.get(f"/sse?resume={good}", headers={
         "Authorization": f"Bearer {token(user)}", "Last-Event-ID": bad})
-    assert resp.status_code == 400
+    assert resp.status == 400
     body = resp.json()
     assert body["type"] == "error" and body["code"] == "bad_cursor" and body["message"]
     assert await connections(http) == before
@@ -504,7 +505,7 @@ async def test_a_stalled_stream_is_dropped_as_a_slow_consumer_and_others_keep_up
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few KiB
     sock.setblocking(False)
     try:
-        async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http:
+        async with Http(proc.url, timeout=WAIT) as http:
             await loop.sock_connect(sock, ("127.0.0.1", proc.port))
             await loop.sock_sendall(sock, f"GET /sse HTTP/1.1\r\nHost: t\r\nAuthorization: "
                                           f"Bearer {token(stalled)}\r\n\r\n".encode())
@@ -514,7 +515,7 @@ async def test_a_stalled_stream_is_dropped_as_a_slow_consumer_and_others_keep_up
                 head += await asyncio.wait_for(loop.sock_recv(sock, 4096), WAIT)
             conn = found.group(1).decode()
             assert (await command(http, stalled, conn, {"type": "join", "room": room})
-                    ).status_code == 200
+                    ).status == 200
             reader = await aio_connect("sse", proc.url, token(unique("reader")))
             publisher = await aio_connect("sse", proc.url, token(unique("pub")))
             try:
@@ -528,7 +529,7 @@ async def test_a_stalled_stream_is_dropped_as_a_slow_consumer_and_others_keep_up
                 await eventually(lambda: _is(connections(http), 2), "the stalled stream to close")
                 got = [(await reader.next_event("message", WAIT))["data"]["i"] for _ in range(n)]
                 assert got == list(range(n))
-                assert (await command(http, stalled, conn, {"type": "ping"})).status_code == 404
+                assert (await command(http, stalled, conn, {"type": "ping"})).status == 404
             finally:
                 await asyncio.gather(reader.close(), publisher.close())
             # the connection was cut: what the kernel still held arrives, then the end
@@ -561,7 +562,7 @@ async def test_slow_consumer_gets_close_4408_after_its_backlog(stack: str) -> No
         "--max-frame-bytes", str(big)])
     start_all([proc])
     try:
-        async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http:
+        async with Http(proc.url, timeout=WAIT) as http:
             slow, sender = unique("slow"), unique("sender")
             async with opened(http, slow) as (stream, _), opened(http, sender) as (_, s_conn):
                 sent = 0
@@ -569,7 +570,7 @@ async def test_slow_consumer_gets_close_4408_after_its_backlog(stack: str) -> No
                     assert sent < 400, "the outbox never overflowed"
                     resp = await command(http, sender, s_conn,
                                          {"type": "direct", "to": slow, "data": "x" * (big - 200)})
-                    assert resp.status_code == 200
+                    assert resp.status == 200
                     sent += 1
                 received = 0
                 while True:
@@ -586,8 +587,8 @@ async def test_slow_consumer_gets_close_4408_after_its_backlog(stack: str) -> No
         stop_all([proc])
 
 
-async def _slow_consumers(http: httpx.AsyncClient) -> int:
-    for line in (await http.get("/metrics")).text.splitlines():
+async def _slow_consumers(http: Http) -> int:
+    for line in (await http.get("/metrics")).text().splitlines():
         if line.startswith("rtbench_slow_consumers_total"):
             return int(float(line.split()[-1]))
     raise AssertionError("rtbench_slow_consumers_total missing from /metrics")
@@ -601,7 +602,7 @@ async def test_sigterm_sends_close_1001_and_exits(stack: str) -> None:
         start_all([proc])
         try:
             assert proc.proc is not None
-            async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http, \
+            async with Http(proc.url, timeout=WAIT) as http, \
                     opened(http, unique("bye")) as (stream, _):
                 proc.proc.send_signal(signal.SIGTERM)
                 name, data = await stream.next()
@@ -630,21 +631,21 @@ async def test_sse_and_longpoll_replicas_deliver_to_each_other(
     sse_proc, lp_proc = server("sse", args, sse_stack), server("longpoll", args, lp_stack)
     start_all([sse_proc, lp_proc])
     try:
-        async with httpx.AsyncClient(base_url=sse_proc.url, timeout=WAIT) as s_http, \
-                httpx.AsyncClient(base_url=lp_proc.url, timeout=WAIT) as l_http:
+        async with Http(sse_proc.url, timeout=WAIT) as s_http, \
+                Http(lp_proc.url, timeout=WAIT) as l_http:
             alice, bob, room = unique("alice"), unique("bob"), unique("room")
             auth = {"Authorization": f"Bearer {token(bob)}"}
             b_conn = (await l_http.post("/lp/connect", headers=auth)).json()["conn"]
             async with opened(s_http, alice) as (stream, a_conn):
                 join = {"type": "join", "room": room}
-                assert (await command(s_http, alice, a_conn, join)).status_code == 200
-                assert (await command(l_http, bob, b_conn, join, "/lp")).status_code == 200
+                assert (await command(s_http, alice, a_conn, join)).status == 200
+                assert (await command(l_http, bob, b_conn, join, "/lp")).status == 200
                 pub = {"type": "publish", "room": room, "data": "from bob"}
-                assert (await command(l_http, bob, b_conn, pub, "/lp")).status_code == 200
+                assert (await command(l_http, bob, b_conn, pub, "/lp")).status == 200
                 message = await stream.until("message")
                 assert (message["from"], message["data"]) == (bob, "from bob")
                 pub = {"type": "publish", "room": room, "data": "from alice"}
-                assert (await command(s_http, alice, a_conn, pub)).status_code == 200
+                assert (await command(s_http, alice, a_conn, pub)).status == 200
                 seen: list[Any] = []
                 while len(seen) < 2:
                     poll = await l_http.get(f"/lp/{b_conn}/poll?timeout=5", headers=auth)
@@ -699,7 +700,7 @@ async def idle_rss_per_connection(
             w.close()
         await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
 
-    async with httpx.AsyncClient(base_url=proc.url, timeout=WAIT) as http:
+    async with Http(proc.url, timeout=WAIT) as http:
         await close(await round_of(warm))  # warm-up: first-use allocations are not per conn
         base = warm if sessions_outlive_sockets else 0
         await eventually(lambda: _is(connections(http), base), "the warm-up round to settle")
