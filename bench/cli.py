@@ -76,7 +76,8 @@ def _verb(module: str, func: str = "main") -> Callable[[Sequence[str]], int]:
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "run": (_verb("bench.harness.run"),
-            "run the benchmark (--smoke, --quick, --full; --transports ...), write the report"),
+            "run the benchmark (--smoke, --quick, --full; --transports, --stacks ...), write "
+            "the report"),
     "report": (_verb("bench.report.render"), "re-render the report of a run directory"),
     "ls": (_verb("bench.harness.runs", "ls_main"), "list benchmark runs under results/"),
     "compare": (_verb("bench.regress.compare"),

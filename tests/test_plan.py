@@ -43,3 +43,46 @@ def test_progress_without_a_terminal_prints_plain_lines() -> None:
     assert len(lines) == 3
     assert "1/2 ws chat load" in lines[0] and "\r" not in out.getvalue()
     assert "2/2 ws direct" in lines[2] and "remaining" in lines[2]
+
+
+def test_targets_are_transports_on_stacks_with_grpc_once() -> None:
+    both = ["starlette", "aiohttp"]
+    assert [t.label for t in plan.targets(plan.TRANSPORTS, both)] == [
+        "ws \u00b7 starlette", "ws \u00b7 aiohttp", "sse \u00b7 starlette", "sse \u00b7 aiohttp",
+        "longpoll \u00b7 starlette", "longpoll \u00b7 aiohttp", "grpc \u00b7 grpcio"]
+    # the stacks' own order whatever the list's; gRPC on grpcio even when not asked for
+    assert plan.targets(["ws", "grpc"], ["aiohttp", "starlette"]) == [
+        plan.Target("ws", "starlette"), plan.Target("ws", "aiohttp"),
+        plan.Target("grpc", "grpcio")]
+    assert plan.targets(["grpc"], ["aiohttp"]) == [plan.Target("grpc", "grpcio")]
+    assert plan.parse_list("all", plan.STACKS) == list(plan.STACKS) == both
+    for stacks in (["tornado"], ["grpcio"], []):
+        with pytest.raises(ValueError, match="stack"):
+            plan.targets(["ws"], stacks)
+
+
+def test_every_target_gets_the_same_scenarios_and_its_own_files() -> None:
+    steps = plan.build("smoke", ["ws", "grpc"], ["chat", "broadcast"],
+                       stacks=["starlette", "aiohttp"])
+    assert [(s.transport, s.stack, s.scenario.name) for s in steps] == [
+        ("ws", "starlette", "broadcast"), ("ws", "starlette", "chat"),
+        ("ws", "aiohttp", "broadcast"), ("ws", "aiohttp", "chat"),
+        ("grpc", "grpcio", "broadcast"), ("grpc", "grpcio", "chat")]
+    assert [s.index for s in steps] == list(range(6))
+    chat = [s.scenario.locust_args() for s in steps if s.scenario.name == "chat"]
+    assert chat[0] == chat[1] == chat[2]
+    # the default stacks keep format 2's names; another stack adds its name
+    assert [s.key for s in steps if s.scenario.name == "chat"] == [
+        "chat-ws", "chat-ws-aiohttp", "chat-grpc"]
+    assert plan.build("quick", ["ws"], ["chat"]) == plan.build(
+        "quick", ["ws"], ["chat"], stacks=["starlette"])  # one stack: today's plan
+
+
+def test_eta_grows_with_the_targets_not_the_profile() -> None:
+    one = plan.build("quick", plan.TRANSPORTS, plan.SCENARIOS)
+    two = plan.build("quick", plan.TRANSPORTS, plan.SCENARIOS, stacks=plan.STACKS)
+    assert len(one) == 4 * len(plan.SCENARIOS) and len(two) == 7 * len(plan.SCENARIOS)
+    assert {s.scenario.name: s.scenario for s in one} == {s.scenario.name: s.scenario for s in two}
+    assert plan.eta_seconds(two) / plan.eta_seconds(one) == pytest.approx(1.75)
+    assert plan.eta_seconds(one) == pytest.approx(
+        sum(plan.planned_seconds(s) for s in one) + 4 * plan.CLUSTER_START_S)

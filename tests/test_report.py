@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from bench.harness import plan, runs
-from bench.report import headline, plots, render, tables, textbook
+from bench.report import headline, plots, render, stacks, tables, textbook
 from loadgen import result as result_mod
 from loadgen import steps as steps_mod
 from loadgen.measure import Histogram
@@ -44,10 +44,12 @@ def _hist(center_us: int, n: int = 200) -> dict[str, Any]:
     return h.to_dict()
 
 
-def _rate_steps(transport: str) -> list[dict[str, Any]]:
-    """A rate ramp as loadgen/steps.py records it, ended where its own rules end it."""
+def _rate_steps(transport: str, slower: float = 1.0) -> list[dict[str, Any]]:
+    """A rate ramp as loadgen/steps.py records it, ended where its own rules end it
+    (`slower`: each step carries that much less, each delivery costs that much more)."""
     steps: list[dict[str, Any]] = []
-    for k, (per_s, p99_us, cpu, us) in enumerate(RAMPS[transport]):
+    for k, (fast, p99_us, cpu, cheap) in enumerate(RAMPS[transport]):
+        per_s, us = round(fast / slower, 1), round(cheap * slower, 3)
         h = _hist(p99_us // 2)
         h["percentiles"]["p99"] = p99_us
         last = k == len(RAMPS[transport]) - 1
@@ -76,8 +78,10 @@ def _rate_steps(transport: str) -> list[dict[str, Any]]:
 
 
 def _result(scenario: str, transport: str, *, missing: int = 0,
-            reasons: list[str] | None = None, ramp: str = "rate") -> dict[str, Any]:
-    lat = _hist(BASE_US[transport]) if scenario != "connections" else Histogram().to_dict()
+            reasons: list[str] | None = None, ramp: str = "rate",
+            slower: float = 1.0) -> dict[str, Any]:
+    lat = _hist(round(BASE_US[transport] * slower)) if scenario != "connections" \
+        else Histogram().to_dict()
     received = 0 if scenario == "connections" else 1000
     steps: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
@@ -90,7 +94,7 @@ def _result(scenario: str, transport: str, *, missing: int = 0,
                           "ended_us": 1_000_000 * (k + 2), "deliveries": 500, "latency_us": h,
                           "holes": 0, "slow_consumer_closes": 0, "connect_failures": 0})
     elif scenario == "broadcast":
-        steps = _rate_steps(transport)
+        steps = _rate_steps(transport, slower)
         extra = {"ramp": steps_mod.ramp_summary(steps)}
     if scenario == "connections":
         extra = {"servers": {f"http://127.0.0.1:{9000 + r}/metrics": {
@@ -125,29 +129,45 @@ def _result(scenario: str, transport: str, *, missing: int = 0,
     }
 
 
+# the aiohttp stack in synthetic runs: this much slower and costlier than starlette
+AIOHTTP = 1.5
+
+
 def make_run(root: Path, *, crashed: tuple[str, str] | None = None,
              invalid: tuple[str, str] | None = None, empty: tuple[str, str] | None = None,
-             ramp: str = "rate") -> Path:
+             ramp: str = "rate", stacks: tuple[str, ...] = ("starlette",),
+             legacy: bool = False) -> Path:
+    """A run directory as `rtbench run` writes it (`legacy`: as run format 2 did, before
+    stacks: no `stack` anywhere). crashed/invalid/empty name a (scenario, transport) of the
+    first stack."""
     run_dir = runs.make_run_dir(root / "run", "quick")
-    steps = plan.build("quick", list(TRANSPORTS), list(SCENARIOS))
-    params = {"profile": "quick", "transports": list(TRANSPORTS), "scenarios": list(SCENARIOS),
-              "replicas": 2, "broker": "redis", "single_node": False,
-              "scenario_parameters": {s.scenario.name: s.scenario.to_dict() for s in steps}}
+    steps = plan.build("quick", list(TRANSPORTS), list(SCENARIOS), stacks=stacks)
+    params: dict[str, Any] = {
+        "profile": "quick", "transports": list(TRANSPORTS), "scenarios": list(SCENARIOS),
+        "replicas": 2, "broker": "redis", "single_node": False,
+        "scenario_parameters": {s.scenario.name: s.scenario.to_dict() for s in steps}}
+    if not legacy:
+        params.update(stacks=list(stacks),
+                      targets=[t.to_dict() for t in dict.fromkeys(s.target for s in steps)])
     meta = runs.base_meta(run_dir.name, ["--quick"], params)
     meta.update(status="complete", wall_seconds=180.0,
                 placement={"servers": [0], "redis": [0], "load_generator": [1]},
                 redis={"version": "7.0", "private": True})
+    if legacy:
+        meta["version"] = 2
     runs.write_json(run_dir / "meta.json", meta)
     for step in steps:
         key = (step.scenario.name, step.transport)
+        first = step.stack in (stacks[0], plan.GRPC_STACK)
+        slower = AIOHTTP if step.stack == "aiohttp" else 1.0
         rel = f"loadgen/{step.key}.json"
-        reasons = ["load generator used 99% CPU"] if key == invalid else None
-        res = _result(*key, reasons=reasons, ramp=ramp)
-        if key == empty:  # Locust stopped before its users started
+        reasons = ["load generator used 99% CPU"] if key == invalid and first else None
+        res = _result(*key, reasons=reasons, ramp=ramp, slower=slower)
+        if key == empty and first:  # Locust stopped before its users started
             res["latency_us"]["all"] = Histogram().to_dict()
             res["delivery"].update(expected=0, delivered=0)
         result_mod.write(run_dir / rel, res)
-        cpu = {"ws": 0.1, "sse": 0.12, "longpoll": 0.3, "grpc": 0.08}[step.transport]
+        cpu = {"ws": 0.1, "sse": 0.12, "longpoll": 0.3, "grpc": 0.08}[step.transport] * slower
         record = {"index": step.index, "transport": step.transport,
                   "scenario": step.scenario.name, "status": "ok", "error": None,
                   "parameters": step.scenario.to_dict(), "result_file": rel, "wall_s": 7.0,
@@ -155,7 +175,9 @@ def make_run(root: Path, *, crashed: tuple[str, str] | None = None,
                   "rss_max": {"r0": 50 << 20, "r1": 50 << 20},
                   "tcp_peers": {"r0": 10 if step.transport != "longpoll" else 50, "r1": 10},
                   "tcp_passive_opens": 25}
-        if key == crashed:
+        if not legacy:
+            record["stack"] = step.stack
+        if key == crashed and first:
             record.update(status="crashed", error="r1 exited during the scenario",
                           result_file=None)
         runs.append_step(run_dir, record)
@@ -173,6 +195,8 @@ def test_report_renders_every_transport_and_scenario(run_dir: Path) -> None:
     for t in TRANSPORTS:
         assert t in text
         assert f'<td class="l">{t}</td>' in html
+        assert f'<td class="l">{plan.default_stack(t)}</td>' in html
+    assert "Framework or transport?" not in html + text  # one stack: nothing to compare
     for s in SCENARIOS:
         assert s in text
         assert f"<h3>{s}</h3>" in html
@@ -186,6 +210,7 @@ def test_report_renders_every_transport_and_scenario(run_dir: Path) -> None:
     assert "The textbook, checked" in html
     summary = (run_dir / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + len(TRANSPORTS) * len(SCENARIOS)
+    assert summary[0].startswith("transport,stack,scenario,status,")
 
 
 def test_tables_compute_cost_capacity_and_connections(run_dir: Path) -> None:
@@ -202,6 +227,7 @@ def test_tables_compute_cost_capacity_and_connections(run_dir: Path) -> None:
     assert ws["deliveries_per_s"].tolist() == [2020.9, 4045.8, 8100.0]
     assert ws["loadgen_valid"].tolist() == [True, True, False]
     assert ws["stopped_because"].iloc[-1].startswith("load-side limited")
+    assert list(cap.columns[:3]) == ["transport", "stack", "ramp"]
     conn = tables.connections(run).set_index("transport")
     assert conn.loc["ws", "held_peak"] == 500
     assert conn.loc["ws", "kb_per_connection"] == pytest.approx(20.0)
@@ -212,7 +238,8 @@ def test_subscriber_ramps_keep_their_own_capacity_curve(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, ramp="subscribers")
     render.render(run_dir)
     cap = tables.capacity(runs.load_run(run_dir))
-    assert tables.capacity_best(cap) == dict.fromkeys(TRANSPORTS, 100)
+    assert tables.capacity_best(cap) == {
+        plan.label(t, plan.default_stack(t)): 100 for t in TRANSPORTS}
     assert cap[cap["transport"] == "ws"]["deliveries_per_s"].tolist() == [500.0, 500.0, 500.0]
     assert (run_dir / "plots" / "capacity.png").read_bytes().startswith(PNG)
     assert not (run_dir / "plots" / "capacity-knees.png").exists()
@@ -222,12 +249,18 @@ def test_subscriber_ramps_keep_their_own_capacity_curve(tmp_path: Path) -> None:
     assert rows["ws"]["max_held_connections"] == "500"  # connections still count
 
 
-def _headline(run_dir: Path) -> dict[str, dict[str, str]]:
+def _headline_rows(run_dir: Path) -> list[dict[str, str]]:
     with (run_dir / "headline.csv").open(newline="") as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames or ()) == headline.COLUMNS
-        rows = list(reader)
+        return list(reader)
+
+
+def _headline(run_dir: Path) -> dict[str, dict[str, str]]:
+    """A one-stack run's headline by transport."""
+    rows = _headline_rows(run_dir)
     assert [r["transport"] for r in rows] == list(TRANSPORTS)  # one row each, in order
+    assert [r["stack"] for r in rows] == [plan.default_stack(t) for t in TRANSPORTS]
     return {r["transport"]: r for r in rows}
 
 
@@ -235,12 +268,15 @@ def test_headline_answers_how_far_each_transport_goes(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path)
     text = render.render(run_dir)
     rows = _headline(run_dir)
+    # issue 11's columns, `stack` right after `transport`
     assert headline.COLUMNS == (
-        "transport", "max_deliveries_per_s", "knee_reached", "knee_reason", "p99_ms_at_knee",
-        "max_held_connections", "kb_per_connection", "cpu_us_per_delivery", "valid")
+        "transport", "stack", "max_deliveries_per_s", "knee_reached", "knee_reason",
+        "p99_ms_at_knee", "max_held_connections", "kb_per_connection", "cpu_us_per_delivery",
+        "valid")
     # a CPU knee: the knee step is the max, its p99 and CPU per delivery
     assert rows["sse"] == {
-        "transport": "sse", "max_deliveries_per_s": "7608", "knee_reached": "True",
+        "transport": "sse", "stack": "starlette", "max_deliveries_per_s": "7608",
+        "knee_reached": "True",
         "knee_reason": "server CPU 95% >= 90%", "p99_ms_at_knee": "83.2",
         "max_held_connections": "500", "kb_per_connection": "20.5",
         "cpu_us_per_delivery": "19.9", "valid": "True"}
@@ -275,9 +311,9 @@ def test_headline_answers_how_far_each_transport_goes(tmp_path: Path) -> None:
     # the terminal summary starts with the headline, then the per-scenario table
     assert text.startswith("How far each transport goes")
     assert text.index("load-side limited") < text.index("scenario")
-    assert re.search(r"^sse +7,608 +server CPU 95% >= 90% +83\.2 +500 +20\.5 +19\.9 +yes$",
-                     text, re.M), text
-    assert "ws: connections stopped: server RSS over 60 MB" in text
+    assert re.search(r"^sse +starlette +7,608 +server CPU 95% >= 90% +83\.2 +500 +20\.5 "
+                     r"+19\.9 +yes$", text, re.M), text
+    assert "ws \u00b7 starlette: connections stopped: server RSS over 60 MB" in text
 
 
 def test_headline_leaves_cells_empty_for_what_was_not_measured(tmp_path: Path) -> None:
@@ -287,11 +323,11 @@ def test_headline_leaves_cells_empty_for_what_was_not_measured(tmp_path: Path) -
     sse = rows["sse"]
     assert sse["max_deliveries_per_s"] == sse["knee_reason"] == sse["p99_ms_at_knee"] == ""
     assert sse["max_held_connections"] == "500" and sse["valid"] == "False"
-    assert "sse: broadcast crashed: r1 exited during the scenario" in text
+    assert "sse \u00b7 starlette: broadcast crashed: r1 exited during the scenario" in text
     # a knee on a valid ramp, but the connections row is not valid
     lp = rows["longpoll"]
     assert lp["knee_reached"] == "True" and lp["valid"] == "False"
-    assert "longpoll: connections invalid: load generator used 99% CPU" in text
+    assert "longpoll \u00b7 starlette: connections invalid: load generator used 99% CPU" in text
     run = runs.load_run(run_dir)
     for row in headline.rows(run, pd.DataFrame()):  # nothing judged valid: nothing valid
         assert row["valid"] is False and "broadcast not measured" in row["notes"]
@@ -347,20 +383,21 @@ def test_invalid_and_crashed_steps_are_shown_next_to_their_numbers(tmp_path: Pat
     run_dir = make_run(tmp_path, crashed=("churn", "sse"), invalid=("chat", "grpc"),
                        empty=("direct", "ws"))
     text = render.render(run_dir)
-    assert "ws direct: no delivery latency measured" in text
+    assert "ws \u00b7 starlette direct: no delivery latency measured" in text
     html = (run_dir / "report.html").read_text()
     assert "INVALID: load generator used 99% CPU" in html
     assert "crashed: r1 exited during the scenario" in html
-    assert "grpc chat: load generator used 99% CPU" in text
-    assert "sse churn: r1 exited during the scenario" in text
+    assert "grpc \u00b7 grpcio chat: load generator used 99% CPU" in text
+    assert "sse \u00b7 starlette churn: r1 exited during the scenario" in text
     assert html.count('class="invalid"') >= 2
 
 
 def test_a_step_that_measured_nothing_is_recognised(tmp_path: Path) -> None:
-    from bench.harness.run import _empty
+    from bench.harness.step import empty as _empty
 
     run_dir = make_run(tmp_path, empty=("direct", "ws"))
     steps = {(s["scenario"], s["transport"]): s for s in runs.load_run(run_dir).steps}
+    assert {s["stack"] for s in steps.values()} == {"starlette", "grpcio"}
     assert _empty(run_dir, steps[("direct", "ws")]) == "no delivery was judged"
     assert _empty(run_dir, steps[("direct", "sse")]) is None
     assert _empty(run_dir, steps[("connections", "ws")]) is None
@@ -386,6 +423,7 @@ def test_ls_lists_runs(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> Non
     rows = runs.list_runs(run_dir.parent)
     assert [r["run"] for r in rows] == [run_dir.name]
     assert rows[0]["steps"] == "20/20" and rows[0]["status"] == "complete"
+    assert rows[0]["stacks"] == "starlette"
     assert runs.ls_main([str(run_dir.parent)]) == 0
     assert run_dir.name in capsys.readouterr().out
     assert runs.ls_main([str(run_dir / "missing")]) == 0
@@ -398,3 +436,98 @@ def test_truncated_steps_file_is_reported_not_fatal(run_dir: Path) -> None:
     run = runs.load_run(run_dir)
     assert len(run.steps) == 20
     assert any("unreadable" in p for p in run.problems)
+
+
+STACK_TARGETS = [("ws", "starlette"), ("ws", "aiohttp"), ("sse", "starlette"),
+                 ("sse", "aiohttp"), ("longpoll", "starlette"), ("longpoll", "aiohttp"),
+                 ("grpc", "grpcio")]
+
+
+def test_two_stacks_put_the_stack_in_every_table_and_plot(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, stacks=("starlette", "aiohttp"))
+    text = render.render(run_dir)
+    with (run_dir / "summary.csv").open(newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert {(r["transport"], r["stack"]) for r in summary} == set(STACK_TARGETS)
+    assert len(summary) == len(STACK_TARGETS) * len(SCENARIOS)
+    head = _headline_rows(run_dir)
+    assert [(r["transport"], r["stack"]) for r in head] == STACK_TARGETS  # in order
+    by = {(r["transport"], r["stack"]): r for r in head}
+    # the same ramp 1.5x slower on aiohttp: its own row, its own numbers
+    assert by[("sse", "starlette")]["max_deliveries_per_s"] == "7608"
+    assert by[("sse", "aiohttp")]["max_deliveries_per_s"] == "5072"
+    for name in ("capacity", "connections"):
+        with (run_dir / f"{name}.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert list(rows[0])[:2] == ["transport", "stack"], name
+        assert {(r["transport"], r["stack"]) for r in rows} == set(STACK_TARGETS), name
+    # every target drawn in the knee figure, labelled `transport · stack`
+    cap = tables.capacity(runs.load_run(run_dir))
+    fig = plots.knee_figure(cap)
+    assert fig is not None
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    plots.plt.close(fig)
+    for t, s in STACK_TARGETS:
+        assert any(x.startswith(f"{t} \u00b7 {s}: ") for x in legend), (t, s, legend)
+    assert "dashed: aiohttp stack" in fig.texts[0].get_text()
+    html = (run_dir / "report.html").read_text()
+    assert html.count('<td class="l">aiohttp</td>') >= 3 * len(SCENARIOS)
+    assert "ws \u00b7 starlette, ws \u00b7 aiohttp" in html  # the targets, in order
+    # framework or transport, in the report and on the terminal
+    assert '<h2 id="stacks">Framework or transport?</h2>' in html
+    assert "Framework or transport?" in text
+    assert re.search(r"chat: server CPU-ms / 1000 deliveries +framework up to 1\.50x "
+                     r"\(ws: starlette 100, aiohttp 150\), transport up to 3\.00x "
+                     r"\(starlette: ws 100 \.\. longpoll 300\)$", text, re.M), text
+    assert re.search(r"^ws +aiohttp +2,697 ", text, re.M), text
+    assert "ws \u00b7 aiohttp: load-side limited" in text
+
+
+def test_stack_comparison_leaves_invalid_figures_out() -> None:
+    summary = pd.DataFrame([
+        {"transport": t, "stack": s, "scenario": "chat", "valid": valid, "p50_ms": p50,
+         "cpu_ms_per_1k": 1.0}
+        for t, s, valid, p50 in (("ws", "starlette", True, 1.0), ("ws", "aiohttp", True, 1.2),
+                                 ("sse", "starlette", True, 3.0), ("sse", "aiohttp", False, 9.0),
+                                 ("grpc", "grpcio", True, 0.5))])
+    comparisons = {c.figure: c for c in stacks.compare(summary, [])}
+    p50 = comparisons["chat: p50 ms"]
+    assert p50.framework() == {"ws": pytest.approx(1.2)}  # sse's aiohttp figure is not valid
+    assert p50.transport() == {"starlette": pytest.approx(3.0)}
+    assert p50.cells("sse") == ["3", "9*"] and "grpc" not in p50.values
+    assert comparisons["max deliveries/s (broadcast ramp)"].summary() == \
+        "no two valid figures to compare"
+    one_stack = summary[summary["stack"] != "aiohttp"]
+    assert stacks.compare(one_stack, []) == [] and stacks.text([]) == ""
+
+
+def test_textbook_judges_transports_on_the_default_stack(tmp_path: Path) -> None:
+    run = runs.load_run(make_run(tmp_path, stacks=("starlette", "aiohttp")))
+    s = tables.summary(run)
+    assert textbook.judged_stacks(s) == {"ws": "starlette", "sse": "starlette",
+                                         "longpoll": "starlette", "grpc": "grpcio"}
+    # ws on aiohttp is slower than sse on starlette in every scenario: not what is judged
+    lowest = {v.claim: v for v in textbook.check(s, run.meta)}[
+        "WebSocket has the lowest latency"]
+    assert lowest.verdict == textbook.CONFIRMED
+    assert lowest.figure.count("ws ") == len(textbook.MESSAGE_SCENARIOS)  # one ws per line
+    # a run without the default stack is judged on the one it has
+    only = s[s["stack"] != "starlette"]
+    assert textbook.judged_labels(only) == ["ws \u00b7 aiohttp", "sse \u00b7 aiohttp",
+                                            "longpoll \u00b7 aiohttp", "grpc \u00b7 grpcio"]
+
+
+def test_a_run_before_stacks_renders_as_the_default_stacks(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, legacy=True)  # run format 2: no stack anywhere
+    assert "stack" not in (run_dir / "steps.jsonl").read_text()
+    assert render.main([str(run_dir)]) == 0
+    rows = _headline(run_dir)  # stacks filled in: starlette, grpcio for gRPC
+    assert rows["sse"]["max_deliveries_per_s"] == "7608"
+    with (run_dir / "summary.csv").open(newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert {(r["transport"], r["stack"]) for r in summary} == {
+        (t, plan.default_stack(t)) for t in TRANSPORTS}
+    assert [t.label for t in runs.load_run(run_dir).targets()] == [
+        "ws \u00b7 starlette", "sse \u00b7 starlette", "longpoll \u00b7 starlette",
+        "grpc \u00b7 grpcio"]
+    assert runs.list_runs(run_dir.parent)[0]["stacks"] == "starlette"

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from bench.harness import run as run_mod
-from bench.harness.plan import SCENARIOS, TRANSPORTS
+from bench.harness.plan import SCENARIOS, TRANSPORTS, default_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -122,8 +122,8 @@ def test_smoke_run_every_transport_and_scenario(tmp_path: Path) -> None:
     run = tmp_path / "run"
     html = (run / "report.html").read_text()
     rows = _csv(run / "summary.csv")
-    assert {(r["transport"], r["scenario"]) for r in rows} == {
-        (t, s) for t in TRANSPORTS for s in SCENARIOS}
+    assert {(r["transport"], r["stack"], r["scenario"]) for r in rows} == {
+        (t, default_stack(t), s) for t in TRANSPORTS for s in SCENARIOS}
     for r in rows:
         assert r["status"] == "ok", r
         if r["scenario"] == "connections":
@@ -140,19 +140,60 @@ def test_smoke_run_every_transport_and_scenario(tmp_path: Path) -> None:
     for name in ("capacity-knees", "connections", "cost", "latency"):
         assert (run / "plots" / f"{name}.png").read_bytes().startswith(PNG)
     head = _csv(run / "headline.csv")
-    assert [r["transport"] for r in head] == list(TRANSPORTS)
-    assert list(head[0]) == ["transport", "max_deliveries_per_s", "knee_reached", "knee_reason",
-                             "p99_ms_at_knee", "max_held_connections", "kb_per_connection",
-                             "cpu_us_per_delivery", "valid"]
+    assert [(r["transport"], r["stack"]) for r in head] == [
+        (t, default_stack(t)) for t in TRANSPORTS]
+    assert list(head[0]) == ["transport", "stack", "max_deliveries_per_s", "knee_reached",
+                             "knee_reason", "p99_ms_at_knee", "max_held_connections",
+                             "kb_per_connection", "cpu_us_per_delivery", "valid"]
     for r in head:  # the smoke ramp is capped below any knee: it says so
         assert r["knee_reason"] and float(r["max_deliveries_per_s"]) > 0, r
     assert "The textbook, checked" in html and "transport" in out
     meta = orjson.loads((run / "meta.json").read_bytes())
     assert meta["status"] == "complete" and meta["redis"]["version"]
     assert meta["placement"]["servers"] == [0]
+    assert meta["parameters"]["stacks"] == ["starlette"]
     stats = _csv(run / "process_stats.csv")
     assert {r["role"] for r in stats} >= {"r0", "r1", "redis"}
+    assert {(r["transport"], r["stack"]) for r in stats} == {
+        (t, default_stack(t)) for t in TRANSPORTS}
     assert list((run / "metrics").glob("chat-ws-r1-after.prom"))
+
+
+@pytest.mark.timeout(300)
+def test_smoke_run_on_two_stacks_reports_every_target(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "run", "--smoke", "--stacks", "starlette,aiohttp",
+                "--transports", "ws,grpc", "--scenarios", "connections,broadcast,chat")
+    rc, out, err = h.finish(240)
+    assert rc == 0, out[-3000:] + err[-3000:]
+    assert not h.survivors(), "processes left behind"
+    assert "3 targets (ws \u00b7 starlette, ws \u00b7 aiohttp, grpc \u00b7 grpcio)" in out
+    run = tmp_path / "run"
+    targets = [("ws", "starlette"), ("ws", "aiohttp"), ("grpc", "grpcio")]
+    rows = _csv(run / "summary.csv")
+    assert {(r["transport"], r["stack"]) for r in rows} == set(targets)
+    for r in rows:
+        assert r["status"] == "ok", r
+        if r["scenario"] == "chat":
+            assert int(r["samples"]) > 0 and float(r["cpu_ms_per_1k"]) > 0, r
+    head = _csv(run / "headline.csv")
+    assert [(r["transport"], r["stack"]) for r in head] == targets
+    for r in head:
+        assert float(r["max_deliveries_per_s"]) > 0 and int(r["max_held_connections"]) > 0, r
+    steps = [orjson.loads(x) for x in (run / "steps.jsonl").read_bytes().splitlines()]
+    assert [(s["transport"], s["stack"]) for s in steps][::3] == targets
+    servers = {s["stack"]: {r["server"] for r in s["replicas"]} for s in steps}
+    assert all("aiohttp/" in x for x in servers["aiohttp"])  # what really answered
+    assert all("uvicorn" in x for x in servers["starlette"])
+    assert (run / "loadgen" / "chat-ws-aiohttp.json").exists()
+    assert (run / "loadgen" / "chat-ws.json").exists()
+    meta = orjson.loads((run / "meta.json").read_bytes())
+    assert meta["version"] == 3 and meta["parameters"]["stacks"] == ["starlette", "aiohttp"]
+    assert meta["parameters"]["targets"] == [{"transport": t, "stack": s} for t, s in targets]
+    stats = _csv(run / "process_stats.csv")
+    assert {(r["transport"], r["stack"]) for r in stats} == set(targets)
+    html = (run / "report.html").read_text()
+    assert "Framework or transport?" in html and "Framework or transport?" in out
+    assert (run / "plots" / "capacity-knees.png").read_bytes().startswith(PNG)
 
 
 @pytest.mark.timeout(120)

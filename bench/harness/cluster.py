@@ -3,6 +3,13 @@
 Shared by the benchmarks and the `rtbench run` harness: start a private Redis,
 start N replicas of one transport (or the reference fanout), wait until each is
 healthy, read process CPU/RSS and the servers' own /metrics, stop everything.
+
+The server stack (ws, sse, longpoll: starlette or aiohttp) goes to the replicas
+as RTBENCH_STACK in their environment, never as `--stack`: `rtbench regress --base
+REV` starts these commands in REV's tree, which may predate the flag (exit 2).
+Without a stack (`stack=None`) the replicas run their default, or what the
+caller's RTBENCH_STACK says; with one, each replica's `Server` header must name
+it, so a server that ignored the variable is caught rather than mislabelled.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from bench.harness.cpu import cpu_seconds
 from servers.testing import RedisServer, ServerProcess, free_port, stop_process, wait_port
 
 SERVER_CPU = 0  # servers on core 0, load generator on the others (2-core machine: core 1)
+# what each HTTP stack's server says it is in the `Server` response header
+SERVER_HEADER = {"starlette": "uvicorn", "aiohttp": "aiohttp/"}
 
 
 def load_cpus() -> list[int]:
@@ -43,6 +52,7 @@ class Replica:
     url: str  # http://host:port (grpc://host:port for gRPC)
     proc: subprocess.Popen[bytes]
     metrics_url: str | None = None
+    server: str | None = None  # its `Server` response header (HTTP transports)
 
     @property
     def pid(self) -> int:
@@ -73,7 +83,7 @@ class Replica:
 @dataclass
 class Cluster:
     """N replicas of one transport ('reference' = bench.experiments.reference_fanout, one
-    process)."""
+    process), on `stack` (ws/sse/longpoll; None: the servers' default or RTBENCH_STACK)."""
 
     transport: str
     replicas: int = 1
@@ -81,6 +91,7 @@ class Cluster:
     redis_url: str | None = None
     server_args: Sequence[str] = ()
     cpu: int | None = SERVER_CPU
+    stack: str | None = None
     nodes: list[Replica] = field(default_factory=list)
     _redis: RedisServer | None = None
 
@@ -112,17 +123,36 @@ class Cluster:
         metrics_port = free_port() if self.transport == "grpc" else None
         if metrics_port is not None:
             args += ["--metrics-port", str(metrics_port)]
-        # no --stack flag (the servers' default, or RTBENCH_STACK): `rtbench regress --base REV`
-        # starts this command in REV's tree, which may predate the flag (exit 2)
-        server = ServerProcess(self.transport, port, args=args, stack=None).start(cpu=self.cpu)
+        # no --stack flag (see the module doc): the environment carries the stack
+        env = {"RTBENCH_STACK": self.stack} \
+            if self.stack is not None and self.transport != "grpc" else {}
+        server = ServerProcess(self.transport, port, args=args, env=env, stack=None)
+        server.start(cpu=self.cpu)
         assert server.proc is not None
+        try:  # a replica that never became ready is not in `nodes`: stop it here
+            return self._ready(server.proc, port, metrics_port)
+        except BaseException:
+            stop_process(server.proc)
+            raise
+
+    def _ready(self, proc: subprocess.Popen[bytes], port: int, metrics_port: int | None,
+               ) -> Replica:
         base = f"127.0.0.1:{port}"
         if metrics_port is not None:
-            wait_port("127.0.0.1", metrics_port, 10, server.proc)
-            return Replica("grpc", f"grpc://{base}", server.proc,
+            wait_port("127.0.0.1", metrics_port, 10, proc)
+            return Replica("grpc", f"grpc://{base}", proc,
                            f"http://127.0.0.1:{metrics_port}/metrics")
-        _wait_healthy(f"http://{base}/healthz", server.proc)
-        return Replica(self.transport, f"http://{base}", server.proc, f"http://{base}/metrics")
+        replica = Replica(self.transport, f"http://{base}", proc, f"http://{base}/metrics")
+        replica.server = _wait_healthy(f"http://{base}/healthz", proc)
+        self._check_stack(replica)
+        return replica
+
+    def _check_stack(self, replica: Replica) -> None:
+        want = SERVER_HEADER.get(self.stack or "")
+        if want is not None and want not in (replica.server or ""):
+            raise RuntimeError(f"{replica.url} answered as {replica.server!r}, not the "
+                               f"{self.stack} stack ({want}): does this revision's server "
+                               "read RTBENCH_STACK?")
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -139,14 +169,16 @@ class Cluster:
         self.stop()
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> str:
+    """Poll `url` until it answers 200; its `Server` header ('' when none)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
+            reply = httpx.get(url, timeout=1)
+            if reply.status_code == 200:
+                return str(reply.headers.get("server", ""))
         time.sleep(0.05)
     raise TimeoutError(f"{url} not healthy after {timeout}s")
 

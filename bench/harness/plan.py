@@ -1,22 +1,31 @@
-"""What `rtbench run` runs: the scenarios, their Locust parameters per profile, the order.
+"""What `rtbench run` runs: the targets, the scenarios, their Locust parameters per profile.
 
-Every transport gets the same scenario parameters (the comparison is only fair
-that way); only `--servers`, `--transport` and the result path differ. A
-profile is a fixed set of parameters, so two runs of one profile compare.
+A target is a transport served by one server stack: ws, sse and longpoll once
+per requested stack (servers/stacks/: starlette on uvicorn, aiohttp), gRPC once
+(it has one server, grpcio). Every target gets the same scenario parameters (the
+comparison is only fair that way); only `--servers`, `--transport`, the server
+stack and the result path differ. A profile is a fixed set of parameters, so two
+runs of one profile compare.
 
-Profiles:
+Profiles (`rtbench run --help` gives each one's expected length, from `eta_seconds`):
   smoke  a few seconds per scenario: checks that the harness and every scenario work
-  quick  about 3 minutes for the four transports on a 2-core machine (`make bench`)
-  full   about 30 minutes: larger populations, longer steady states
+  quick  a few minutes on a 2-core machine (`make bench`)
+  full   larger populations, longer steady states
+A second stack runs ws, sse and longpoll again: 7 targets instead of 4, about 1.75x the time.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from servers.settings import STACKS as STACKS  # the server stacks of ws, sse and longpoll
+
 TRANSPORTS = ("ws", "sse", "longpoll", "grpc")
+DEFAULT_STACK = "starlette"  # the servers' default (`rtbench serve` without --stack)
+GRPC_STACK = "grpcio"  # gRPC's one server: not chosen, named so every target has a stack
 # connections first: its memory-per-connection baseline is a freshly started server
 SCENARIOS = ("connections", "broadcast", "chat", "direct", "churn")
 PROFILES = ("smoke", "quick", "full")
@@ -99,27 +108,91 @@ def _profile(size: str) -> dict[str, Scenario]:
     }
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One (transport, scenario) run of the plan."""
+def default_stack(transport: str) -> str:
+    """The stack a transport's server runs when none is asked for (runs of format <= 2)."""
+    return GRPC_STACK if transport == "grpc" else DEFAULT_STACK
 
-    index: int
+
+def label(transport: str, stack: str) -> str:
+    """How the report names a target: `ws · aiohttp`."""
+    return f"{transport} \u00b7 {stack}"
+
+
+def target_order(transport: str, stack: str) -> tuple[int, int, str, str]:
+    """Sort key: the usual transport order, then the stacks' (unknown names last)."""
+    known = (*STACKS, GRPC_STACK)
+    return (TRANSPORTS.index(transport) if transport in TRANSPORTS else len(TRANSPORTS),
+            known.index(stack) if stack in known else len(known), transport, stack)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A transport on one server stack: what one cluster of replicas serves."""
+
     transport: str
-    scenario: Scenario
+    stack: str
 
     @property
-    def key(self) -> str:
-        return f"{self.scenario.name}-{self.transport}"
+    def label(self) -> str:
+        return label(self.transport, self.stack)
+
+    @property
+    def default(self) -> bool:
+        return self.stack == default_stack(self.transport)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"transport": self.transport, "stack": self.stack}
 
 
-def build(profile: str, transports: list[str], scenarios: list[str],
-          duration: float | None = None) -> list[Step]:
-    """The ordered steps: transport by transport, every scenario on one cluster."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r} (expected one of {', '.join(PROFILES)})")
+def targets(transports: Sequence[str], stacks: Sequence[str]) -> list[Target]:
+    """ws, sse and longpoll once per stack, gRPC once (on grpcio), transport by transport."""
     for t in transports:
         if t not in TRANSPORTS:
             raise ValueError(f"unknown transport {t!r} (expected {', '.join(TRANSPORTS)})")
+    if not stacks:
+        raise ValueError("no server stack given")
+    for s in stacks:
+        if s not in STACKS:
+            raise ValueError(f"unknown stack {s!r} (expected {', '.join(STACKS)}; gRPC always "
+                             f"runs on {GRPC_STACK})")
+    ordered = [s for s in STACKS if s in stacks]
+    out: list[Target] = []
+    for t in transports:
+        out += [Target(t, GRPC_STACK)] if t == "grpc" else [Target(t, s) for s in ordered]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One (target, scenario) run of the plan."""
+
+    index: int
+    target: Target
+    scenario: Scenario
+
+    @property
+    def transport(self) -> str:
+        return self.target.transport
+
+    @property
+    def stack(self) -> str:
+        return self.target.stack
+
+    @property
+    def key(self) -> str:
+        """File name stem: `<scenario>-<transport>`, `-<stack>` added for a stack other than
+        the default (so a run of the default stacks names its files as format 2 did)."""
+        base = f"{self.scenario.name}-{self.transport}"
+        return base if self.target.default else f"{base}-{self.stack}"
+
+
+def build(profile: str, transports: Sequence[str], scenarios: Sequence[str],
+          duration: float | None = None, stacks: Sequence[str] = (DEFAULT_STACK,),
+          ) -> list[Step]:
+    """The ordered steps: target by target, every scenario on one cluster."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r} (expected one of {', '.join(PROFILES)})")
+    planned = targets(transports, stacks)
     for s in scenarios:
         if s not in SCENARIOS:
             raise ValueError(f"unknown scenario {s!r} (expected {', '.join(SCENARIOS)})")
@@ -128,10 +201,10 @@ def build(profile: str, transports: list[str], scenarios: list[str],
     specs = _profile(profile)
     ordered = [s for s in SCENARIOS if s in scenarios]
     steps: list[Step] = []
-    for t in transports:
+    for target in planned:
         for name in ordered:
             spec = specs[name] if duration is None else specs[name].with_duration(duration)
-            steps.append(Step(len(steps), t, spec))
+            steps.append(Step(len(steps), target, spec))
     return steps
 
 
@@ -141,7 +214,16 @@ def planned_seconds(step: Step) -> float:
     return (step.scenario.eta or step.scenario.run_time) + 1.5
 
 
-def parse_list(text: str, allowed: tuple[str, ...]) -> list[str]:
+CLUSTER_START_S = 2.0  # starting and health-checking one target's replicas
+
+
+def eta_seconds(steps: Sequence[Step]) -> float:
+    """Expected wall time of a plan: its steps plus one cluster start per target."""
+    return sum(planned_seconds(s) for s in steps) + CLUSTER_START_S * len(
+        {s.target for s in steps})
+
+
+def parse_list(text: str, allowed: Sequence[str]) -> list[str]:
     """A comma-separated choice list ('all' or empty: every choice)."""
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items or items == ["all"]:

@@ -4,19 +4,26 @@ Layout of ``results/<run-id>/`` (format history below; bump VERSION when a
 reader must know):
 
   meta.json                 what ran, where, with which versions and parameters
-  steps.jsonl               one record per (transport, scenario), appended as each ends
-  loadgen/<scenario>-<transport>.json   the load generator's result (loadgen.result)
-  logs/<scenario>-<transport>.log       Locust's output
-  metrics/<scenario>-<transport>-r<i>-{before,after}.prom   each replica's /metrics
+  steps.jsonl               one record per (transport, stack, scenario), appended as each ends
+  loadgen/<key>.json        the load generator's result (loadgen.result)
+  logs/<key>.log            Locust's output
+  metrics/<key>-r<i>-{before,after}.prom   each replica's /metrics
   process_stats.csv         server/Redis CPU seconds and RSS sampled during each scenario
-  headline.csv              per transport: its knee, held connections, cost
+  headline.csv              per target: its knee, held connections, cost
                             (bench/report/headline.py)
-  summary.csv, latency.csv, capacity.csv, connections.csv   tables derived for the report
+  summary.csv, capacity.csv, connections.csv   tables derived for the report
   plots/*.png, report.html  the report (`rtbench report RUN_DIR` re-renders both)
+
+<key> is <scenario>-<transport>, with -<stack> added for a stack other than the
+default (bench.harness.plan.Step.key): chat-ws, chat-ws-aiohttp, chat-grpc.
 
 Format history:
   1  first version.
   2  headline.csv; broadcast is a rate ramp to the servers' knee (loadgen result v2).
+  3  server stacks: a target is (transport, stack). Step records carry `stack`, meta.json
+     parameters `stacks` (asked for) and `targets`; every CSV has a `stack` column after
+     `transport`, and the replicas' records their `Server` header. Runs of version <= 2
+     ran the default stacks: starlette (uvicorn) for ws, sse and longpoll, grpcio for gRPC.
 """
 
 from __future__ import annotations
@@ -38,11 +45,13 @@ import orjson
 
 from bench import ROOT
 from bench.cli import HelpFormatter
+from bench.harness.plan import Target, default_stack, target_order
 
 FORMAT = "rtbench.run"
-VERSION = 2
+VERSION = 3
 DEFAULT_ROOT = Path("results")
-PACKAGES = ("rtbench", "locust", "starlette", "uvicorn", "sse-starlette", "websockets", "grpcio",
+PACKAGES = ("rtbench", "locust", "starlette", "uvicorn", "sse-starlette", "aiohttp", "websockets",
+            "grpcio",
             "protobuf", "redis", "hiredis", "orjson", "gevent", "pandas", "matplotlib", "jinja2",
             "psutil", "hdrhistogram", "uvloop", "httptools")
 
@@ -138,6 +147,11 @@ def append_step(run_dir: Path, record: dict[str, Any]) -> None:
 # ------------------------------------------------------------------- loading
 
 
+def stack_of(record: dict[str, Any]) -> str:
+    """A step record's server stack (a run of format <= 2 ran the default ones)."""
+    return str(record.get("stack") or default_stack(str(record["transport"])))
+
+
 @dataclass
 class RunData:
     """A run directory read back: metadata, step records, load-generator results."""
@@ -145,11 +159,24 @@ class RunData:
     path: Path
     meta: dict[str, Any]
     steps: list[dict[str, Any]]
-    results: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # (scenario, transport, stack) -> the load generator's result
+    results: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # unreadable files, said in the report
 
-    def result(self, scenario: str, transport: str) -> dict[str, Any] | None:
-        return self.results.get((scenario, transport))
+    def result(self, scenario: str, transport: str, stack: str | None = None,
+               ) -> dict[str, Any] | None:
+        return self.results.get((scenario, transport, stack or default_stack(transport)))
+
+    def targets(self) -> list[Target]:
+        """The run's targets, planned or measured, in the usual order."""
+        params = self.meta.get("parameters", {})
+        found = {Target(str(t["transport"]), str(t["stack"]))
+                 for t in params.get("targets", []) if isinstance(t, dict)}
+        if not params.get("targets"):  # format <= 2: transports on their default stacks
+            found |= {Target(str(t), default_stack(str(t))) for t in params.get("transports", [])}
+        found |= {Target(str(s["transport"]), stack_of(s)) for s in self.steps
+                  if "transport" in s}
+        return sorted(found, key=lambda t: target_order(t.transport, t.stack))
 
 
 def load_meta(run_dir: Path) -> dict[str, Any]:
@@ -186,7 +213,8 @@ def load_run(run_dir: Path) -> RunData:
         if not rel:
             continue
         try:
-            data.results[(step["scenario"], step["transport"])] = result_mod.load(run_dir / rel)
+            data.results[(step["scenario"], step["transport"], stack_of(step))] = \
+                result_mod.load(run_dir / rel)
         except (OSError, ValueError) as exc:
             problems.append(f"{rel}: {exc}")
     return data
@@ -213,6 +241,7 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
             "run": d.name, "created": meta.get("created_utc", ""),
             "status": meta.get("status", "?"), "profile": params.get("profile", "?"),
             "transports": ",".join(params.get("transports", [])),
+            "stacks": ",".join(params.get("stacks") or [default_stack("ws")]),
             "steps": f"{sum(1 for s in steps if s.get('status') == 'ok')}/{len(steps)}",
             "wall": f"{meta['wall_seconds']:.0f}s" if meta.get("wall_seconds") else "-",
             "report": "yes" if (d / "report.html").exists() else "no",
@@ -235,7 +264,8 @@ def ls_main(argv: Sequence[str]) -> int:
     if not rows:
         print(f"no runs under {args.root}/ (start one with `rtbench run --quick`)")
         return 0
-    cols = ("run", "created", "status", "profile", "transports", "steps", "wall", "report")
+    cols = ("run", "created", "status", "profile", "transports", "stacks", "steps", "wall",
+            "report")
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:

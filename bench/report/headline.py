@@ -1,6 +1,7 @@
 """The report's headline: how far each transport goes on one server core.
 
-One row per transport, from two scenarios of a run:
+One row per target (a transport on one server stack: `ws`, `starlette`), from
+two scenarios of a run:
 - broadcast, a rate ramp to the servers' knee (loadgen/steps.py): its
   `extra.ramp` gives the most deliveries per second carried (a step that lost
   nothing, kept p99 under the limit and had a valid load generator), whether the
@@ -23,12 +24,14 @@ from typing import Any
 
 import pandas as pd
 
-from bench.harness.plan import TRANSPORTS
+from bench.harness.plan import Target, label
 from bench.harness.runs import RunData
 
-COLUMNS = ("transport", "max_deliveries_per_s", "knee_reached", "knee_reason", "p99_ms_at_knee",
-           "max_held_connections", "kb_per_connection", "cpu_us_per_delivery", "valid")
-LABELS = {"transport": "transport", "max_deliveries_per_s": "max deliveries/s",
+# run format 2's columns, with `stack` (format 3) right after `transport`
+COLUMNS = ("transport", "stack", "max_deliveries_per_s", "knee_reached", "knee_reason",
+           "p99_ms_at_knee", "max_held_connections", "kb_per_connection", "cpu_us_per_delivery",
+           "valid")
+LABELS = {"transport": "transport", "stack": "stack", "max_deliveries_per_s": "max deliveries/s",
           "knee": "knee", "p99_ms_at_knee": "p99 ms", "max_held_connections": "held conns",
           "kb_per_connection": "KiB/conn", "cpu_us_per_delivery": "CPU-us/delivery",
           "valid": "valid"}
@@ -54,19 +57,13 @@ def _int(value: Any) -> int | None:
     return None if math.isnan(v) else round(v)
 
 
-def transports(run: RunData) -> list[str]:
-    """The run's transports: planned or measured, in the usual order."""
-    present = set(run.meta.get("parameters", {}).get("transports", []))
-    present |= {str(s["transport"]) for s in run.steps if "transport" in s}
-    return [t for t in TRANSPORTS if t in present] + sorted(present - set(TRANSPORTS))
-
-
-def _scenario_valid(summary: pd.DataFrame, scenario: str, transport: str,
+def _scenario_valid(summary: pd.DataFrame, scenario: str, target: Target,
                     ) -> tuple[bool, str | None]:
     """(valid, why not) of one row of the run summary, as bench.report.tables decides it."""
     if summary.empty or "scenario" not in summary:
         return False, f"{scenario} not measured"
-    hit = summary[(summary["scenario"] == scenario) & (summary["transport"] == transport)]
+    hit = summary[(summary["scenario"] == scenario) & (summary["transport"] == target.transport)
+                  & (summary["stack"] == target.stack)]
     if hit.empty:
         return False, f"{scenario} not measured"
     row = hit.iloc[0]
@@ -126,15 +123,16 @@ def _connections(res: dict[str, Any] | None, row: dict[str, Any], notes: list[st
 
 
 def rows(run: RunData, summary: pd.DataFrame) -> list[dict[str, Any]]:
-    """One row per transport: COLUMNS, plus `notes` and ramp details for the HTML."""
+    """One row per target: COLUMNS, plus `label`, `notes` and ramp details for the HTML."""
     out = []
-    for t in transports(run):
+    for t in run.targets():
         row: dict[str, Any] = dict.fromkeys(COLUMNS)
-        row.update(transport=t, load_side_limited=None, knee_step=None, best_step=None,
-                   connections_stop=None, connections_limit_reached=None)
+        row.update(transport=t.transport, stack=t.stack, label=t.label, load_side_limited=None,
+                   knee_step=None, best_step=None, connections_stop=None,
+                   connections_limit_reached=None)
         notes: list[str] = []
-        ramp_valid = _broadcast(run.result("broadcast", t), row, notes)
-        _connections(run.result("connections", t), row, notes)
+        ramp_valid = _broadcast(run.result("broadcast", t.transport, t.stack), row, notes)
+        _connections(run.result("connections", t.transport, t.stack), row, notes)
         b_ok, b_why = _scenario_valid(summary, "broadcast", t)
         c_ok, c_why = _scenario_valid(summary, "connections", t)
         notes += [w for w in (b_why, c_why) if w]
@@ -190,19 +188,19 @@ def text(table: list[dict[str, Any]]) -> str:
     """The headline for the terminal, notes under the table."""
     if not table:
         return "How far each transport goes: no transport in this run"
-    keys = ("transport", "max_deliveries_per_s", "knee", "p99_ms_at_knee",
+    keys = ("transport", "stack", "max_deliveries_per_s", "knee", "p99_ms_at_knee",
             "max_held_connections", "kb_per_connection", "cpu_us_per_delivery", "valid")
     cells = [[knee_cell(r) if k == "knee" else cell(r.get(k)) for k in keys] for r in table]
     widths = [max(len(LABELS[k]), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
 
     def line(values: list[str]) -> str:
-        return "  ".join(v.ljust(w) if i in (0, 2) else v.rjust(w)
+        return "  ".join(v.ljust(w) if i in (0, 1, 3) else v.rjust(w)
                          for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
 
     out = ["How far each transport goes on one server core (broadcast rate ramp to the knee; "
            "p99 and CPU at the max step):", line([LABELS[k] for k in keys])]
     out += [line(c) for c in cells]
-    notes = [f"  {r['transport']}: {n}" for r in table
+    notes = [f"  {label(r['transport'], r['stack'])}: {n}" for r in table
              for n in row_notes(r, every_stop=False)]
     if notes:
         out += ["", *notes]

@@ -1,4 +1,9 @@
-"""The report's figures as PNG files (matplotlib, no display needed)."""
+"""The report's figures as PNG files (matplotlib, no display needed).
+
+One series per target, labelled `ws · aiohttp`: the colour says the transport,
+the line style (or bar hatching) the server stack, so a framework's effect reads
+as two lines of one colour and a transport's as lines of two colours.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +15,26 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a server or in CI
 
+import math
+
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from bench.harness.plan import TRANSPORTS
+from bench.harness.plan import Target, target_order
 from bench.harness.runs import RunData
 from bench.report import tables
 
 COLORS = {"ws": "#1f77b4", "sse": "#2ca02c", "longpoll": "#d62728", "grpc": "#9467bd"}
+LINES = {"aiohttp": "--"}  # a stack's line style; solid for the others (starlette, grpcio)
+HATCHES = {"aiohttp": "//"}  # a stack's bar hatching; none for the others
 DPI = 100
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: Figure, path: Path, bottom: float = 0.0) -> Path:
+    """Write and close `fig`; `bottom` inches at its foot stay free (a legend below)."""
+    fig.tight_layout(rect=(0, bottom / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -36,24 +46,34 @@ def _plain_log(axis: Any) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _ordered(values: Any) -> list[str]:
-    present = {str(v) for v in values}
-    return [t for t in TRANSPORTS if t in present] + sorted(present - set(TRANSPORTS))
+def _targets(df: pd.DataFrame) -> list[Target]:
+    """The targets present in a table, in the usual order."""
+    found = {Target(str(t), str(s)) for t, s in zip(df["transport"], df["stack"], strict=True)}
+    return sorted(found, key=lambda t: target_order(t.transport, t.stack))
+
+
+def _rows(df: pd.DataFrame, target: Target) -> pd.DataFrame:
+    return df[(df["transport"] == target.transport) & (df["stack"] == target.stack)]
+
+
+def _style(target: Target) -> dict[str, Any]:
+    return {"color": COLORS.get(target.transport), "linestyle": LINES.get(target.stack, "-")}
 
 
 def latency_cdf(run: RunData, scenario: str, path: Path) -> Path | None:
-    """CDF of one scenario's delivery latency, one line per transport (log time axis)."""
+    """CDF of one scenario's delivery latency, one line per target (log time axis)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = 0
-    for transport in TRANSPORTS:
-        res = run.result(scenario, transport)
+    for target in run.targets():
+        res = run.result(scenario, target.transport, target.stack)
         if res is None:
             continue
         xs, ys = tables.cdf(res)
         if not xs:
             continue
-        label = transport if res.get("validity", {}).get("valid") else f"{transport} (invalid)"
-        ax.step(xs, ys, where="post", label=label, color=COLORS.get(transport))
+        valid = res.get("validity", {}).get("valid")
+        ax.step(xs, ys, where="post", label=target.label if valid else f"{target.label} "
+                "(invalid)", **_style(target))
         drawn += 1
     if not drawn:
         plt.close(fig)
@@ -75,12 +95,11 @@ def capacity(cap: pd.DataFrame, path: Path) -> Path | None:
     if cap.empty:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for transport in _ordered(cap["transport"]):
-        g = cap[cap["transport"] == transport].sort_values("subscribers")
-        color = COLORS.get(transport)
-        a1.plot(g["subscribers"], g["p99_ms"], marker="o", label=transport, color=color)
-        a2.plot(g["subscribers"], g["deliveries_per_s"], marker="o", label=transport,
-                color=color)
+    for target in _targets(cap):
+        g = _rows(cap, target).sort_values("subscribers")
+        a1.plot(g["subscribers"], g["p99_ms"], marker="o", label=target.label, **_style(target))
+        a2.plot(g["subscribers"], g["deliveries_per_s"], marker="o", label=target.label,
+                **_style(target))
     limit = float(cap["p99_limit_ms"].iloc[0])
     a1.axhline(limit, linestyle="--", color="grey", label=f"limit {limit:g} ms")
     a1.set_yscale("log")
@@ -139,19 +158,33 @@ def _rate_axis(axis: Any) -> None:
 
 
 def capacity_knees(cap: pd.DataFrame, path: Path) -> Path | None:
-    """Rate ramps: p99 and server CPU against deliveries/s per step, the ramp's end marked."""
+    """Rate ramps: p99 and server CPU against deliveries/s per step, the ramp's end marked;
+    one line per target."""
+    fig = knee_figure(cap)
+    if fig is None:
+        return None
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def knee_figure(cap: pd.DataFrame) -> Figure | None:
+    """The figure of `capacity_knees` (None without a rate ramp); the caller closes it."""
     cap = cap[cap["ramp"] == "rate"] if not cap.empty else cap
     if cap.empty:
         return None
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5.6))
+    targets = _targets(cap)
+    legend_rows = math.ceil((len(targets) + 2) / 3)
+    legend_in = 0.3 * legend_rows + 0.5  # the legend's rows and the marker key, inches
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.6 + legend_in))
     handles = []
-    for transport in _ordered(cap["transport"]):
-        g = cap[cap["transport"] == transport].sort_values("step")
-        color = COLORS.get(transport)
+    for target in targets:
+        g = _rows(cap, target).sort_values("step")
+        color = COLORS.get(target.transport)
         ok = g["loadgen_valid"].fillna(True).astype(bool)
         for ax, y in ((a1, "p99_ms"), (a2, "server_cpu_percent")):
-            (line,) = ax.plot(g["deliveries_per_s"], g[y], color=color,
-                              label=f"{transport}: {_end_label(g)}")
+            (line,) = ax.plot(g["deliveries_per_s"], g[y], **_style(target),
+                              label=f"{target.label}: {_end_label(g)}")
             ax.scatter(g[ok]["deliveries_per_s"], g[ok][y], color=color, s=18, zorder=4)
             ax.scatter(g[~ok]["deliveries_per_s"], g[~ok][y], facecolors="white",
                        edgecolors=color, s=30, zorder=4)
@@ -178,16 +211,17 @@ def capacity_knees(cap: pd.DataFrame, path: Path) -> Path | None:
         _rate_axis(a.xaxis)
         a.set_xlabel("delivered deliveries / s per step (log scale)")
         a.grid(True, which="both", alpha=0.3)
+    height = fig.get_figheight()
+    dashed = [s for s in dict.fromkeys(t.stack for t in targets) if LINES.get(s) == "--"]
+    key = f"   dashed: {', '.join(dashed)} stack" if dashed else ""
     fig.legend(handles=handles, loc="lower left", ncol=3, fontsize="small",
-               bbox_to_anchor=(0.01, 0.045), frameon=False)
-    fig.text(0.01, 0.01, "\u2605 knee (a server limit ended the ramp)   \u2716 load-side "
-             "limited: the load generator saturated first, no knee   \u25a0 stopped before "
-             "a knee   \u25cb hollow: load generator not valid in that step", fontsize="small",
-             color="#444")
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+               bbox_to_anchor=(0.01, 0.3 / height), frameon=False)
+    fig.text(0.01, 0.1 / height, "\u2605 knee (a server limit ended the ramp)   \u2716 "
+             "load-side limited: the load generator saturated first, no knee   \u25a0 stopped "
+             "before a knee   \u25cb hollow: load generator not valid in that step" + key,
+             fontsize="small", color="#444")
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1))
+    return fig
 
 
 def _bars(ax: Any, df: pd.DataFrame, value: str, title: str, ylabel: str) -> bool:
@@ -196,9 +230,15 @@ def _bars(ax: Any, df: pd.DataFrame, value: str, title: str, ylabel: str) -> boo
         ax.set_title(f"{title} (not measured)")
         ax.set_axis_off()
         return False
-    order = _ordered(data["transport"])
-    values = [float(data[data["transport"] == t][value].iloc[0]) for t in order]
-    ax.bar(order, values, color=[COLORS.get(t, "grey") for t in order])
+    order = _targets(data)
+    values = [float(_rows(data, t)[value].iloc[0]) for t in order]
+    many = len(order) > len(COLORS)  # more targets than transports: slanted labels
+    ax.bar([t.label if many else f"{t.transport}\n{t.stack}" for t in order], values,
+           color=[COLORS.get(t.transport, "grey") for t in order],
+           hatch=[HATCHES.get(t.stack, "") for t in order], edgecolor="white")
+    ax.tick_params(axis="x", labelsize="small")
+    if many:
+        plt.setp(ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", alpha=0.3)
@@ -208,7 +248,7 @@ def _bars(ax: Any, df: pd.DataFrame, value: str, title: str, ylabel: str) -> boo
 def connections(conn: pd.DataFrame, path: Path) -> Path | None:
     if conn.empty:
         return None
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6 if len(conn) <= len(COLORS) else 4.4))
     drawn = [
         _bars(axes[0], conn, "held_peak", "connections held", "connections"),
         _bars(axes[1], conn, "connect_p50_ms", "connect time p50", "ms"),
@@ -228,21 +268,35 @@ def _grouped(ax: Any, df: pd.DataFrame, value: str, title: str, ylabel: str) -> 
         ax.set_axis_off()
         return False
     scenarios = list(dict.fromkeys(data["scenario"]))
-    transports = _ordered(data["transport"])
-    width = 0.8 / len(transports)
-    for i, t in enumerate(transports):
+    targets = _targets(data)
+    width = 0.8 / len(targets)
+    for i, t in enumerate(targets):
         ys = []
+        rows = _rows(data, t)
         for s in scenarios:
-            hit = data[(data["transport"] == t) & (data["scenario"] == s)][value]
+            hit = rows[rows["scenario"] == s][value]
             ys.append(float(hit.iloc[0]) if len(hit) else 0.0)
-        ax.bar([k + i * width for k in range(len(scenarios))], ys, width, label=t,
-               color=COLORS.get(t))
+        ax.bar([k + i * width for k in range(len(scenarios))], ys, width, label=t.label,
+               color=COLORS.get(t.transport), hatch=HATCHES.get(t.stack, ""),
+               edgecolor="white")
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(scenarios))], scenarios)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
     return True
+
+
+def _legend_below(fig: Figure, axes: Any) -> float:
+    """One legend for side-by-side panels of the same series, under them; its height in
+    inches (for `_save`)."""
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            ncol = min(len(handles), 4)
+            fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize="small",
+                       frameon=False)
+            return 0.25 * math.ceil(len(handles) / ncol) + 0.1
+    return 0.0
 
 
 def cost(summary: pd.DataFrame, path: Path) -> Path | None:
@@ -256,7 +310,7 @@ def cost(summary: pd.DataFrame, path: Path) -> Path | None:
     if not any(drawn):
         plt.close(fig)
         return None
-    return _save(fig, path)
+    return _save(fig, path, _legend_below(fig, (a1, a2)))
 
 
 def latency_bars(summary: pd.DataFrame, path: Path) -> Path | None:
@@ -266,7 +320,7 @@ def latency_bars(summary: pd.DataFrame, path: Path) -> Path | None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
     _grouped(a1, msgs, "p50_ms", "median delivery latency", "ms")
     _grouped(a2, msgs, "p99_ms", "p99 delivery latency", "ms")
-    return _save(fig, path)
+    return _save(fig, path, _legend_below(fig, (a1, a2)))
 
 
 def render_all(run: RunData, summary: pd.DataFrame, cap: pd.DataFrame, conn: pd.DataFrame,

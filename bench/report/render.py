@@ -21,14 +21,16 @@ import orjson
 import pandas as pd
 
 from bench.cli import HelpFormatter
+from bench.harness.plan import label
 from bench.harness.runs import RunData, load_run
-from bench.report import headline, plots, tables, textbook
+from bench.report import headline, plots, stacks, tables, textbook
 
 TEMPLATES = Path(__file__).parent / "templates"
 STANDALONE = ("fanout", "memory", "latency")  # bench/<name>.py --json <run>/<name>.json
 
 SUMMARY_COLUMNS = (
-    ("transport", "transport"), ("scenario", "scenario"), ("status", "status"),
+    ("transport", "transport"), ("stack", "stack"), ("scenario", "scenario"),
+    ("status", "status"),
     ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms"),
     ("delivered", "delivered"), ("expected", "expected"), ("missing", "missing"),
     ("cpu_ms_per_1k", "CPU-ms/1k"), ("wire_bytes_per_msg", "B/msg"), ("valid", "valid"),
@@ -78,7 +80,7 @@ def summary_text(summary: pd.DataFrame) -> str:
     notes = []
     for row in records(problems):
         why = row["error"] or row["reasons"] or "invalid"
-        notes.append(f"  {row['transport']} {row['scenario']}: {why}")
+        notes.append(f"  {label(row['transport'], row['stack'])} {row['scenario']}: {why}")
     if notes:
         text += "\n\nnot trustworthy as is:\n" + "\n".join(notes)
     return text
@@ -112,6 +114,7 @@ def context(run: RunData) -> dict[str, Any]:
         df.to_csv(run.path / f"{name}.csv", index=False)
     head = headline.rows(run, summary)
     headline.write_csv(head, run.path / "headline.csv")
+    by_stack = stacks.compare(summary, head)
     pngs = plots.render_all(run, summary, cap, conn, run.path / "plots")
     meta = run.meta
     params = meta.get("parameters", {})
@@ -129,6 +132,10 @@ def context(run: RunData) -> dict[str, Any]:
         "capacity_best": tables.capacity_best(cap),
         "connections": records(conn),
         "textbook": [v.to_dict() for v in textbook.check(summary, meta)],
+        "judged": textbook.judged_labels(summary),
+        "targets": [t.label for t in run.targets()],
+        "stack_comparisons": [c.to_dict() for c in by_stack],
+        "stacks_text": stacks.text(by_stack),
         "images": {name: _embed(path) for name, path in pngs.items()},
         "png_files": {name: str(path.relative_to(run.path)) for name, path in pngs.items()},
         "problems": run.problems,
@@ -142,15 +149,16 @@ def context(run: RunData) -> dict[str, Any]:
 
 def render(run_dir: Path) -> str:
     """Write report.html (+ CSVs, PNGs) for `run_dir`; returns the terminal summary
-    (the headline first, then one row per transport and scenario)."""
+    (the headline first, the stacks compared when there are two, then one row per target
+    and scenario)."""
     run = load_run(run_dir)
     ctx = context(run)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(**ctx)
     (run_dir / "report.html").write_text(html, encoding="utf-8")
-    head: str = ctx["headline_text"]
-    return head + "\n\n" + summary_text(ctx["summary_frame"])
+    parts = [ctx["headline_text"], ctx["stacks_text"], summary_text(ctx["summary_frame"])]
+    return "\n\n".join(p for p in parts if p)
 
 
 def parser() -> argparse.ArgumentParser:

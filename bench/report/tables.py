@@ -1,5 +1,9 @@
 """The numbers of a run as pandas tables: one place computes them, the report and CSVs read them.
 
+Every table has a row per target and a `stack` column right after `transport`
+(the server stack: starlette or aiohttp for ws, sse and longpoll, grpcio for
+gRPC; a run of format <= 2 ran the default ones).
+
 Definitions (the report repeats them next to the figures):
 - latency: one-way, publisher's intended send time (payload stamp) to receipt,
   from the load generator's lossless HdrHistograms, warm-up excluded;
@@ -21,7 +25,8 @@ from typing import Any
 import pandas as pd
 from hdrh.histogram import HdrHistogram
 
-from bench.harness.runs import RunData
+from bench.harness.plan import label, target_order
+from bench.harness.runs import RunData, stack_of
 from loadgen.measure import HIGHEST_US, LOWEST_US, SIG_FIGS
 
 PCTS = (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p99.9"), ("max", "p100"))
@@ -40,11 +45,26 @@ def _server_roles(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in (d or {}).items() if k != "redis"}
 
 
+def labels(df: pd.DataFrame) -> pd.Series:
+    """Each row's target as the report names it: `ws · aiohttp`."""
+    return pd.Series([label(str(t), str(s)) for t, s in zip(df["transport"], df["stack"],
+                                                           strict=True)], index=df.index,
+                     dtype=object)
+
+
+def _by_target(run: RunData, scenario: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(transport, stack, result) of one scenario, in the usual target order."""
+    hits = [(t, st, res) for (sc, t, st), res in run.results.items() if sc == scenario]
+    return sorted(hits, key=lambda h: target_order(h[0], h[1]))
+
+
 def summary(run: RunData) -> pd.DataFrame:
-    """One row per (transport, scenario): latency, delivery accounting, cost, validity."""
+    """One row per (transport, stack, scenario): latency, delivery accounting, cost,
+    validity."""
     rows = []
     for step in run.steps:
-        res = run.result(step["scenario"], step["transport"]) or {}
+        stack = stack_of(step)
+        res = run.result(step["scenario"], step["transport"], stack) or {}
         lat = res.get("latency_us", {}).get("all", {})
         pct = lat.get("percentiles", {})
         d = res.get("delivery", {})
@@ -66,7 +86,7 @@ def summary(run: RunData) -> pd.DataFrame:
         if step.get("first_attempt"):
             warnings.append(f"second attempt (the first: {step['first_attempt']})")
         row: dict[str, Any] = {
-            "transport": step["transport"], "scenario": step["scenario"],
+            "transport": step["transport"], "stack": stack, "scenario": step["scenario"],
             "status": step["status"], "error": step.get("error") or "",
             "valid": bool(v.get("valid", False)) and step["status"] == "ok" and not reasons,
             "saturated": bool(v.get("saturated", False)),
@@ -107,7 +127,7 @@ def summary(run: RunData) -> pd.DataFrame:
 
 
 def capacity(run: RunData) -> pd.DataFrame:
-    """Broadcast capacity steps, per transport: p99, deliveries/s and server CPU per step.
+    """Broadcast capacity steps, per target: p99, deliveries/s and server CPU per step.
 
     `ramp` says which ramp made the step (loadgen/steps.py): `rate` (subscribers
     fixed, the publish rate rising to the knee; deliveries/s measured over the
@@ -115,8 +135,8 @@ def capacity(run: RunData) -> pd.DataFrame:
     includes its own ramp-up).
     """
     rows = []
-    for (scenario, transport), res in sorted(run.results.items()):
-        if scenario != "broadcast" or not res.get("steps"):
+    for transport, stack, res in _by_target(run, "broadcast"):
+        if not res.get("steps"):
             continue
         params = res.get("parameters", {})
         limit = float(params.get("p99_limit_ms", 250))
@@ -134,7 +154,8 @@ def capacity(run: RunData) -> pd.DataFrame:
             p99 = _ms(pct.get("p99"))
             lg = s.get("loadgen") or {}
             rows.append({
-                "transport": transport, "ramp": "rate" if rate else "subscribers",
+                "transport": transport, "stack": stack,
+                "ramp": "rate" if rate else "subscribers",
                 "step": s["step"], "subscribers": s["subscribers"],
                 "publish_rate": s.get("publish_rate"), "offered_per_s": s.get("offered_per_s"),
                 "deliveries": s["deliveries"], "seconds": round(seconds, 2) if seconds else None,
@@ -157,29 +178,29 @@ def capacity(run: RunData) -> pd.DataFrame:
 
 
 def capacity_best(cap: pd.DataFrame) -> dict[str, int | None]:
-    """Subscriber ramps, per transport: the largest subscriber count of an unbroken run
-    of steps within limit (a rate ramp's answer is the headline, bench.report.headline)."""
+    """Subscriber ramps, per target (`ws · starlette`): the largest subscriber count of an
+    unbroken run of steps within limit (a rate ramp's answer is the headline,
+    bench.report.headline)."""
     out: dict[str, int | None] = {}
-    if cap.empty:
+    users = cap[cap["ramp"] == "subscribers"] if not cap.empty else cap
+    if users.empty:
         return out
-    for transport, g in cap[cap["ramp"] == "subscribers"].groupby("transport", sort=False):
+    for (transport, stack), g in users.groupby(["transport", "stack"], sort=False):
         best = None
         for _, row in g.sort_values("subscribers").iterrows():
             if not row["met_limit"]:
                 break
             best = int(row["subscribers"])
-        out[str(transport)] = best
+        out[label(str(transport), str(stack))] = best
     return out
 
 
 def connections(run: RunData) -> pd.DataFrame:
-    """Connections scenario: held connections, connect time, memory and idle CPU per server."""
+    """Connections scenario: held connections, connect time, memory and idle CPU per target."""
     rows = []
-    users = {s["transport"]: s.get("parameters", {}).get("users") for s in run.steps
-             if s["scenario"] == "connections"}
-    for (scenario, transport), res in sorted(run.results.items()):
-        if scenario != "connections":
-            continue
+    users = {(s["transport"], stack_of(s)): s.get("parameters", {}).get("users")
+             for s in run.steps if s["scenario"] == "connections"}
+    for transport, stack, res in _by_target(run, "connections"):
         servers = res.get("extra", {}).get("servers", {})
         ok = [s for s in servers.values() if "error" not in s]
         added = sum(s["connections_peak"] - s["connections_before"] for s in ok)
@@ -189,8 +210,8 @@ def connections(run: RunData) -> pd.DataFrame:
         pct = conn.get("percentiles", {})
         c = res.get("counters", {})
         rows.append({
-            "transport": transport,
-            "target": users.get(transport),
+            "transport": transport, "stack": stack,
+            "target": users.get((transport, stack)),
             "connects": c.get("connects", 0), "connect_failures": c.get("connect_failures", 0),
             "held_peak": int(added) if ok else None,
             "connect_p50_ms": _ms(pct.get("p50")) if conn.get("count") else None,

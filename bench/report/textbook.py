@@ -6,6 +6,11 @@ test: differences under `TOLERANCE` count as ties, and a claim that one
 transport is lower is only refuted when another is lower by more than that.
 Figures from runs marked invalid (saturated generator, lost messages) carry a
 `*`; the verdict then says so.
+
+The claims are about transports, so each transport is judged on one server
+stack (`judged_stacks`): the default one (starlette on uvicorn; grpcio for
+gRPC) when the run has it, else the first stack it ran on. The report says
+which, and compares the stacks themselves apart (bench.report.stacks).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+
+from bench.harness.plan import STACKS, default_stack, label
 
 CONFIRMED, NOT_CONFIRMED, NOT_MEASURED = "confirmed", "not confirmed", "not measured"
 TOLERANCE = 0.05  # relative difference below which two figures are a tie
@@ -157,8 +164,9 @@ def _grpc_faster(df: pd.DataFrame) -> Verdict:
     figure = ("server CPU per 1000 deliveries - " + "; ".join(lines) + ". JSON-over-HTTP / gRPC: "
               + ", ".join(f"{s} {t} {r:.2f}x" for s, t, r in ratios))
     return Verdict(claim, source, CONFIRMED if best >= 10 else NOT_CONFIRMED, figure,
-                   "same server core, same hub: the difference is the transport layer alone. "
-                   + _caveat(invalid))
+                   "same server core, same hub: the difference is the transport layer, "
+                   "framework included (grpcio vs the HTTP stack; the stack comparison shows "
+                   "how much a framework alone moves it). " + _caveat(invalid))
 
 
 def _grpc_smaller(df: pd.DataFrame) -> Verdict:
@@ -218,10 +226,39 @@ def _not_measured(claim: str, source: str, why: str) -> Callable[[], Verdict]:
     return lambda: Verdict(claim, source, NOT_MEASURED, why)
 
 
+def judged_stacks(summary: pd.DataFrame) -> dict[str, str]:
+    """transport -> the stack its claims are judged on: its default stack when the run has
+    it, else the first of STACKS it ran on."""
+    out: dict[str, str] = {}
+    if summary.empty or "stack" not in summary:
+        return out
+    for transport, g in summary.groupby("transport", sort=False):
+        t, ran = str(transport), {str(s) for s in g["stack"]}
+        preferred = [default_stack(t), *STACKS]
+        out[t] = next((s for s in preferred if s in ran), sorted(ran)[0])
+    return out
+
+
+def judged_labels(summary: pd.DataFrame) -> list[str]:
+    """`ws · starlette`, ... : the targets the verdicts are about."""
+    return [label(t, s) for t, s in judged_stacks(summary).items()]
+
+
+def _judged(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary's rows of the judged stacks only (one per transport and scenario)."""
+    stacks = judged_stacks(summary)
+    if not stacks:
+        return summary
+    keep = [stacks.get(str(t)) == str(s) for t, s in zip(summary["transport"], summary["stack"],
+                                                          strict=True)]
+    return summary[keep]
+
+
 def check(summary: pd.DataFrame, meta: dict[str, Any]) -> list[Verdict]:
-    """Every claim, in the order of the seed's tables."""
+    """Every claim, in the order of the seed's tables, on the judged stacks' rows."""
     if summary.empty:
-        summary = pd.DataFrame(columns=["scenario", "transport", "valid"])
+        summary = pd.DataFrame(columns=["scenario", "transport", "stack", "valid"])
+    summary = _judged(summary)
     jobs: list[Callable[[], Verdict]] = [
         lambda: _lowest(summary, "ws", "WebSocket has the lowest latency",
                         "Long Polling vs SSE vs WebSocket"),
