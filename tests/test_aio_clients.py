@@ -382,19 +382,25 @@ async def test_shared_session_has_no_connection_limit(servers: dict[str, ServerP
 
 async def test_other_http_objects_are_ignored_with_a_warning(
         servers: dict[str, ServerProcess]) -> None:
-    import httpx
-
-    async with httpx.AsyncClient() as legacy:
+    """Each family's pool given to the other (one `http=` passed to every transport) is
+    ignored with a warning naming what the client takes, as anything else would be."""
+    session, pool = http_session(), Pool()
+    try:
         for transport in TRANSPORTS:
+            other: Pool | aiohttp.ClientSession = session if transport in HTTP_TRANSPORTS \
+                else pool
             expected = "http11.Pool" if transport in HTTP_TRANSPORTS else "aiohttp.ClientSession"
             with pytest.warns(DeprecationWarning, match=expected) as caught:
                 c = await connect(transport, servers[transport].url, token(unique("l")),
-                                  http=legacy)
+                                  http=other)
             try:
                 assert caught[0].filename == __file__  # it names the caller
                 assert await c.ping() > 0
             finally:
                 await c.close()
+    finally:
+        await session.close()
+        await pool.aclose()
 
 
 def test_runs_on_uvloop(servers: dict[str, ServerProcess]) -> None:
