@@ -1,5 +1,5 @@
 """Ingest efficiency: messages/s one Locust-side (gevent) client takes in, vs a plain asyncio
-client (`loadgen.aio`: websockets / httpx / grpc.aio) on the same server in the same run.
+client (`loadgen.aio`: aiohttp / http11 / grpc.aio) on the same server in the same run.
 
 Method, per transport and round: a subscriber process connects and joins a fresh
 room, then is frozen (SIGSTOP). An asyncio publisher publishes N messages; the

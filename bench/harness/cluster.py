@@ -19,10 +19,10 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import httpx
 import psutil
 
 from bench.harness.cpu import cpu_seconds
@@ -70,7 +70,7 @@ class Replica:
         """The replica's Prometheus samples as {name{labels}: value} (empty if none)."""
         if not self.metrics_url:
             return {}
-        text = httpx.get(self.metrics_url, timeout=5).text
+        text = http_get(self.metrics_url, timeout=5)[2]
         out: dict[str, float] = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
@@ -169,16 +169,24 @@ class Cluster:
         self.stop()
 
 
+def http_get(url: str, timeout: float) -> tuple[int, str, str]:
+    """(status, `Server` header or '', body) of one plain GET on the servers' own
+    loopback endpoints (/healthz, /metrics); OSError (urllib.error.URLError and
+    HTTPError are OSErrors) when there is no 2xx answer."""
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        return reply.status, reply.headers.get("server", ""), reply.read().decode()
+
+
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> str:
     """Poll `url` until it answers 200; its `Server` header ('' when none)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
-        with contextlib.suppress(httpx.HTTPError):
-            reply = httpx.get(url, timeout=1)
-            if reply.status_code == 200:
-                return str(reply.headers.get("server", ""))
+        with contextlib.suppress(OSError):  # refused, reset, timed out, or not 200 yet
+            status, server, _ = http_get(url, timeout=1)
+            if status == 200:
+                return server
         time.sleep(0.05)
     raise TimeoutError(f"{url} not healthy after {timeout}s")
 

@@ -20,8 +20,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.harness import runs
 from bench.harness.cluster import SERVER_CPU, Cluster, load_cpus
 from bench.harness.plan import Step, Target
@@ -135,7 +133,7 @@ class Harness:
                     log.rename(log.with_suffix(".attempt1.log"))
                     rec = self.run_step(step, attempt=2)
                     rec["first_attempt"] = why
-            except (RuntimeError, TimeoutError, OSError, httpx.HTTPError) as exc:
+            except (RuntimeError, TimeoutError, OSError) as exc:
                 # one broken step must not cost the others: note it, next cluster is fresh
                 rec = record(step, "failed", error=f"{type(exc).__name__}: {exc}")
                 self.stop_cluster()

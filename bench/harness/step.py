@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
 from bench import ROOT
-from bench.harness.cluster import SERVER_CPU, Cluster
+from bench.harness.cluster import SERVER_CPU, Cluster, http_get
 from bench.harness.plan import Step, label
 from bench.harness.procs import affinity, stop_group
 from bench.harness.progress import Progress
@@ -84,8 +83,8 @@ class StepRun:
                 out.append({})
                 continue
             try:
-                text = httpx.get(node.metrics_url, timeout=5).text
-            except httpx.HTTPError:
+                text = http_get(node.metrics_url, timeout=5)[2]
+            except OSError:
                 out.append({})
                 continue
             (self.run_dir / "metrics" / f"{self.step.key}-r{i}-{when}.prom").write_text(text)
