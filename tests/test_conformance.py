@@ -30,7 +30,7 @@ from tests.cluster import (
     token,
     unique,
 )
-from tests.http import Http
+from tests.httpclient import Http
 
 pytestmark = pytest.mark.e2e
 

@@ -40,7 +40,7 @@ from loadgen.aio import Client, Received, connect
 from servers.testing import RedisServer, ServerProcess, free_port, wait_port
 from servers.transports.listen import server_socket
 from tests.cluster import Target, server, start_all, stop_all, token, unique
-from tests.http import get
+from tests.httpclient import get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 

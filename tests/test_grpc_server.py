@@ -21,7 +21,7 @@ from servers.core.auth import DEV_SECRET, make_token
 from servers.proto import rtbench_pb2 as pb
 from servers.testing import RedisServer, ServerProcess, free_port
 from servers.transports.grpc_codec import event_from_frame
-from tests.http import Http, get
+from tests.httpclient import Http, get
 
 pytestmark = pytest.mark.e2e
 

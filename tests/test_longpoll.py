@@ -24,7 +24,7 @@ from servers.settings import STACKS
 from servers.testing import RedisServer, ServerProcess, free_port
 from servers.transports.longpoll import connect_body, events_body, poll_timeout
 from tests.cluster import MAX_FRAME_BYTES, server, start_all, stop_all, token, unique
-from tests.http import Http, Reply
+from tests.httpclient import Http, Reply
 from tests.test_sse import (
     BAD_COMMANDS,
     RSS_CONNS,

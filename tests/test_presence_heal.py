@@ -23,7 +23,7 @@ from servers.core.types import CountChange
 from servers.fanout.redis import RedisBroker
 from servers.testing import RedisServer
 from tests.cluster import server, start_all, stop_all, token, unique
-from tests.http import get
+from tests.httpclient import get
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -47,7 +47,7 @@ from servers.transports.sse import (
     may_block,
 )
 from tests.cluster import MAX_FRAME_BYTES, MAX_ROOMS, server, start_all, stop_all, token, unique
-from tests.http import Http, Reply, lines
+from tests.httpclient import Http, Reply, lines
 
 pytestmark = pytest.mark.e2e
 

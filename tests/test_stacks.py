@@ -15,7 +15,7 @@ from servers.core.cursor import encode_cursor
 from servers.settings import STACKS, Settings
 from servers.testing import ServerProcess, free_port
 from tests.cluster import start_all, stop_all, token
-from tests.http import Http
+from tests.httpclient import Http
 
 pytestmark = pytest.mark.e2e
 

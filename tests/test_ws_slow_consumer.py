@@ -24,7 +24,7 @@ from loadgen.aio import connect
 from servers.settings import STACKS
 from servers.testing import ServerProcess, free_port
 from tests.cluster import start_all, stop_all, token, unique
-from tests.http import Http
+from tests.httpclient import Http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
