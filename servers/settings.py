@@ -52,6 +52,12 @@ class Settings:
     metrics_port: int = _setting(
         0, "gRPC only: port of the Prometheus /metrics and /healthz endpoint (the HTTP "
         "transports serve both on --port)", shown="port + 1000", metavar="PORT")
+    tls_cert: str = _setting(
+        "", "PEM certificate chain, the server's certificate first: serve over TLS (wss:// "
+        "and https:// for ws, sse and longpoll, gRPC over TLS; gRPC's --metrics-port stays "
+        "plain HTTP); needs --tls-key", shown="none (no TLS)", metavar="FILE")
+    tls_key: str = _setting("", "PEM private key of --tls-cert", shown="none",
+                            metavar="FILE")
     broker: str = _setting(
         "redis", "fanout between replicas (memory: a single node, no Redis)", choices=BROKERS)
     redis_url: str = _setting("redis://127.0.0.1:6379/0",
@@ -219,6 +225,9 @@ def validate(s: Settings) -> Settings:
     if s.transport == "grpc" and not s.metrics_port and s.port + 1000 > 65535:
         raise SettingsError(f"port={s.port}: the metrics port would be port + 1000 = "
                             f"{s.port + 1000}; pass --metrics-port")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise SettingsError("tls_cert and tls_key go together: pass both --tls-cert and "
+                            "--tls-key (RTBENCH_TLS_CERT, RTBENCH_TLS_KEY) or neither")
     if s.broker == "redis":
         _check_redis_url(s.redis_url)
     if s.max_frame_bytes < 256:

@@ -1,14 +1,17 @@
 """Start-up failures a user can fix: each is one line that names the address and the fix.
 
 `rtbench serve` prints it and exits 2 (servers/serve.py) instead of a traceback. Every
-transport checks in the same order: its ports are bound first (nothing listens yet), then
-the hub starts (the broker connects), then the port listens (servers/transports/listen.py).
+transport checks in the same order: the TLS certificate and key are read (`load_tls`),
+its ports are bound (nothing listens yet), then the hub starts (the broker connects), then
+the port listens (servers/transports/listen.py).
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import ssl
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from servers.core.errors import BrokerUnavailable
@@ -51,3 +54,38 @@ async def start_hub(hub: Hub, s: Settings) -> None:
         raise StartupError(
             f"{detail}; start redis-server (or point --redis-url / RTBENCH_REDIS_URL at a "
             "running Redis), or run a single node without Redis: --broker memory") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """The server's TLS material, read and checked at start: an SSLContext for the HTTP
+    stacks and the PEM bytes for grpcio (which takes bytes, not a context)."""
+
+    context: ssl.SSLContext
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def load_tls(s: Settings) -> ServerTls | None:
+    """The TLS material of `--tls-cert`/`--tls-key` (None without them); a file that cannot
+    be read, or a pair that is not a PEM certificate chain and its key, is a StartupError
+    naming the flag and the file."""
+    if not s.tls_cert:
+        return None
+    pems: list[bytes] = []
+    for flag, path in (("--tls-cert", s.tls_cert), ("--tls-key", s.tls_key)):
+        try:
+            with open(path, "rb") as f:
+                pems.append(f.read())
+        except OSError as exc:
+            raise StartupError(f"{flag} {path}: cannot read it ({exc.strerror or exc}); pass a "
+                               "readable PEM file (or RTBENCH_TLS_CERT / RTBENCH_TLS_KEY)"
+                               ) from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(s.tls_cert, s.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        why = " ".join(str(getattr(exc, "reason", None) or exc).split())
+        raise StartupError(f"--tls-cert {s.tls_cert} and --tls-key {s.tls_key}: not a PEM "
+                           f"certificate chain and its private key ({why})") from None
+    return ServerTls(context, pems[0], pems[1])

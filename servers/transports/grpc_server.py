@@ -1,5 +1,8 @@
 """gRPC streaming transport: `rtbench.v1.Chat` on grpc.aio, plus health and /metrics.
 
+With --tls-cert/--tls-key the gRPC port speaks TLS (grpc.ssl_server_credentials); the
+metrics port stays plain HTTP/1.1 (an operations endpoint, like the harness reads it).
+
 Methods are registered without (de)serializers, so requests arrive as bytes and
 responses leave as bytes: an undecodable frame becomes an `error` event (not a
 dead stream), and every event is written as its cached protobuf encoding,
@@ -29,7 +32,7 @@ from servers.core.errors import AuthError, BrokerUnavailable, ErrorCode, Protoco
 from servers.core.hub import Hub
 from servers.core.types import CloseReason, Event
 from servers.settings import Settings
-from servers.startup import StartupError, start_hub
+from servers.startup import StartupError, load_tls, start_hub
 from servers.transports.grpc_codec import (
     FORMAT,
     encode_event,
@@ -324,6 +327,7 @@ async def serve(s: Settings, hub: Hub) -> int:
     """Serve until SIGINT/SIGTERM; StartupError if a port or the broker is unusable."""
     stop = _exit_on_signal()
     metrics_port = s.metrics_port or s.port + 1000
+    tls = load_tls(s)  # a bad certificate or key is one line (StartupError), not grpcio's
     # ports first, as the HTTP stacks do: grpcio would log its own bind error on stderr
     server_socket(s.host, s.port, 0).close()
     server_socket(s.host, metrics_port, 0, flag="--metrics-port").close()
@@ -340,7 +344,12 @@ async def serve(s: Settings, hub: Hub) -> int:
     try:
         # the gRPC port last: once it accepts connections, everything is ready
         ops = await _serve_metrics(hub, "grpc", s.host, metrics_port)
-        server.add_insecure_port(f"{s.host}:{s.port}")
+        address = f"{s.host}:{s.port}"
+        if tls is None:
+            server.add_insecure_port(address)
+        else:  # grpcio negotiates ALPN h2 itself
+            server.add_secure_port(address, grpc.ssl_server_credentials(
+                [(tls.key_pem, tls.cert_pem)]))
     except (OSError, RuntimeError) as exc:  # taken since the check above
         if ops is not None:
             ops.close()
@@ -348,8 +357,8 @@ async def serve(s: Settings, hub: Hub) -> int:
         raise StartupError(f"cannot listen on {s.host}:{s.port} (gRPC) and {s.host}:"
                            f"{metrics_port} (metrics): {' '.join(str(exc).split())}") from None
     await server.start()
-    log.info("gRPC on %s:%d, metrics on :%d, broker %s", s.host, s.port, metrics_port,
-             hub.broker.name)
+    log.info("gRPC%s on %s:%d, metrics on :%d, broker %s", " over TLS" if tls else "",
+             s.host, s.port, metrics_port, hub.broker.name)
     reaper = asyncio.create_task(service.reap())
     await stop.wait()
 

@@ -29,7 +29,7 @@ from servers import metrics
 from servers.core.hub import Hub
 from servers.settings import Settings
 from servers.stacks.aiohttp.http import response
-from servers.startup import start_hub
+from servers.startup import load_tls, start_hub
 from servers.transports.context import Context, keepalive_timeout, max_header_bytes
 from servers.transports.listen import BACKLOG, server_socket
 from servers.transports.replies import json_reply
@@ -72,6 +72,7 @@ def build_app(ctx: Context) -> web.Application:
 async def serve(s: Settings, hub: Hub) -> None:
     """Serve until SIGINT/SIGTERM, then tell every connection to go away (1001), wait for
     open requests (at most SHUTDOWN_TIMEOUT) and stop the hub."""
+    tls = load_tls(s)  # first: a bad certificate or key is one line (StartupError)
     ctx = Context.create(s, hub)
     runner = web.AppRunner(
         build_app(ctx),
@@ -96,7 +97,8 @@ async def serve(s: Settings, hub: Hub) -> None:
         sock.close()
         raise
     try:
-        site = web.SockSite(runner, sock, backlog=BACKLOG)
+        site = web.SockSite(runner, sock, backlog=BACKLOG,
+                            ssl_context=tls.context if tls else None)
         await site.start()
         await stop.wait()
         ctx.exit_signal()

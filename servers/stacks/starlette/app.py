@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from servers import metrics
 from servers.core.hub import Hub
 from servers.settings import Settings
-from servers.startup import start_hub
+from servers.startup import load_tls, start_hub
 from servers.transports import ws
 from servers.transports.context import Context, keepalive_timeout
 from servers.transports.listen import BACKLOG, server_socket
@@ -130,6 +130,8 @@ def run(s: Settings, hub: Hub) -> int:
     import uvicorn
 
     ping = ws.keepalive(s)
+    # read and checked here (StartupError, one line); uvicorn loads the same files again
+    tls = load_tls(s)
     config = uvicorn.Config(
         build_app(Context.create(s, hub)),
         host=s.host,
@@ -147,6 +149,8 @@ def run(s: Settings, hub: Hub) -> int:
         backlog=BACKLOG,
         timeout_keep_alive=int(keepalive_timeout(s)),
         timeout_graceful_shutdown=5,
+        ssl_certfile=s.tls_cert if tls else None,
+        ssl_keyfile=s.tls_key if tls else None,
     )
     server = uvicorn.Server(config)
     sock = server_socket(s.host, s.port, s.tcp_user_timeout)
