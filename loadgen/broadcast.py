@@ -47,7 +47,8 @@ run.add_init(Publisher.fixed_from_option)
 
 def _ramp(r: hooks.Run) -> None:
     if r.p.ramp_factor > 0:
-        r.extras.append(lambda rr: {"ramp": ramp_summary(rr.steps, rr.ramp_end)})
+        r.extras.append(lambda rr: {"ramp": ramp_summary(
+            rr.steps, rr.ramp_end, rr.p.max_server_cpu)})
 
 
 run.on_start.append(_ramp)

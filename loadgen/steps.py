@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from loadgen import knee as knee_mod
 from loadgen import saturation, scrape
 from loadgen.measure import Histogram, now_us
 
@@ -301,35 +302,48 @@ def _metrics(run: Any) -> list[str]:
     return scrape.metrics_urls(p.servers, p.transport, p.metrics_urls)
 
 
-def ramp_summary(steps: list[dict[str, Any]], ended: str | None = None) -> dict[str, Any]:
+def ramp_summary(steps: list[dict[str, Any]], ended: str | None = None,
+                 max_server_cpu: float = 90.0) -> dict[str, Any]:
     """What a rate ramp found: the knee (or why there is none) and the largest load carried.
 
-    `max_deliveries_per_s` is the most deliveries per second of a step that lost
-    nothing, kept p99 under the limit and had a valid load generator (the knee
-    step itself when it ended only because the server's CPU reached the limit).
+    `max_deliveries_per_s`: for a ramp that ended at the server's CPU limit, the
+    deliveries/s at that limit on the line through the ramp's clean steps
+    (loadgen.knee, `knee_method` "cpu fit", its line in `cpu_fit`); otherwise, or
+    when no line can be fitted, the most deliveries per second of a step that lost
+    nothing, kept p99 under the limit and had a valid load generator (the knee step
+    itself when it ended only because of the CPU limit; `knee_method` "best step").
+    `best_step` is the clean step nearest that figure: its p99 and CPU per delivery
+    are the `*_at_max` fields.
     """
     last = steps[-1] if steps else {}
     reason = last.get("stopped_because") or ended or "no step finished"
     knee = bool(last.get("knee"))
-    good = [s for s in steps if s.get("loadgen", {}).get("valid")
-            and (s.get("stopped_because") is None
-                 or str(s["stopped_because"]).startswith("server CPU"))]
-    best = max(good, key=lambda s: s.get("delivered_per_s") or 0.0, default=None)
+    good = [s for s in steps if knee_mod.clean(s)]
     out: dict[str, Any] = {
         "steps": len(steps), "knee_reached": knee, "stopped_because": reason,
         "load_side_limited": str(reason).startswith("load-side limited"),
         "loadgen_valid": all(s.get("loadgen", {}).get("valid") for s in steps) and bool(steps),
-        "max_deliveries_per_s": None, "best_step": None, "p99_ms_at_max": None,
+        "max_deliveries_per_s": None, "knee_method": None, "cpu_fit": None,
+        "best_step": None, "p99_ms_at_max": None,
         "server_cpu_us_per_delivery_at_max": None, "server_cpu_percent_at_max": None,
         "knee_step": last.get("step") if knee else None,
     }
-    if best is not None:
-        out.update({
-            "max_deliveries_per_s": best.get("delivered_per_s"),
-            "best_step": best.get("step"),
-            "p99_ms_at_max": best["latency_us"]["percentiles"]["p99"] / 1000
-            if best.get("deliveries") else None,
-            "server_cpu_us_per_delivery_at_max": best.get("server_cpu_us_per_delivery"),
-            "server_cpu_percent_at_max": best.get("server_cpu_percent"),
-        })
+    if not good:
+        return out
+    top = max(float(s.get("delivered_per_s") or 0.0) for s in good)
+    out.update(max_deliveries_per_s=top, knee_method="best step")
+    fit = knee_mod.cpu_fit(steps, max_server_cpu) \
+        if knee and str(reason).startswith("server CPU") else None
+    if fit is not None:
+        out.update(max_deliveries_per_s=round(fit.capacity_per_s, 1), knee_method="cpu fit",
+                   cpu_fit=fit.to_dict())
+    target = float(out["max_deliveries_per_s"])
+    best = min(good, key=lambda s: abs(float(s.get("delivered_per_s") or 0.0) - target))
+    out.update({
+        "best_step": best.get("step"),
+        "p99_ms_at_max": best["latency_us"]["percentiles"]["p99"] / 1000
+        if best.get("deliveries") else None,
+        "server_cpu_us_per_delivery_at_max": best.get("server_cpu_us_per_delivery"),
+        "server_cpu_percent_at_max": best.get("server_cpu_percent"),
+    })
     return out

@@ -60,12 +60,22 @@ def test_next_rate_aims_at_the_cpu_limit_within_bounds() -> None:
 
 
 def test_ramp_summary_of_a_knee_and_of_a_load_side_limit() -> None:
-    steps = [_point(step=0, delivered=1000), _point(step=1, delivered=2000, p99_ms=12),
-             _point(step=2, delivered=2900, cpu=94, p99_ms=40,
-                    stopped_because="server CPU 94% >= 90%", knee=True)]
+    # server CPU on the line 10 % + 0.02 %/delivery/s: 90 % at 4,000 deliveries/s
+    steps = [_point(step=0, delivered=1000, cpu=30), _point(step=1, delivered=2000, cpu=50),
+             _point(step=2, delivered=3000, cpu=70, p99_ms=12),
+             _point(step=3, delivered=4400, offered=4400, cpu=98, p99_ms=40,
+                    stopped_because="server CPU 98% >= 90%", knee=True)]
     s = ramp_summary(steps)
-    assert s["knee_reached"] and s["knee_step"] == 2 and s["loadgen_valid"]
-    assert s["max_deliveries_per_s"] == 2900 and s["p99_ms_at_max"] == pytest.approx(40, 0.01)
+    assert s["knee_reached"] and s["knee_step"] == 3 and s["loadgen_valid"]
+    assert s["knee_method"] == "cpu fit" and s["cpu_fit"]["steps"] == [1, 2]
+    assert s["max_deliveries_per_s"] == pytest.approx(4000)
+    assert s["best_step"] == 3 and s["p99_ms_at_max"] == pytest.approx(40, 0.01)
+    # a knee that is not the CPU's: the best step carried, no line
+    lost = [*steps[:3], _point(step=3, delivered=3500, holes=1, stopped_because="messages lost",
+                               knee=True)]
+    s = ramp_summary(lost)
+    assert s["knee_method"] == "best step" and s["max_deliveries_per_s"] == 3000
+    assert s["cpu_fit"] is None and s["best_step"] == 2
     limited = [_point(step=0, delivered=1000),
                _point(step=1, delivered=2000, lg_reasons=("load generator used 95% CPU",),
                       stopped_because="load-side limited: x", knee=False)]

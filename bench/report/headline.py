@@ -198,7 +198,7 @@ def text(table: list[dict[str, Any]]) -> str:
                          for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
 
     out = ["How far each transport goes on one server core (broadcast rate ramp to the knee; "
-           "p99 and CPU at the max step):", line([LABELS[k] for k in keys])]
+           "p99 and CPU of the step nearest the max):", line([LABELS[k] for k in keys])]
     out += [line(c) for c in cells]
     notes = [f"  {label(r['transport'], r['stack'])}: {n}" for r in table
              for n in row_notes(r, every_stop=False)]

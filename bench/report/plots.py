@@ -149,6 +149,19 @@ def _end(ax: Any, g: pd.DataFrame, y: str, color: str | None) -> None:
                linewidths=1.5, zorder=5)
 
 
+def _fit_line(ax: Any, g: pd.DataFrame, color: str | None) -> None:
+    """The CPU line a knee was read off (loadgen/knee.py), up to the knee: a thin dashed
+    segment ending in a tick."""
+    if "fit_knee_per_s" not in g or g["fit_knee_per_s"].isna().all():
+        return
+    knee, a, b = (float(g[c].dropna().iloc[0])
+                  for c in ("fit_knee_per_s", "fit_intercept", "fit_slope_k"))
+    x0 = max(1.0, min(float(g["deliveries_per_s"].min()), knee / 2))
+    ax.plot([x0, knee], [a + b * x0 / 1000, a + b * knee / 1000], linestyle=(0, (2, 2)),
+            linewidth=1, color=color, zorder=3)
+    ax.scatter([knee], [a + b * knee / 1000], marker="|", s=300, color=color, zorder=5)
+
+
 def _rate_axis(axis: Any) -> None:
     """Log scale labelled 2k, 5k, 10k..."""
     axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -189,6 +202,7 @@ def knee_figure(cap: pd.DataFrame) -> Figure | None:
             ax.scatter(g[~ok]["deliveries_per_s"], g[~ok][y], facecolors="white",
                        edgecolors=color, s=30, zorder=4)
             _end(ax, g, y, color)
+        _fit_line(a2, g, color)
         handles.append(line)
     limit = float(cap["p99_limit_ms"].iloc[0])
     handles.append(a1.axhline(limit, linestyle="--", color="grey",
@@ -218,7 +232,8 @@ def knee_figure(cap: pd.DataFrame) -> Figure | None:
                bbox_to_anchor=(0.01, 0.3 / height), frameon=False)
     fig.text(0.01, 0.1 / height, "\u2605 knee (a server limit ended the ramp)   \u2716 "
              "load-side limited: the load generator saturated first, no knee   \u25a0 stopped "
-             "before a knee   \u25cb hollow: load generator not valid in that step" + key,
+             "before a knee   \u25cb hollow: load generator not valid in that step   "
+             "| dashed to a tick (right): the CPU line the knee was read off" + key,
              fontsize="small", color="#444")
     fig.tight_layout(rect=(0, legend_in / height, 1, 1))
     return fig

@@ -140,6 +140,7 @@ def capacity(run: RunData) -> pd.DataFrame:
             continue
         params = res.get("parameters", {})
         limit = float(params.get("p99_limit_ms", 250))
+        fit = _cpu_fit(res)
         prev_end = int(res.get("started_us", 0))
         # never more subscribers than -u allows (a step past the cap holds no data)
         for s in res["steps"]:
@@ -173,8 +174,21 @@ def capacity(run: RunData) -> pd.DataFrame:
                 and not s.get("slow_consumer_closes") and not s.get("connect_failures"),
                 "stopped_because": s.get("stopped_because", ""),
                 "knee": bool(s.get("knee")),
+                **fit,
             })
     return pd.DataFrame(rows)
+
+
+def _cpu_fit(res: dict[str, Any]) -> dict[str, float | None]:
+    """The ramp's CPU line (loadgen/knee.py) when it gave the knee: where it met the limit,
+    its intercept (%) and slope (% per 1,000 deliveries/s); None otherwise."""
+    ramp = res.get("extra", {}).get("ramp") or {}
+    fit = ramp.get("cpu_fit") if ramp.get("knee_method") == "cpu fit" else None
+    if not isinstance(fit, dict):
+        return {"fit_knee_per_s": None, "fit_intercept": None, "fit_slope_k": None}
+    return {"fit_knee_per_s": ramp.get("max_deliveries_per_s"),
+            "fit_intercept": fit.get("intercept_percent"),
+            "fit_slope_k": fit.get("percent_per_kdelivery")}
 
 
 def capacity_best(cap: pd.DataFrame) -> dict[str, int | None]:
