@@ -184,6 +184,9 @@ def make_run(root: Path, *, crashed: tuple[str, str] | None = None,
                   "rss_max": {"r0": 50 << 20, "r1": 50 << 20},
                   "tcp_peers": {"r0": 10 if step.transport != "longpoll" else 50, "r1": 10},
                   "tcp_passive_opens": 25}
+        if step.scenario.name == "broadcast":  # the servers' core speed around the ramp
+            record["core_speed_s"] = {"before": 0.05, "after": 0.06 if step.transport == "grpc"
+                                      else 0.05}
         if not legacy:
             record["stack"] = step.stack
         if key == crashed and first:
@@ -543,3 +546,16 @@ def test_a_run_before_stacks_renders_as_the_default_stacks(tmp_path: Path) -> No
         "ws \u00b7 starlette", "sse \u00b7 starlette", "longpoll \u00b7 starlette",
         "grpc \u00b7 grpcio"]
     assert runs.list_runs(run_dir.parent)[0]["stacks"] == "starlette"
+
+
+def test_the_server_core_speed_around_each_ramp_is_reported(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path)
+    text = render.render(run_dir)
+    head = headline.rows(runs.load_run(run_dir), tables.summary(runs.load_run(run_dir)))
+    assert {r["transport"]: r["core_speed_ms"] for r in head}["grpc"] == [50.0, 60.0]
+    note = next(line for line in text.splitlines() if line.startswith("Server core speed"))
+    assert "grpc \u00b7 grpcio 50 -> 60" in note and "moved 20 % within the run" in note
+    html = (run_dir / "report.html").read_text()
+    assert '<span class="warn">Server core speed' in html
+    # not measured (an unpinned run): nothing said
+    assert headline.speed_note([{**r, "core_speed_ms": None} for r in head]) == (None, False)

@@ -6,8 +6,11 @@
 Reads each run's `headline.csv` and `summary.csv` (what `make bench` wrote) and,
 per target, gives every run's `max_deliveries_per_s`, the spread
 (max - min) / min in %, how each knee was read (loadgen/knee.py: `cpu fit` or
-`best step`), and every ramp step (offered, delivered, server CPU, CPU per
-delivery), so a spread can be traced to the server's cost moving or to the ramp.
+`best step`), the server core's speed around each ramp (a fixed loop's CPU ms,
+bench.harness.cpu.core_speed) and every ramp step (offered, delivered, server
+CPU, CPU per delivery), so a spread can be traced to the machine's speed, the
+server's cost or the ramp. The speed-adjusted spread (each knee x its core's
+loop time) is a diagnostic of the machine's share of a spread, never the bar.
 Exit 1 when a summary row or a headline row is not valid, a knee is missing, or a
 spread passes `--max-spread` (15 %: issue 11's bar), so it can gate a script.
 """
@@ -31,18 +34,36 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 def _ramp(run_dir: Path, transport: str, stack: str) -> dict[str, Any]:
-    res = load_run(run_dir).result("broadcast", transport, stack) or {}
+    run = load_run(run_dir)
+    res = run.result("broadcast", transport, stack) or {}
+    speed = next((r.get("core_speed_s") for r in run.steps
+                  if r.get("scenario") == "broadcast" and r.get("transport") == transport
+                  and (r.get("stack") or stack) == stack), None)
+    core_ms = [round(float(v) * 1000, 2) for v in (speed or {}).values() if v is not None]
     ramp = res.get("extra", {}).get("ramp") or {}
     steps = [{k: s.get(k) for k in ("step", "offered_per_s", "delivered_per_s",
                                      "server_cpu_percent", "server_cpu_us_per_delivery")}
              for s in res.get("steps", []) if "delivered_per_s" in s]
     return {"knee_method": ramp.get("knee_method"), "cpu_fit": ramp.get("cpu_fit"),
-            "steps": steps}
+            "core_speed_ms": core_ms or None, "steps": steps}
 
 
 def spread(values: Sequence[float]) -> float:
     """(max - min) / min, in %."""
     return round(100 * (max(values) - min(values)) / min(values), 1)
+
+
+def _adjusted(runs: Sequence[dict[str, Any]]) -> float | None:
+    """The knees' spread once each is scaled by its run's server core speed (knee x the
+    fixed loop's mean ms around the ramp): a diagnostic of how much of a spread the
+    machine's speed explains, never the bar."""
+    scaled = []
+    for r in runs:
+        knee, ms = r["headline"].get("max_deliveries_per_s"), r.get("core_speed_ms")
+        if not knee or not ms:
+            return None
+        scaled.append(float(knee) * sum(ms) / len(ms))
+    return spread(scaled) if len(scaled) > 1 else None
 
 
 def compare(runs: Sequence[Path], max_spread: float) -> tuple[dict[str, Any], list[str]]:
@@ -73,6 +94,7 @@ def compare(runs: Sequence[Path], max_spread: float) -> tuple[dict[str, Any], li
                               **_ramp(run_dir, row["transport"], row.get("stack") or "")})
     for key, t in per_target.items():
         t["spread_percent"] = spread(t["knees"]) if len(t["knees"]) > 1 else None
+        t["speed_adjusted_spread_percent"] = _adjusted(t["runs"])
         if t["spread_percent"] is not None and t["spread_percent"] > max_spread:
             problems.append(f"{key}: knees {t['knees']} spread {t['spread_percent']} % "
                             f"> {max_spread:g} %")
@@ -99,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = ",".join(sorted({str(r["knee_method"]) for r in t["runs"]}))
         print(f"{key:20} knees {[round(k) for k in t['knees']]} spread "
               f"{t['spread_percent']} %  ({methods})  CPU-us/delivery "
-              f"{t['cpu_us_per_delivery']}")
+              f"{t['cpu_us_per_delivery']}  core ms {[r['core_speed_ms'] for r in t['runs']]}"
+              f" (speed-adjusted spread {t['speed_adjusted_spread_percent']} %)")
     for line in problems:
         print("FAIL " + line)
     write_json(args.json, [doc])

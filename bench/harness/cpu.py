@@ -16,6 +16,8 @@ clock, 0.047 s summed over /proc/<pid>/task/*/schedstat, 0.38 s in ticks.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 
@@ -52,3 +54,34 @@ def cpu_clock(pid: int) -> Callable[[], float]:
 def cpu_seconds(pid: int) -> float:
     """CPU seconds process `pid` has used so far (see `cpu_clock`)."""
     return cpu_clock(pid)()
+
+
+def calibrate(rounds: int = 5) -> float:
+    """CPU seconds of a fixed pure-Python loop (best of `rounds`): this core's current speed.
+
+    Thread CPU time, not wall time: on a shared core the wall time measures how
+    often the scheduler ran us (contention, which the paired design absorbs),
+    the CPU time how fast the core is (frequency, cache, a hypervisor's other
+    guests), which a stored baseline depends on.
+    """
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        sum(i * i for i in range(1_000_000))
+        best = min(best, time.thread_time() - t0)
+    return best
+
+
+def core_speed(cpu: int, rounds: int = 3) -> float | None:
+    """`calibrate` run on core `cpu` (this thread moved there and back); None where the
+    OS has no affinity."""
+    try:
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError):
+        return None
+    try:
+        return round(calibrate(rounds), 5)
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, before)

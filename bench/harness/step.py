@@ -22,6 +22,7 @@ import orjson
 
 from bench import ROOT
 from bench.harness.cluster import SERVER_CPU, Cluster, http_get
+from bench.harness.cpu import core_speed
 from bench.harness.plan import Step, label
 from bench.harness.procs import affinity, stop_group
 from bench.harness.progress import Progress
@@ -115,6 +116,7 @@ class StepRun:
         watched = [Watched(f"r{i}", n.pid, _port(n.url)) for i, n in enumerate(cluster.nodes)]
         if self.redis is not None:
             watched.append(Watched("redis", self.redis.pid))
+        speed = {"before": self._core_speed()}
         opens0 = tcp_passive_opens()
         sampler = Sampler(watched).start()
         started = time.time()
@@ -136,6 +138,7 @@ class StepRun:
         ended = time.time()
         opens1 = tcp_passive_opens()
         self.progress.update("collecting")
+        speed["after"] = self._core_speed()
         if sampler.dead is not None and status == "ok":
             status, error = "crashed", f"{sampler.dead} exited during the scenario"
         if status == "crashed":
@@ -161,7 +164,15 @@ class StepRun:
             tcp_peers={r: sampler.peers(r) for r in roles if r != "redis"},
             tcp_passive_opens=opens1 - opens0 if opens0 is not None and opens1 is not None
             else None,
-            metrics_delta=_metrics_delta(before, after))
+            metrics_delta=_metrics_delta(before, after),
+            **({"core_speed_s": speed} if speed["before"] is not None else {}))
+
+    def _core_speed(self) -> float | None:
+        """The servers' core's speed (bench.harness.cpu.calibrate) around a capacity ramp,
+        whose knee moves with it; None for other scenarios or an unpinned run."""
+        if not self.step.scenario.ramp or SERVER_CPU in self.load_cpus:
+            return None
+        return core_speed(SERVER_CPU)
 
     def _write_samples(self, sampler: Sampler) -> None:
         path = self.run_dir / PROCESS_STATS

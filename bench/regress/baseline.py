@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.cli import HelpFormatter
+from bench.harness.cpu import calibrate
 from bench.harness.runs import write_json
 from bench.regress.check import BASELINE
 from bench.regress.compare import EXIT, samples_doc
 from bench.regress.samples import (
     Side,
     add_plan_args,
-    calibrate,
     machine_meta,
     measure,
     plan_from_args,

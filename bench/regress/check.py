@@ -60,6 +60,7 @@ from typing import Any
 import psutil
 
 from bench.cli import Deprecated, HelpFormatter
+from bench.harness.cpu import calibrate
 from bench.regress.compare import (
     EXIT,
     HarnessError,
@@ -76,7 +77,6 @@ from bench.regress.samples import (
     Plan,
     Side,
     add_plan_args,
-    calibrate,
     machine_meta,
     measure,
     plan_from_args,

@@ -165,22 +165,6 @@ class _Room:
             await self.opts["http"].aclose()
 
 
-def calibrate(rounds: int = 5) -> float:
-    """CPU seconds of a fixed pure-Python loop (best of `rounds`): this core's current speed.
-
-    Thread CPU time, not wall time: on a shared core the wall time measures how
-    often the scheduler ran us (contention, which the paired design absorbs),
-    the CPU time how fast the core is (frequency, cache), which a stored
-    baseline depends on.
-    """
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.thread_time()
-        sum(i * i for i in range(1_000_000))
-        best = min(best, time.thread_time() - t0)
-    return best
-
-
 async def _measure(sides: Sequence[Side], transport: str, nodes: dict[str, Any], plan: Plan,
                    out: dict[str, list[dict[str, Any]]], log: Any) -> None:
     rooms = {s.name: _Room(transport, nodes[s.name].url, cpu_clock(nodes[s.name].pid), plan)

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from bench.harness.plan import Target, label
-from bench.harness.runs import RunData
+from bench.harness.runs import RunData, stack_of
 
 # run format 2's columns, with `stack` (format 3) right after `transport`
 COLUMNS = ("transport", "stack", "max_deliveries_per_s", "knee_reached", "knee_reason",
@@ -138,8 +138,42 @@ def rows(run: RunData, summary: pd.DataFrame) -> list[dict[str, Any]]:
         notes += [w for w in (b_why, c_why) if w]
         row["valid"] = b_ok and c_ok and ramp_valid
         row["notes"] = notes
+        row["core_speed_ms"] = _core_speed(run, t)
         out.append(row)
     return out
+
+
+def _core_speed(run: RunData, target: Target) -> list[float] | None:
+    """The servers' core speed around the target's ramp (bench.harness.cpu.core_speed): a
+    fixed loop's CPU ms before and after it."""
+    for rec in run.steps:
+        speed = rec.get("core_speed_s")
+        if rec.get("scenario") == "broadcast" and rec.get("transport") == target.transport \
+                and stack_of(rec) == target.stack and isinstance(speed, dict):
+            ms = [round(float(v) * 1000, 1) for v in (speed.get("before"), speed.get("after"))
+                  if v is not None]
+            return ms or None
+    return None
+
+
+SPEED_MOVED = 10.0  # %: a core speed that moved more within a run is worth a warning
+
+
+def speed_note(table: list[dict[str, Any]]) -> tuple[str | None, bool]:
+    """(one line on the server core's speed around each ramp, whether it moved more than
+    SPEED_MOVED % within the run); (None, False) when it was not measured."""
+    speeds = [(r, r.get("core_speed_ms")) for r in table]
+    known = [(r, v) for r, v in speeds if v]
+    if not known:
+        return None, False
+    values = [x for _, v in known for x in v]
+    moved = 100 * (max(values) - min(values)) / min(values)
+    parts = ", ".join(f"{label(r['transport'], r['stack'])} {' -> '.join(f'{x:g}' for x in v)}"
+                      for r, v in known)
+    return (f"Server core speed (a fixed loop's CPU ms, best of 3, before -> after each ramp; "
+            f"lower is faster): {parts}; it moved {moved:.0f} % within the run"
+            + (": knees measured at different speeds differ by that much for no reason of "
+               "their own" if moved > SPEED_MOVED else "")), moved > SPEED_MOVED
 
 
 def write_csv(table: list[dict[str, Any]], path: Path) -> None:
@@ -204,4 +238,7 @@ def text(table: list[dict[str, Any]]) -> str:
              for n in row_notes(r, every_stop=False)]
     if notes:
         out += ["", *notes]
+    speed, _ = speed_note(table)
+    if speed:
+        out += ["", speed]
     return "\n".join(out)

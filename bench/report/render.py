@@ -125,7 +125,8 @@ def context(run: RunData) -> dict[str, Any]:
         "summary": records(summary), "scenarios": scenarios,
         "by_scenario": {s: records(summary[summary["scenario"] == s]) for s in scenarios}
         if not summary.empty else {},
-        "headline": head, "headline_text": headline.text(head), "knee_cell": headline.knee_cell,
+        "headline": head, "headline_text": headline.text(head),
+        "speed_note": headline.speed_note(head), "knee_cell": headline.knee_cell,
         "row_notes": headline.row_notes, "cell": headline.cell,
         "capacity_rate": records(cap[cap["ramp"] == "rate"]) if not cap.empty else [],
         "capacity_users": records(cap[cap["ramp"] == "subscribers"]) if not cap.empty else [],
