@@ -20,6 +20,15 @@ if TYPE_CHECKING:
     from bench.network.network import Network
 
 _UDP = struct.Struct("!Qd")  # sequence number, send time (perf_counter)
+# struct tcp_info (linux/tcp.h): tcpi_rtt (us) at offset 68, tcpi_bytes_acked at 120
+_TCP_INFO_RTT = struct.Struct("=68xI")
+_TCP_INFO_ACKED = struct.Struct("=120xQ")
+
+
+def _tcp_state(sock: socket.socket) -> tuple[int, int]:
+    """The connection's congestion state (0: open) and the bytes acknowledged so far."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return info[1], int(_TCP_INFO_ACKED.unpack_from(info)[0])
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
@@ -152,38 +161,57 @@ def udp_echo(net: Network, rate: float, seconds: float, size: int = 64,
 
 
 def tcp_goodput(net: Network, seconds: float, skip: float = 1.0) -> dict[str, Any]:
-    """Bulk TCP client -> server for `seconds`: received bits/s, after the first `skip` s."""
+    """Bulk TCP client -> server for `seconds`: payload bits/s acknowledged in a steady window.
+
+    Counted by the sender's kernel (TCP_INFO's bytes_acked), not by the receiving
+    application, whose read backlog (up to its socket buffer) would shift bytes between
+    windows; and only between moments when the connection is not recovering from a loss
+    (after slow start overflows the bottleneck's queue, the data held beyond a hole is
+    acknowledged all at once when the hole is filled). The window starts after `skip` s.
+    """
     listener = net.call_in_server(socket.create_server, (net.server_addr, 0))
     listener.settimeout(10)
     port = listener.getsockname()[1]
-    marks: list[tuple[float, int]] = []
+    got = [0]
 
     def sink() -> None:
         with contextlib.suppress(OSError):
             conn, _ = listener.accept()
             with conn:
                 conn.settimeout(5)
-                got = 0
                 deadline = time.monotonic() + seconds + 10
                 while time.monotonic() < deadline:
                     n = len(conn.recv(1 << 20))
                     if not n:
                         return
-                    got += n
-                    marks.append((time.perf_counter(), got))
+                    got[0] += n
 
     block = b"\0" * (1 << 16)
+    first: tuple[float, int] | None = None
+    last: tuple[float, int] | None = None
     with listener, _thread(sink):
         client = net.call_in_client(socket.create_connection, (net.server_addr, port), 10)
         with client:
             client.settimeout(10)
-            end = time.perf_counter() + seconds
+            start = time.perf_counter()
+            end = start + max(seconds, skip + 1.0)
             while time.perf_counter() < end:
                 client.sendall(block)
-    start = marks[0][0] + skip if marks else 0.0
-    window = [m for m in marks if m[0] >= start]
-    if len(window) < 2:
-        return {"bits_per_s": None, "bytes": marks[-1][1] if marks else 0}
-    (t0, b0), (t1, b1) = window[0], window[-1]
-    return {"bits_per_s": (b1 - b0) * 8 / (t1 - t0), "bytes": marks[-1][1],
-            "window_s": t1 - t0}
+                now = time.perf_counter()
+                if now - start < skip:
+                    continue
+                state, acked = _tcp_state(client)
+                if state == 0:  # TCP_CA_Open: no holes at the receiver, nothing in recovery
+                    if first is None:
+                        first = (now, acked)
+                    last = (now, acked)
+            srtt = _TCP_INFO_RTT.unpack_from(client.getsockopt(socket.IPPROTO_TCP,
+                                                                 socket.TCP_INFO, 256))[0]
+    marks = [m for m in (first, last) if m is not None]
+    if len(marks) < 2:
+        return {"bits_per_s": None, "bytes": got[0]}
+    (t0, b0), (t1, b1) = marks
+    if t1 - t0 < 0.5:
+        return {"bits_per_s": None, "bytes": got[0]}
+    return {"bits_per_s": (b1 - b0) * 8 / (t1 - t0), "bytes": got[0], "window_s": t1 - t0,
+            "smoothed_rtt_ms": srtt / 1e3}
