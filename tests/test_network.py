@@ -187,3 +187,20 @@ def test_a_profile_name_reaches_the_element() -> None:
             argv = f.read().split("\0")
         assert argv[argv.index("--loss-ppm") + 1] == "10000"
         assert argv[argv.index("--rate-bps") + 1] == "10000000"
+
+
+def test_a_start_ends_what_a_dead_owners_network_left_running() -> None:
+    with Network("lan", mechanism="delayd") as net:
+        element, inodes = net.element, net.inodes
+        assert element is not None and element.proc is not None
+        # a command that would not die with its parent, and a child of it
+        left = subprocess.Popen(net.server_cmd(["sh", "-c", "sleep 60 & wait"],
+                                               die_with_parent=False))
+        assert wait_for(lambda: len(pids_in(set(inodes), exclude={element.pid})) == 2)
+        element.proc.kill()  # the owner's end, as on SIGKILL
+        element.proc.wait(5)
+        assert len(pids_in(set(inodes))) == 2  # the namespace lives on through them
+        with Network("lan", mechanism="delayd") as other:
+            assert len(other.reaped) == 2 and left.pid in other.reaped
+        assert left.wait(5) == -signal.SIGTERM
+        assert wait_for(lambda: not pids_in(set(inodes)))

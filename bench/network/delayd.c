@@ -2,7 +2,8 @@
  *
  *   delayd serve [options]          create two namespaces joined through this process
  *   delayd exec NSFILE [--die-with-parent] -- ARGV...
- *                                   run ARGV in the network namespace NSFILE
+ *                                   run ARGV in the network namespace NSFILE, with
+ *                                   RTBENCH_NET_ELEMENT=PID (of /proc/PID/fd/N) in its environment
  *
  * `serve` unshares a network namespace (the client side), opens a TUN device in it,
  * unshares a second one (the server side) and opens a TUN device there; the TUN fds and
@@ -47,15 +48,18 @@
 
 #define MAX_BATCH 64
 
+#define COUNTERS(X) X(rx) X(tx) X(bytes) X(drop_loss) X(drop_queue) X(drop_full) X(tx_err) \
+    X(held) X(max_held) X(late_ns_sum) X(late_ns_max) X(late_over_100us) X(late_over_1ms)
+#define FIELD(name) uint64_t name;
+
 struct dir {
     int in_fd, out_fd;
     uint64_t *due;
     uint32_t *len;
     unsigned char *buf;
-    uint32_t head, count, max_count;
+    uint32_t head;
     uint64_t link_free, last_due;
-    uint64_t rx, tx, drop_loss, drop_queue, drop_full, tx_err, bytes;
-    uint64_t late_sum, late_max, late_over_100us, late_over_1ms;
+    COUNTERS(FIELD)
 };
 
 static struct {
@@ -85,22 +89,23 @@ static uint64_t rnd(void) { /* xorshift64* */
     return rng_state * 0x2545F4914F6CDD1DULL;
 }
 
-static void set_flags(int sock, const char *name, short on) {
+static struct ifreq named(const char *name) {
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
     strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    return ifr;
+}
+
+static void set_flags(int sock, const char *name, short on) {
+    struct ifreq ifr = named(name);
     if (ioctl(sock, SIOCGIFFLAGS, &ifr) < 0) die("SIOCGIFFLAGS");
     ifr.ifr_flags |= on;
     if (ioctl(sock, SIOCSIFFLAGS, &ifr) < 0) die("SIOCSIFFLAGS");
 }
 
 static void set_addr(int sock, const char *name, unsigned long req, const char *ip) {
-    struct ifreq ifr;
-    struct sockaddr_in sin;
-    memset(&ifr, 0, sizeof ifr);
-    memset(&sin, 0, sizeof sin);
-    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
-    sin.sin_family = AF_INET;
+    struct ifreq ifr = named(name);
+    struct sockaddr_in sin = {.sin_family = AF_INET};
     if (inet_pton(AF_INET, ip, &sin.sin_addr) != 1) {
         fprintf(stderr, "delayd: bad IPv4 address %s\n", ip);
         exit(2);
@@ -120,11 +125,9 @@ static void make_side(int side, int *ns_fd, int *tun_fd) {
     *tun_fd = -1;
     if (!opt.no_tun) {
         const char *name = "rtb0";
-        struct ifreq ifr;
+        struct ifreq ifr = named(name);
         *tun_fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
         if (*tun_fd < 0) die("/dev/net/tun");
-        memset(&ifr, 0, sizeof ifr);
-        strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
         ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
         if (ioctl(*tun_fd, TUNSETIFF, &ifr) < 0) die("TUNSETIFF");
         /* no IPv6 on the link: its router solicitations would only blur the counters */
@@ -136,8 +139,7 @@ static void make_side(int side, int *ns_fd, int *tun_fd) {
         set_addr(sock, name, SIOCSIFADDR, opt.addr[side]);
         set_addr(sock, name, SIOCSIFDSTADDR, opt.addr[1 - side]);
         set_addr(sock, name, SIOCSIFNETMASK, "255.255.255.255");
-        memset(&ifr, 0, sizeof ifr);
-        strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+        ifr = named(name);
         ifr.ifr_mtu = (int)opt.mtu;
         if (ioctl(sock, SIOCSIFMTU, &ifr) < 0) die("SIOCSIFMTU");
         set_flags(sock, name, IFF_UP | IFF_RUNNING);
@@ -160,8 +162,8 @@ static void dir_init(struct dir *d, int in_fd, int out_fd) {
 static void receive(struct dir *d) {
     static unsigned char scratch[65536];
     for (int i = 0; i < MAX_BATCH; i++) {
-        uint32_t tail = (d->head + d->count) % opt.limit;
-        int full = d->count >= opt.limit;
+        uint32_t tail = (uint32_t)((d->head + d->held) % opt.limit);
+        int full = d->held >= opt.limit;
         unsigned char *p = full ? scratch : d->buf + (size_t)tail * opt.slot;
         ssize_t n = read(d->in_fd, p, full ? sizeof scratch : opt.slot);
         if (n < 0) {
@@ -186,23 +188,23 @@ static void receive(struct dir *d) {
         d->last_due = (uint64_t)due;
         d->due[tail] = (uint64_t)due;
         d->len[tail] = (uint32_t)n;
-        d->count++;
-        if (d->count > d->max_count) d->max_count = d->count;
+        d->held++;
+        if (d->held > d->max_held) d->max_held = d->held;
     }
 }
 
 /* Write every packet of one direction that is due; returns the next due time or 0. */
 static uint64_t send_due(struct dir *d) {
     uint64_t now = now_ns();
-    while (d->count) {
+    while (d->held) {
         uint64_t due = d->due[d->head];
         if (due > now) {
             now = now_ns();
             if (due > now) return due;
         }
         uint64_t late = now - due;
-        d->late_sum += late;
-        if (late > d->late_max) d->late_max = late;
+        d->late_ns_sum += late;
+        if (late > d->late_ns_max) d->late_ns_max = late;
         if (late > 100000) d->late_over_100us++;
         if (late > 1000000) d->late_over_1ms++;
         uint32_t n = d->len[d->head];
@@ -213,26 +215,20 @@ static uint64_t send_due(struct dir *d) {
             d->tx_err++;
         }
         d->head = (d->head + 1) % opt.limit;
-        d->count--;
+        d->held--;
     }
     return 0;
 }
 
 static void print_stats(struct dir *dirs) {
-    printf("{");
     const char *names[2] = {"client_to_server", "server_to_client"};
     for (int i = 0; i < 2; i++) {
-        struct dir *d = &dirs[i];
-        printf("%s\"%s\": {\"rx\": %" PRIu64 ", \"tx\": %" PRIu64 ", \"bytes\": %" PRIu64
-               ", \"drop_loss\": %" PRIu64 ", \"drop_queue\": %" PRIu64
-               ", \"drop_full\": %" PRIu64 ", \"tx_err\": %" PRIu64 ", \"held\": %u"
-               ", \"max_held\": %u, \"late_ns_sum\": %" PRIu64 ", \"late_ns_max\": %" PRIu64
-               ", \"late_over_100us\": %" PRIu64 ", \"late_over_1ms\": %" PRIu64 "}",
-               i ? ", " : "", names[i], d->rx, d->tx, d->bytes, d->drop_loss, d->drop_queue,
-               d->drop_full, d->tx_err, d->count, d->max_count, d->late_sum, d->late_max,
-               d->late_over_100us, d->late_over_1ms);
+        const char *sep = "";
+        printf("%s\"%s\": {", i ? "}, " : "{", names[i]);
+#define PRINT(name) printf("%s\"" #name "\": %" PRIu64, sep, dirs[i].name), sep = ", ";
+        COUNTERS(PRINT)
     }
-    printf("}\n");
+    printf("}}\n");
     fflush(stdout);
 }
 
@@ -274,7 +270,7 @@ static int serve(int argc, char **argv) {
 
     pid_t parent = getppid();
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("PR_SET_PDEATHSIG");
-    if (getppid() != parent || parent == 1) return 1; /* the parent is already gone */
+    if (getppid() != parent) return 1; /* the parent is already gone */
     prctl(PR_SET_TIMERSLACK, 1UL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -350,10 +346,8 @@ static int serve(int argc, char **argv) {
             if (due && (!next || due < next)) next = due;
         }
         if (next != armed) {
-            struct itimerspec its;
-            memset(&its, 0, sizeof its);
-            its.it_value.tv_sec = (time_t)(next / 1000000000u);
-            its.it_value.tv_nsec = (long)(next % 1000000000u);
+            struct itimerspec its = {.it_value = {.tv_sec = (time_t)(next / 1000000000u),
+                                                  .tv_nsec = (long)(next % 1000000000u)}};
             if (timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL) < 0) die("timerfd_settime");
             armed = next;
         }
@@ -371,7 +365,7 @@ static int exec_in(int argc, char **argv) {
     if (die_with_parent) {
         pid_t parent = getppid();
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("PR_SET_PDEATHSIG");
-        if (getppid() != parent || parent == 1) return 1;
+        if (getppid() != parent) return 1;
     }
     int fd = open(argv[0], O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -380,6 +374,13 @@ static int exec_in(int argc, char **argv) {
     }
     if (setns(fd, CLONE_NEWNET) < 0) die("setns");
     close(fd);
+    /* marks the command and its children: a later start ends them once the element is gone */
+    int element;
+    char mark[32];
+    if (sscanf(argv[0], "/proc/%d/", &element) == 1) {
+        snprintf(mark, sizeof mark, "%d", element);
+        setenv("RTBENCH_NET_ELEMENT", mark, 1);
+    }
     execvp(argv[i + 1], argv + i + 1);
     fprintf(stderr, "delayd: exec %s: %s\n", argv[i + 1], strerror(errno));
     return 127;

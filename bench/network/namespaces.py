@@ -102,3 +102,40 @@ def holders_of(inodes: set[int]) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+ELEMENT_MARK = b"RTBENCH_NET_ELEMENT="
+
+
+def _is_element(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return len(argv) > 1 and os.path.basename(argv[0]).startswith(b"delayd") and argv[1] == b"serve"
+
+
+def orphans() -> list[int]:
+    """Processes started inside a network (`delayd exec`) whose delay element has ended.
+
+    Their namespace outlived its owner (a command started with die_with_parent=False, or a
+    child it forked, when the owner was killed); `delayd exec` marks each command's
+    environment with RTBENCH_NET_ELEMENT=<element pid>, inherited by its children.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        start = env.find(ELEMENT_MARK)
+        if start < 0 or (start > 0 and env[start - 1] != 0):
+            continue
+        value = env[start + len(ELEMENT_MARK):].split(b"\0", 1)[0]
+        if value.isdigit() and not _is_element(int(value)):
+            found.append(int(entry))
+    return found

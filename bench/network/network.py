@@ -18,7 +18,9 @@ process inside them lives. delayd ends with this process however it ends; comman
 through `client_cmd`/`server_cmd` get SIGKILL when the thread that started them ends
 (PR_SET_PDEATHSIG: start them from the main thread or another long-lived one, or pass
 `die_with_parent=False` and stop them yourself). `close()` also ends (SIGTERM, then SIGKILL)
-whatever still runs inside, so nothing outlives the `with` block.
+whatever still runs inside, so nothing outlives the `with` block; and `start()` ends
+what an earlier, killed owner's commands left running (their environment names an element
+that has ended: `namespaces.orphans`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,31 @@ def check_capable(profile: Profile, mechanism: str) -> None:
                                  "use the loopback profile instead")
 
 
+def reap_orphans(grace: float = 2.0) -> list[int]:
+    """End what a killed owner's networks left running (see `namespaces.orphans`)."""
+    found = left = namespaces.orphans()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while left and time.monotonic() < deadline:
+            left = [p for p in left if _running(p)]
+            if left:
+                time.sleep(0.01)
+        if not left:
+            break
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 class Network:
     """A context manager: the namespaces and link of one profile (see the module docstring)."""
 
@@ -87,6 +114,7 @@ class Network:
         self.element: Element | None = None
         self.inodes: tuple[int, int] = (0, 0)
         self.swept: list[int] = []  # processes close() had to end
+        self.reaped: list[int] = []  # earlier networks' leftovers start() ended
         self._binary = ""
         self._rtt: dict[str, Any] | None = None
 
@@ -117,6 +145,7 @@ class Network:
         if mechanism == "auto":
             mechanism = "netem" if os.geteuid() == 0 and netem.netem_available() else "delayd"
         check_capable(self.profile, mechanism)
+        self.reaped = reap_orphans()
         if mechanism == "netem" and not netem.netem_available():
             raise NetworkUnavailable("the netem mechanism was asked for, but this kernel has "
                                      "no netem qdisc")
