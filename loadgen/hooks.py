@@ -35,7 +35,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadgen import result as result_mod
-from loadgen import saturation
+from loadgen import saturation, scrape
 from loadgen.locuststats import StatsBatch
 from loadgen.measure import now_us
 from loadgen.options import Params, add_options
@@ -149,6 +149,7 @@ class Run:
     def _test_start(self, environment: Environment, **_: Any) -> None:
         self.env = environment
         self.params = Params.from_options(cast(argparse.Namespace, environment.parsed_options))
+        scrape.use_ca(self.params.ca_file)  # https:// /metrics of servers over TLS
         self.recorder = Recorder()
         self.collector = Collector()
         self.stop = Event()

@@ -28,7 +28,12 @@ def add_options(parser: Any) -> None:
                         "(its gevent mode: a thread-pool round trip per message, ~6x slower)")
     g.add_argument("--servers", default="", env_var="LOCUST_SERVERS",
                    help="comma-separated base URLs of every replica (http://host:port; "
-                        "gRPC: grpc://host:port); users are spread round-robin. Default: --host")
+                        "gRPC: grpc://host:port; over TLS https://, wss:// or grpcs://, see "
+                        "--tls-ca); users are spread round-robin. Default: --host")
+    g.add_argument("--tls-ca", default="", env_var="LOCUST_TLS_CA",
+                   help="PEM file of the CA that signed the servers' certificates: every "
+                        "client verifies https://, wss:// and grpcs:// servers against it "
+                        "(default: the system's trust store; verification is never off)")
     g.add_argument("--secret", default=DEV_SECRET, env_var="LOCUST_SECRET", is_secret=True,
                    help="token signing secret of the servers (RTBENCH_SECRET)")
     g.add_argument("--room-size", type=int, default=10, env_var="LOCUST_ROOM_SIZE",
@@ -149,6 +154,7 @@ class Params:
     server_cpus: tuple[int, ...] = ()
     max_connect_ms: float = 1000.0
     max_server_rss_mb: float = 4096.0
+    tls_ca: str = ""  # the CA file of https/wss/grpcs servers ("": the system's)
 
     @classmethod
     def from_options(cls, opts: argparse.Namespace) -> Params:
@@ -176,6 +182,7 @@ class Params:
             invalid_exit_code=opts.invalid_exit_code,
             run_time=float(opts.run_time) if getattr(opts, "run_time", None) else None,
             grpc_client=getattr(opts, "grpc_client", "h2"),
+            tls_ca=getattr(opts, "tls_ca", "") or "",
         )
         p.check()
         return p
@@ -195,6 +202,15 @@ class Params:
             raise ValueError(f"--grpc-client must be one of {', '.join(GRPC_CLIENTS)}")
         if self.payload_bytes < 0 or self.drain < 0 or self.warmup < 0:
             raise ValueError("--payload-bytes, --drain and --warmup must not be negative")
+        if self.tls_ca:
+            from loadgen.clients.tls import check_ca_file
+
+            check_ca_file(self.tls_ca)
+
+    @property
+    def ca_file(self) -> str | None:
+        """`tls_ca` as the clients take it (None: the system's trust store)."""
+        return self.tls_ca or None
 
     def server_for(self, index: int) -> str:
         """Replica of the `index`-th connection (round-robin)."""

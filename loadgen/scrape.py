@@ -8,6 +8,7 @@ connection count stayed at its peak, per second of that plateau.
 from __future__ import annotations
 
 import re
+import ssl
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -19,16 +20,38 @@ _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([0-9eE+.\-]+|NaN
 WANTED = ("rtbench_connections", "process_resident_memory_bytes", "process_cpu_seconds_total")
 
 
+# https:// /metrics (HTTP servers over TLS) are verified against this (`use_ca`)
+_tls: ssl.SSLContext | None = None
+
+
+def use_ca(ca_file: str | None) -> None:
+    """Verify https:// metrics URLs against `ca_file` (None: the system's trust store)."""
+    global _tls
+    from loadgen.clients.tls import client_context
+
+    _tls = client_context(ca_file)
+
+
+def _get(url: str, timeout: float) -> bytes:
+    context = _tls if url.startswith("https:") else None
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+        body: bytes = resp.read()
+        return body
+
+
 def metrics_urls(servers: tuple[str, ...], transport: str, explicit: str = "") -> list[str]:
+    """The /metrics of each server: on its own port, over TLS when it is https:// or
+    wss://; gRPC's on port + 1000, plain HTTP whether or not gRPC runs over TLS."""
     if explicit:
         return [u.strip() for u in explicit.split(",") if u.strip()]
     urls = []
     for s in servers:
         parts = urlsplit(s if "://" in s else "http://" + s)
-        port = parts.port or 80
+        tls = parts.scheme in ("https", "wss") and transport != "grpc"
+        port = parts.port or (443 if tls else 80)
         if transport == "grpc":
             port += 1000  # servers.settings: metrics_port 0 means port + 1000
-        urls.append(f"http://{parts.hostname}:{port}/metrics")
+        urls.append(f"{'https' if tls else 'http'}://{parts.hostname}:{port}/metrics")
     return urls
 
 
@@ -48,8 +71,7 @@ def cpu_seconds(urls: list[str]) -> float | None:
     total = 0.0
     for url in urls:
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                m = parse(resp.read().decode())
+            m = parse(_get(url, 2).decode())
         except (OSError, ValueError):
             return None
         if "process_cpu_seconds_total" not in m:
@@ -102,8 +124,7 @@ class Scraper:
     def sample(self) -> None:
         for url in self.urls:
             try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    m = parse(resp.read().decode())
+                m = parse(_get(url, 2).decode())
             except (OSError, ValueError) as exc:
                 self.errors[url] = repr(exc)
                 continue

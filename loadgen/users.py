@@ -72,7 +72,7 @@ class RtbenchUser(User):
         cls = client_class(transport, p.grpc_client)
         windows = {} if windows is None else windows
         client = cls(url, make_token(user, p.secret), self._on_event(windows, transport),
-                     p.connect_timeout)
+                     p.connect_timeout, tls_ca=p.ca_file)
         rec = self.rt.recorder
         self.rt.pace_connect()
         try:

@@ -100,3 +100,13 @@ def unique(prefix: str) -> str:
 
 def token(user: str, ttl: float = 3600.0, secret: str = DEV_SECRET) -> str:
     return make_token(user, secret, ttl=ttl)
+
+
+def tls_args(cert: object, key: object) -> list[str]:
+    """`rtbench serve` flags that serve over TLS with this certificate and key."""
+    return ["--tls-cert", str(cert), "--tls-key", str(key)]
+
+
+def tls_url(proc: ServerProcess) -> str:
+    """The URL of a replica started with `tls_args`: https:// (grpcs:// for gRPC)."""
+    return proc.url.replace("http://", "https://", 1).replace("grpc://", "grpcs://", 1)

@@ -10,12 +10,17 @@ REV` starts these commands in REV's tree, which may predate the flag (exit 2).
 Without a stack (`stack=None`) the replicas run their default, or what the
 caller's RTBENCH_STACK says; with one, each replica's `Server` header must name
 it, so a server that ignored the variable is caught rather than mislabelled.
+
+With `tls` (bench.harness.tls.CertPaths) the replicas serve over TLS (`--tls-cert`,
+`--tls-key`): their URLs are https:// (grpcs:// for gRPC) and /healthz and /metrics are
+read over TLS, verified against the CA (`trust_ca`; gRPC's metrics port stays plain).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from bench.harness.cpu import cpu_seconds
+from bench.harness.tls import CertPaths
 from servers.testing import RedisServer, ServerProcess, free_port, stop_process, wait_port
 
 SERVER_CPU = 0  # servers on core 0, load generator on the others (2-core machine: core 1)
@@ -92,10 +98,13 @@ class Cluster:
     server_args: Sequence[str] = ()
     cpu: int | None = SERVER_CPU
     stack: str | None = None
+    tls: CertPaths | None = None
     nodes: list[Replica] = field(default_factory=list)
     _redis: RedisServer | None = None
 
     def start(self) -> Cluster:
+        if self.tls is not None:
+            trust_ca(str(self.tls.ca))
         if self.broker == "redis" and self.redis_url is None and self.transport != "reference":
             self._redis = RedisServer().start()
             self.redis_url = self._redis.url
@@ -117,6 +126,8 @@ class Cluster:
             wait_port("127.0.0.1", port, 20, proc)
             return Replica("reference", f"http://127.0.0.1:{port}", proc)
         args = ["--broker", self.broker, *self.server_args]
+        if self.tls is not None:
+            args += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
         if self.broker == "redis":
             assert self.redis_url is not None
             args += ["--redis-url", self.redis_url, "--namespace", f"bench{os.getpid()}"]
@@ -138,12 +149,14 @@ class Cluster:
     def _ready(self, proc: subprocess.Popen[bytes], port: int, metrics_port: int | None,
                ) -> Replica:
         base = f"127.0.0.1:{port}"
+        s = "s" if self.tls is not None else ""
         if metrics_port is not None:
             wait_port("127.0.0.1", metrics_port, 10, proc)
-            return Replica("grpc", f"grpc://{base}", proc,
+            return Replica("grpc", f"grpc{s}://{base}", proc,
                            f"http://127.0.0.1:{metrics_port}/metrics")
-        replica = Replica(self.transport, f"http://{base}", proc, f"http://{base}/metrics")
-        replica.server = _wait_healthy(f"http://{base}/healthz", proc)
+        replica = Replica(self.transport, f"http{s}://{base}", proc,
+                          f"http{s}://{base}/metrics")
+        replica.server = _wait_healthy(f"http{s}://{base}/healthz", proc)
         self._check_stack(replica)
         return replica
 
@@ -169,11 +182,22 @@ class Cluster:
         self.stop()
 
 
+_trusted: ssl.SSLContext | None = None  # what https:// endpoints are verified against
+
+
+def trust_ca(ca_file: str) -> None:
+    """Verify the servers' https:// endpoints (`http_get`) against `ca_file` from now on."""
+    global _trusted
+    _trusted = ssl.create_default_context(cafile=ca_file)
+
+
 def http_get(url: str, timeout: float) -> tuple[int, str, str]:
-    """(status, `Server` header or '', body) of one plain GET on the servers' own
-    loopback endpoints (/healthz, /metrics); OSError (urllib.error.URLError and
-    HTTPError are OSErrors) when there is no 2xx answer."""
-    with urllib.request.urlopen(url, timeout=timeout) as reply:
+    """(status, `Server` header or '', body) of one GET on the servers' own loopback
+    endpoints (/healthz, /metrics; https:// verified against `trust_ca`'s CA, else the
+    system's); OSError (urllib.error.URLError and HTTPError are OSErrors) when there is
+    no 2xx answer."""
+    context = _trusted if url.startswith("https:") else None
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as reply:
         return reply.status, reply.headers.get("server", ""), reply.read().decode()
 
 

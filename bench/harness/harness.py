@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from bench.harness.plan import Step, Target
 from bench.harness.procs import signals_ignored
 from bench.harness.progress import Progress
 from bench.harness.step import StepRun, empty, one_line, record
+from bench.harness.tls import CertPaths, make_certs
 from servers.testing import RedisServer
 
 
@@ -42,6 +45,17 @@ class Harness:
         self.current: StepRun | None = None
         self.load_cpus = load_cpus()
         self.records: list[dict[str, Any]] = []
+        self.tls: CertPaths | None = None
+        self._tls_dir: str | None = None
+
+    def make_certs(self) -> CertPaths:
+        """`--tls`: a throwaway CA and server certificate (removed by `cleanup`); the
+        replicas serve with it and Locust verifies them against the CA (LOCUST_TLS_CA in
+        its environment: loadgen's --tls-ca)."""
+        self._tls_dir = tempfile.mkdtemp(prefix="rtbench-tls-")
+        self.tls = make_certs(self._tls_dir)
+        os.environ["LOCUST_TLS_CA"] = str(self.tls.ca)
+        return self.tls
 
     # ------------------------------------------------------------ processes
 
@@ -75,7 +89,7 @@ class Harness:
         self.progress.update("starting servers")
         cluster = Cluster(target.transport, replicas=self.args.replicas, broker=self.args.broker,
                           redis_url=self.redis_url, server_args=self.args.server_args,
-                          cpu=SERVER_CPU, stack=target.stack)
+                          cpu=SERVER_CPU, stack=target.stack, tls=self.tls)
         self.cluster = cluster  # set before start: a failed start still gets stopped
         cluster.start()
         return cluster
@@ -94,6 +108,9 @@ class Harness:
             if self.redis is not None:
                 self.redis.stop()
                 self.redis = None
+            if self._tls_dir is not None:
+                shutil.rmtree(self._tls_dir, ignore_errors=True)
+                self._tls_dir = None
 
     # ---------------------------------------------------------------- steps
 

@@ -75,6 +75,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--server-args", default="", metavar="ARGS",
                    help="extra `rtbench serve` flags for every replica, one quoted string "
                         "(default: none)")
+    p.add_argument("--tls", action="store_true",
+                   help="serve every transport over TLS (wss, https, gRPC over TLS) with a "
+                        "throwaway CA and certificate made for the run; every client "
+                        "verifies it (docs/tls.md)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="run directory (default: a new results/<run-id>/)")
     p.add_argument("--no-report", action="store_true",
@@ -114,9 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "replicas": args.replicas, "broker": args.broker,
               "single_node": args.broker == "memory" or args.replicas == 1,
               "duration": args.duration, "server_args": args.server_args,
-              "redis_url_given": bool(args.redis_url),
+              "redis_url_given": bool(args.redis_url), "tls": args.tls,
               "scenario_parameters": {s.scenario.name: s.scenario.to_dict() for s in steps}}
     meta = runs.base_meta(run_dir.name, argv, params)
+    meta["tls"] = args.tls
     progress = Progress([plan_mod.planned_seconds(s) for s in steps])
     harness = Harness(args, run_dir, steps, progress)
     t0 = time.monotonic()
@@ -127,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with signals_raise():
             try:
+                if args.tls:
+                    harness.make_certs()
                 harness.start_redis()
                 meta["redis"] = harness.redis_info()
                 meta["placement"] = {

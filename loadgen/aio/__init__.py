@@ -16,7 +16,9 @@ CommandError; a connection the server refused or ended raises ServerClosed, and
 `closed_reason` then says why (section 6 code and reason). An `on_event` that raises
 ends the connection (1006) and goes to the loop's exception handler.
 
-`url` is the server's base URL (`http://host:port`; `grpc://host:port` for gRPC).
+`url` is the server's base URL (`http://host:port`; `grpc://host:port` for gRPC; over TLS
+`https://` (or `wss://`) and `grpcs://`, whose certificate every client verifies against
+`tls_ca=` (a PEM CA file; None: the system's trust store)).
 Options common to all transports: `timeout` (handshake and command replies) and
 `first` (commands sent as soon as the transport allows, before `welcome` is
 awaited; their replies arrive as events). Per transport: `token_in`

@@ -13,9 +13,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import grpc
 from grpc import aio
 
 from loadgen.aio.base import Client, CloseInfo, ServerClosed
+from loadgen.clients.tls import is_tls_url, read_ca
 from loadgen.grpc_codec import CONNECT, event_of, frame_of, status_close, target_of
 from servers.core.cursor import RESUME_METADATA, encode_cursor
 from servers.proto import rtbench_pb2 as pb
@@ -48,6 +50,7 @@ class GrpcClient(Client):
         first: Sequence[dict[str, Any]] = (),
         channel: aio.Channel | None = None,
         resume: Mapping[str, Any] | None = None,
+        tls_ca: str | None = None,
     ) -> GrpcClient:
         """Start the stream, write `first` at once, then wait for `welcome`.
 
@@ -55,7 +58,11 @@ class GrpcClient(Client):
         (an invalid one ends the stream with INVALID_ARGUMENT, close code 4400)."""
         owned = channel is None
         if channel is None:
-            channel = aio.insecure_channel(target_of(url))
+            if is_tls_url(url):  # grpcs://, verified against tls_ca (None: grpc's roots)
+                channel = aio.secure_channel(target_of(url), grpc.ssl_channel_credentials(
+                    root_certificates=read_ca(tls_ca)))
+            else:
+                channel = aio.insecure_channel(target_of(url))
         connect = channel.stream_stream(
             CONNECT, request_serializer=_serialize, response_deserializer=pb.ServerFrame.FromString
         )

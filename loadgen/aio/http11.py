@@ -1,5 +1,6 @@
-"""A minimal asyncio HTTP/1.1 client for the SSE and long-poll clients: plain `http://`
-on loopback, keep-alive, responses parsed by httptools (llhttp, in C).
+"""A minimal asyncio HTTP/1.1 client for the SSE and long-poll clients: `http://` (or
+`https://`, verified against `tls_ca`), keep-alive, responses parsed by httptools (llhttp,
+in C).
 
 Kept instead of aiohttp's client (which the WebSocket client uses) because aiohttp is
 measurably the bottleneck on these transports. Client CPU in us, this module vs
@@ -41,6 +42,7 @@ time (the connection is closed then: its state is unknown).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -61,6 +63,7 @@ from loadgen.aio.base import (
     base_url,
     check_reply,
 )
+from loadgen.clients.tls import client_context
 from loadgen.wire import error_body, http_reply
 from servers.core.types import CloseReason, now_us
 
@@ -75,13 +78,23 @@ class Response(NamedTuple):
     body: bytes
 
 
-def origin(url: str) -> tuple[str, int, str]:
-    """(host, port, Host header) of an `http://host[:port]` URL (`ws://` and bare
-    `host:port` accepted too); ValueError for anything served over TLS."""
+def endpoint(url: str) -> tuple[str, int, str, bool]:
+    """(host, port, Host header, over TLS) of an `http[s]://host[:port]` URL (`ws[s]://`
+    and bare `host:port` accepted too); ValueError for anything else."""
     split = urlsplit(base_url(url))
-    if split.scheme != "http" or not split.hostname:
-        raise ValueError(f"{url!r}: only plain http:// servers are supported")
-    return split.hostname, split.port or 80, split.netloc
+    if split.scheme not in ("http", "https") or not split.hostname:
+        raise ValueError(f"{url!r}: expected an http:// or https:// server")
+    tls = split.scheme == "https"
+    return split.hostname, split.port or (443 if tls else 80), split.netloc, tls
+
+
+def origin(url: str) -> tuple[str, int, str]:
+    """(host, port, Host header) of a plain `http://host[:port]` URL (`ws://` and bare
+    `host:port` accepted too); ValueError for anything served over TLS (see `endpoint`)."""
+    host, port, netloc, tls = endpoint(url)
+    if tls:
+        raise ValueError(f"{url!r}: a TLS server; only plain http:// here")
+    return host, port, netloc
 
 
 def _head(method: str, target: str, host: str, headers: Mapping[str, str], body: bytes) -> bytes:
@@ -125,13 +138,17 @@ class Connection(asyncio.Protocol):
 
     @classmethod
     async def open(cls, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
-                   host_header: str | None = None) -> Connection:
+                   host_header: str | None = None, tls: ssl.SSLContext | None = None,
+                   ) -> Connection:
+        """Connect (and with `tls`, shake hands and verify the server's certificate for
+        `host`); ServerClosed(1006) when either fails."""
         conn = cls(host_header or f"{host}:{port}")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: conn, host, port)
-        except OSError as exc:
+                await loop.create_connection(lambda: conn, host, port, ssl=tls,
+                                             server_hostname=host if tls else None)
+        except OSError as exc:  # ssl.SSLCertVerificationError among them
             raise ServerClosed(ABNORMAL, f"connect to {host}:{port} failed: {exc}") from exc
         return conn
 
@@ -328,21 +345,21 @@ class Pool:
     __slots__ = ("_closed", "_idle")
 
     def __init__(self) -> None:
-        self._idle: dict[tuple[str, int], list[Connection]] = {}
+        self._idle: dict[tuple[str, int, ssl.SSLContext | None], list[Connection]] = {}
         self._closed = False
 
     async def request(self, host: str, port: int, method: str, target: str,
                       headers: Mapping[str, str] = {}, body: bytes = b"",
                       timeout: float | None = None, host_header: str | None = None,  # noqa: ASYNC109
-                      ) -> Response:
-        idle = self._idle.setdefault((host, port), [])
+                      tls: ssl.SSLContext | None = None) -> Response:
+        idle = self._idle.setdefault((host, port, tls), [])
         while idle:
             conn = idle.pop()
             if conn.usable:
                 break
             conn.close()
         else:
-            conn = await Connection.open(host, port, timeout, host_header)
+            conn = await Connection.open(host, port, timeout, host_header, tls)
             return await self._use(conn, idle, method, target, headers, body, timeout)
         try:
             return await self._use(conn, idle, method, target, headers, body, timeout)
@@ -352,7 +369,7 @@ class Pool:
             # The server closed this idle keep-alive connection as we reused it: it
             # answered nothing, so it read nothing (uvicorn closes only idle ones). Once
             # more on a new connection.
-            conn = await Connection.open(host, port, timeout, host_header)
+            conn = await Connection.open(host, port, timeout, host_header, tls)
             return await self._use(conn, idle, method, target, headers, body, timeout)
 
     async def _use(self, conn: Connection, idle: list[Connection], method: str, target: str,
@@ -410,9 +427,12 @@ class HttpSessionClient(Client):
     """
 
     def __init__(self, url: str, token: str | None, token_in: TokenPlacement, timeout: float,
-                 http: object, resume: Mapping[str, Any] | None = None) -> None:
+                 http: object, resume: Mapping[str, Any] | None = None,
+                 tls_ca: str | None = None) -> None:
         super().__init__(timeout, resume)
-        self.host, self.port, self._host_header = origin(url)
+        self.host, self.port, self._host_header, tls = endpoint(url)
+        # https://: verified against tls_ca (None: the system's trust store)
+        self._tls = client_context(tls_ca) if tls else None
         self._pool, self._owns_pool = pool_of(http)
         self._headers: dict[str, str] = auth_headers(token, token_in)
         self._post_headers = {**self._headers, "content-type": "application/json"}
@@ -426,12 +446,14 @@ class HttpSessionClient(Client):
 
     async def connection(self) -> Connection:
         """A new connection of the client's own (an event stream, a poll loop)."""
-        return await Connection.open(self.host, self.port, self.timeout, self._host_header)
+        return await Connection.open(self.host, self.port, self.timeout, self._host_header,
+                                     self._tls)
 
     async def _send(self, method: str, path: str, body: bytes = b"") -> Response:
         headers = self._post_headers if method == "POST" else self._headers
         return await self._pool.request(self.host, self.port, method, self.target(path),
-                                        headers, body, self.timeout, self._host_header)
+                                        headers, body, self.timeout, self._host_header,
+                                        self._tls)
 
     async def _request(self, cmd: dict[str, Any]) -> dict[str, Any]:
         self._raise_if_done()

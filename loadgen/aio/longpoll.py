@@ -53,13 +53,14 @@ class LongPollClient(HttpSessionClient):
         http: Pool | object | None = None,
         poll_timeout: float = 25.0,
         resume: Mapping[str, Any] | None = None,
+        tls_ca: str | None = None,
     ) -> LongPollClient:
         """Create the session (its response carries `welcome`), send `first`, start polling.
 
         `http`: a shared `http11.Pool` for the commands (see `http11.pool_of`).
         `resume`: a `cursor` of an earlier connection; the session first gets what was
         missed since (ServerClosed 4400 if the cursor is refused)."""
-        self = cls(url, token, token_in, timeout, http, resume)
+        self = cls(url, token, token_in, timeout, http, resume, tls_ca)
         self.poll_timeout = poll_timeout
         params = {} if resume is None else {RESUME_PARAM: encode_cursor(resume)}
         try:

@@ -45,13 +45,14 @@ class SseClient(HttpSessionClient):
         first: Sequence[dict[str, Any]] = (),
         http: Pool | object | None = None,
         resume: Mapping[str, Any] | None = None,
+        tls_ca: str | None = None,
     ) -> SseClient:
         """Open the event stream, wait for `welcome`, then send `first`.
 
         `http`: a shared `http11.Pool` for the commands (see `http11.pool_of`).
         `resume`: a `cursor` of an earlier connection; the server sends what was missed
         since, then the live stream (ServerClosed 4400 if the cursor is refused)."""
-        self = cls(url, token, token_in, timeout, http, resume)
+        self = cls(url, token, token_in, timeout, http, resume, tls_ca)
         params = {} if resume is None else {RESUME_PARAM: encode_cursor(resume)}
         try:
             self._stream = await self.connection()

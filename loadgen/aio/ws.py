@@ -36,6 +36,7 @@ from loadgen.aio.base import (
     base_url,
     describe,
 )
+from loadgen.clients.tls import client_context
 from servers.core.cursor import RESUME_PARAM, encode_cursor
 
 SUBPROTOCOL = "rtbench.v1"
@@ -110,20 +111,26 @@ class WsClient(Client):
         first: Sequence[dict[str, Any]] = (),
         http: aiohttp.ClientSession | object | None = None,
         resume: Mapping[str, Any] | None = None,
+        tls_ca: str | None = None,
     ) -> WsClient:
         """Connect, send `first` right after the upgrade, then wait for `welcome`.
 
         `http`: a shared aiohttp.ClientSession (see `session_of`).
+        `tls_ca`: for a wss:// (https://) server, the CA file its certificate is verified
+        against (None: the system's trust store).
         `resume`: a `cursor` of an earlier connection; the server sends what was missed
         since, then the live stream (or closes with 4400 if the cursor is invalid)."""
         protocols = [SUBPROTOCOL]
         if token and token_in == "subprotocol":
             protocols.append("bearer." + token)
         session, owned = session_of(http)
+        uri = ws_url(url, token, token_in, resume)
+        tls = client_context(tls_ca) if uri.startswith("wss:") else True
         try:
             async with asyncio.timeout(timeout):
                 ws = await session.ws_connect(
-                    ws_url(url, token, token_in, resume),
+                    uri,
+                    ssl=tls,
                     protocols=protocols,
                     headers=auth_headers(token, token_in),
                     compress=0,  # the server does not deflate either

@@ -17,6 +17,10 @@ frames without `id` (the server sends no ack, errors still come back as events);
 on HTTP transports (SSE, long-poll) they are a POST each and block until the
 reply, so `publish_blocks` is True and open-loop publishers run them in a pool.
 
+TLS: a server URL of https://, wss:// or grpcs:// is reached over TLS (loadgen.clients.tls),
+its certificate verified against `tls_ca` (a PEM CA file; None: the system's trust store);
+a certificate that does not verify fails `connect()` with `connect_failed`.
+
 Every client keeps its resume cursor (`client.tracker`, docs/protocol.md 4.1) from
 the events it receives and the rooms it joins and leaves, before `on_event` sees
 them; `resume()` opens a new connection with it, which gets what was missed (or a
@@ -28,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
+import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -38,6 +43,8 @@ import gevent
 import orjson
 from gevent.event import AsyncResult, Event
 
+from loadgen.clients.tls import TlsSocket, connect_tls, is_tls_url
+from loadgen.measure import now_us
 from loadgen.wire import CURSOR_TYPES, REPLY_TYPES
 from servers.core.cursor import CursorTracker, encode_cursor
 
@@ -73,8 +80,11 @@ class Client(ABC):
     publish_blocks: ClassVar[bool] = False
 
     def __init__(self, url: str, token: str, on_event: OnEvent | None = None,
-                 timeout: float = 10.0, resume: Mapping[str, Any] | None = None) -> None:
+                 timeout: float = 10.0, resume: Mapping[str, Any] | None = None,
+                 tls_ca: str | None = None) -> None:
         self.url = url
+        self.tls = is_tls_url(url)  # https://, wss://, grpcs://
+        self.tls_ca = tls_ca  # the CA file that verifies the server (None: the system's)
         self.token = token
         self.on_event: OnEvent = on_event or _ignore
         self.timeout = timeout
@@ -151,7 +161,8 @@ class Client(ABC):
         with this one's cursor: it gets what was published in between (or a `gap` when
         history cannot cover it) and is a member of the same rooms, without joining."""
         self.close()  # first: no event may arrive after the cursor is taken
-        fresh = type(self)(self.url, self.token, self.on_event, self.timeout, self.cursor)
+        fresh = type(self)(self.url, self.token, self.on_event, self.timeout, self.cursor,
+                           self.tls_ca)
         fresh.connect()
         return fresh
 
@@ -187,8 +198,9 @@ class StreamClient(Client):
     """WebSocket and gRPC: commands and replies share one stream, matched by `id`/`ref`."""
 
     def __init__(self, url: str, token: str, on_event: OnEvent | None = None,
-                 timeout: float = 10.0, resume: Mapping[str, Any] | None = None) -> None:
-        super().__init__(url, token, on_event, timeout, resume)
+                 timeout: float = 10.0, resume: Mapping[str, Any] | None = None,
+                 tls_ca: str | None = None) -> None:
+        super().__init__(url, token, on_event, timeout, resume, tls_ca)
         self._pending: dict[str, AsyncResult] = {}
 
     def call(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -232,15 +244,24 @@ class StreamClient(Client):
 class ReactorReader:
     """An event stream read by the process's reactor (loadgen.clients.reactor): the client
     implements `data_received`/`connection_lost`, `_start_reading(fd)` registers it and
-    `_stop_reading()` (before the socket closes) takes it off."""
+    `_stop_reading()` (before the socket closes) takes it off.
+
+    Over TLS (`_tls` set) the reactor's raw reads go through `TlsReader`, and what the
+    handshake's reads decrypted beyond what they consumed is delivered first."""
 
     _read_fd = -1
+    _tls: TlsSocket | None = None
 
     def _start_reading(self, fd: int) -> None:
         from loadgen.clients.reactor import reactor
 
         self._read_fd = fd
-        reactor().add(fd, self)  # type: ignore[arg-type]
+        tls = self._tls
+        reactor().add(fd, self if tls is None else TlsReader(tls, self))  # type: ignore[arg-type]
+        if tls is not None:
+            early = tls.pending()
+            if early and not self.data_received(early, now_us()):  # type: ignore[attr-defined]
+                self._stop_reading()
 
     def _stop_reading(self) -> None:
         from loadgen.clients.reactor import reactor
@@ -250,22 +271,62 @@ class ReactorReader:
             reactor().remove(fd)
 
 
+class TlsReader:
+    """The reactor's reader of a TLS stream: decrypts, then hands the plaintext on."""
+
+    __slots__ = ("reader", "tls")
+
+    def __init__(self, tls: TlsSocket, reader: Any) -> None:
+        self.tls = tls
+        self.reader = reader
+
+    def data_received(self, data: bytes, recv_us: int) -> bool:
+        try:
+            plain = self.tls.decrypt(data)
+        except ssl.SSLZeroReturnError:  # the server closed the TLS session
+            self.reader.connection_lost(None)
+            return False
+        except OSError as exc:  # ssl.SSLError: a broken record, a failed write
+            self.reader.connection_lost(exc)
+            return False
+        if not plain:
+            return True  # a record not complete yet, or a session ticket
+        keep: bool = self.reader.data_received(plain, recv_us)
+        return keep
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reader.connection_lost(exc)
+
+
 class RawSocket(ReactorReader):
-    """A client whose event stream is a plain TCP socket of its own (gevent's, once
-    patched), read by the process's reactor: SSE, long-poll polls and gRPC over h2."""
+    """A client whose event stream is a TCP socket of its own (gevent's, once patched),
+    read by the process's reactor: SSE, long-poll polls and gRPC over h2; a `TlsSocket`
+    on it for a TLS server (offering `ALPN`)."""
 
-    _sock: socket.socket | None = None
+    ALPN: ClassVar[tuple[str, ...]] = ()
+    _sock: socket.socket | TlsSocket | None = None
+    tls: bool
+    tls_ca: str | None
 
-    def _connect_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        """Connect (within `timeout`), TCP_NODELAY; ClientError `connect_failed`."""
+    def _connect_socket(self, host: str, port: int, timeout: float,
+                        ) -> socket.socket | TlsSocket:
+        """Connect and, for a TLS server, shake hands (all within `timeout`), TCP_NODELAY;
+        ClientError `connect_failed` (a certificate that does not verify among them)."""
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             raise ClientError("connect_failed", f"{host}:{port}: {exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(None)  # the caller's gevent.Timeout bounds the handshake
-        self._sock = sock
-        return sock
+        conn: socket.socket | TlsSocket = sock
+        if self.tls:
+            try:
+                conn = self._tls = connect_tls(sock, host, self.tls_ca, self.ALPN)
+            except OSError as exc:
+                sock.close()
+                raise ClientError("connect_failed", f"{host}:{port}: TLS: {exc}") from None
+        conn.settimeout(None)  # the caller's gevent.Timeout bounds the handshake
+        self._sock = conn
+        return conn
 
     @contextlib.contextmanager
     def _handshake(self, url: str, errors: tuple[type[Exception], ...]) -> Iterator[None]:
@@ -282,5 +343,6 @@ class RawSocket(ReactorReader):
     def _abort(self) -> None:
         self._stop_reading()  # first: the descriptor's number may be reused once closed
         sock, self._sock = self._sock, None
+        self._tls = None
         if sock is not None:
             sock.close()

@@ -33,6 +33,7 @@ from gevent.queue import Queue
 from loadgen.clients.base import ClientError
 from loadgen.clients.grpcbase import GrpcClientBase
 from loadgen.clients.grpcframes import FRAME_OVERHEAD
+from loadgen.clients.tls import read_ca
 from loadgen.grpc_codec import CONNECT, event_of, status_close, target_of
 from loadgen.measure import now_us
 from servers.proto import rtbench_pb2 as pb
@@ -65,7 +66,12 @@ class GrpcClient(GrpcClientBase):
     def _open(self) -> dict[str, Any]:
         self._queue: Queue[bytes] = Queue()
         _reserve_pool_thread(1)
-        self._channel = grpc.insecure_channel(target_of(self.url))
+        target = target_of(self.url)
+        if self.tls:  # grpcs://: verified against tls_ca (None: grpc's default roots)
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(
+                root_certificates=read_ca(self.tls_ca)))
+        else:
+            self._channel = grpc.insecure_channel(target)
         method = self._channel.stream_stream(CONNECT, request_serializer=_identity,
                                              response_deserializer=_identity)
         self._call = method(self._requests(), metadata=self.metadata())

@@ -38,12 +38,15 @@ RECV_BYTES = 256 * 1024
 
 
 class GrpcH2Client(RawSocket, GrpcClientBase):
+    ALPN = ("h2",)  # grpcs://: HTTP/2 over TLS is negotiated by ALPN (gRPC servers insist)
+
     def _open(self) -> dict[str, Any]:
         host, port = _split(target_of(self.url), 50051)
         self._lock = Semaphore()
         self._writable = Event()
         self._backlog: list[bytes] = []  # messages read with the welcome
-        self._stream = GrpcStream(f"{host}:{port}", CONNECT, self.metadata())
+        self._stream = GrpcStream(f"{host}:{port}", CONNECT, self.metadata(),
+                                  scheme="https" if self.tls else "http")
         sock = self._connect_socket(host, port, self.timeout)
         with self._handshake(self.url, (OSError, h2.exceptions.ProtocolError, GrpcFrameError,
                                         DecodeError)):

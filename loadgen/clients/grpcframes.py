@@ -127,7 +127,7 @@ class GrpcStream:
     """
 
     def __init__(self, authority: str, path: str,
-                 metadata: Sequence[tuple[str, str]] = ()) -> None:
+                 metadata: Sequence[tuple[str, str]] = (), scheme: str = "http") -> None:
         cfg = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.conn = h2.connection.H2Connection(cfg)
         self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
@@ -135,7 +135,7 @@ class GrpcStream:
             h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
         })
-        self.headers = [(b":method", b"POST"), (b":scheme", b"http"),
+        self.headers = [(b":method", b"POST"), (b":scheme", scheme.encode()),
                         (b":path", path.encode()), (b":authority", authority.encode()),
                         (b"te", b"trailers"), (b"content-type", b"application/grpc"),
                         (b"user-agent", b"rtbench-loadgen-h2/1")]

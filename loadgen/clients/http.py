@@ -1,5 +1,6 @@
 """What the SSE and long-poll clients share: keep-alive HTTP via geventhttpclient and
-the command POST of protocol section 7.2/7.3 (reply = response body)."""
+the command POST of protocol section 7.2/7.3 (reply = response body); https:// through
+geventhttpclient's TLS, verified against the client's `tls_ca`."""
 
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ class HttpClient(Client):
     publish_blocks = True
 
     def __init__(self, url: str, token: str, on_event: OnEvent | None = None,
-                 timeout: float = 10.0, resume: Mapping[str, Any] | None = None) -> None:
-        super().__init__(url, token, on_event, timeout, resume)
-        self.host, self.port = split_url(url, 80)
+                 timeout: float = 10.0, resume: Mapping[str, Any] | None = None,
+                 tls_ca: str | None = None) -> None:
+        super().__init__(url, token, on_event, timeout, resume, tls_ca)
+        self.host, self.port = split_url(url, 443 if self.tls else 80)
         self.auth = {"Authorization": f"Bearer {token}"}
         self._http = self._client(COMMAND_CONCURRENCY, timeout)
 
@@ -39,9 +41,13 @@ class HttpClient(Client):
                 block_size: int = HTTPClient.BLOCK_SIZE) -> HTTPClient:
         """A keep-alive pool; `block_size`: bytes per `recv` (geventhttpclient's default,
         4 KiB, suits small replies; a long-poll response can be megabytes)."""
+        # ssl_options None: plain HTTP; {}: geventhttpclient's default CA bundle. It
+        # verifies the certificate and the host name either way (insecure=False)
+        tls = {"ca_certs": self.tls_ca} if self.tls_ca else {}
         return HTTPClient(self.host, self.port, concurrency=concurrency,
                           connection_timeout=self.timeout, network_timeout=network_timeout,
-                          block_size=block_size)
+                          block_size=block_size, ssl=self.tls,
+                          ssl_options=tls if self.tls else None)
 
     def command_path(self) -> str:
         raise NotImplementedError

@@ -51,6 +51,7 @@ from gevent.event import Event
 from loadgen.clients.base import ClientError, OnEvent, RawSocket
 from loadgen.clients.http import HttpClient, error_from
 from loadgen.clients.httpresponse import ResponseError, ResponseReader
+from loadgen.clients.tls import TlsSocket
 from loadgen.measure import now_us
 from loadgen.wire import CURSOR_TYPES, poll_batch
 from servers.core.cursor import RESUME_PARAM
@@ -78,8 +79,9 @@ class LongPollClient(RawSocket, HttpClient):
     _failures = 0  # network failures in a row
 
     def __init__(self, url: str, token: str, on_event: OnEvent | None = None,
-                 timeout: float = 10.0, resume: Mapping[str, Any] | None = None) -> None:
-        super().__init__(url, token, on_event, timeout, resume)
+                 timeout: float = 10.0, resume: Mapping[str, Any] | None = None,
+                 tls_ca: str | None = None) -> None:
+        super().__init__(url, token, on_event, timeout, resume, tls_ca)
         self._wake = Event()  # the poll socket failed, or the client closed
 
     def command_path(self) -> str:
@@ -139,7 +141,7 @@ class LongPollClient(RawSocket, HttpClient):
                 wake.wait(left)
                 wake.clear()
 
-    def _send_poll(self, sock: socket.socket) -> bool:
+    def _send_poll(self, sock: socket.socket | TlsSocket) -> bool:
         self._sent = time.monotonic()
         try:
             sock.sendall(self._poll)

@@ -12,6 +12,7 @@ websocket-client's own receive path, without ("websocket-client") or with
 
 from __future__ import annotations
 
+import socket
 import struct
 from typing import Any, ClassVar
 from urllib.parse import urlencode
@@ -22,6 +23,7 @@ import websocket
 
 from loadgen.clients.base import ClientError, ReactorReader, StreamClient
 from loadgen.clients.base import split_url as _split
+from loadgen.clients.tls import TlsSocket, connect_tls
 from loadgen.clients.wsframes import OP_CLOSE, OP_PING, FrameError, FrameReader
 from loadgen.measure import now_us
 from servers.core.cursor import RESUME_PARAM
@@ -41,19 +43,34 @@ class WsClient(ReactorReader, StreamClient):
     _ws: Any = None  # websocket.WebSocket (partly untyped)
 
     def _open(self) -> dict[str, Any]:
-        host, port = _split(self.url, 80)
+        host, port = _split(self.url, 443 if self.tls else 80)
         query = f"?{urlencode({RESUME_PARAM: self.resume_cursor})}" if self.resume_cursor else ""
+        tls: TlsSocket | None = None
         try:
+            if self.tls:
+                # our TLS session, not websocket-client's SSLSocket: the reactor reads the
+                # stream's raw bytes and this session decrypts them (loadgen.clients.tls)
+                raw = socket.create_connection((host, port), timeout=self.timeout)
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                try:
+                    tls = connect_tls(raw, host, self.tls_ca)
+                except BaseException:
+                    raw.close()
+                    raise
             self._ws = websocket.create_connection(
-                f"ws://{host}:{port}/ws{query}",
+                f"{'wss' if self.tls else 'ws'}://{host}:{port}/ws{query}",
                 header=[f"Authorization: Bearer {self.token}"],
                 subprotocols=["rtbench.v1"],
                 skip_utf8_validation=RECV_PATH != "websocket-client+utf8",
                 enable_multithread=True,  # a lock around send: several greenlets send
                 timeout=self.timeout,
+                socket=tls,
             )
         except (OSError, websocket.WebSocketException) as exc:
+            if tls is not None:
+                tls.close()
             raise ClientError("connect_failed", f"{self.url}: {exc}") from None
+        self._tls = tls
         self._ws.settimeout(None)
         opcode, data = self._ws.recv_data()
         if opcode == websocket.ABNF.OPCODE_CLOSE:
