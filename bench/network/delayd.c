@@ -266,7 +266,11 @@ static int serve(int argc, char **argv) {
         return 2;
     }
     opt.slot = opt.mtu + 64;
-    rng_state = opt.seed ? opt.seed : 1;
+    rng_state = opt.seed + 0x9E3779B97F4A7C15ULL; /* splitmix64: no weak start from a small seed */
+    rng_state = (rng_state ^ (rng_state >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    rng_state = (rng_state ^ (rng_state >> 27)) * 0x94D049BB133111EBULL;
+    rng_state ^= rng_state >> 31;
+    if (!rng_state) rng_state = 1;
 
     pid_t parent = getppid();
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("PR_SET_PDEATHSIG");
