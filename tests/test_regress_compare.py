@@ -269,3 +269,19 @@ def test_latency_against_stored_samples_only_warns() -> None:
     paired = {"calibration_s": [0.040, 0.041],
               "samples": {"base": rows(30.0, 5.0), "head": rows(30.05, 8.0)}}
     assert evaluate([paired], {}, None, {})[0] == "regression"  # measured alongside: it counts
+
+
+def test_a_run_of_two_stacks_keeps_their_samples_apart(tmp_path: Path) -> None:
+    from bench.regress.compare import threshold_for
+    from tests.test_report import make_run
+
+    s = load_set(make_run(tmp_path, stacks=("starlette", "aiohttp")))
+    targets = {t for t, _, _ in s.values}
+    assert {"ws", "ws/aiohttp", "sse", "sse/aiohttp", "grpc"} <= targets
+    assert "grpc/grpcio" not in targets  # gRPC's only stack is its default
+    ws = s.values[("ws", "chat", "cpu_per_delivery")]
+    ws_aio = s.values[("ws/aiohttp", "chat", "cpu_per_delivery")]
+    assert len(ws) == len(ws_aio) == 1 and ws_aio[0] > ws[0]  # the synthetic aiohttp is slower
+    conf = {"ws": {"p50": 0.3}, "p50": 0.1}
+    assert threshold_for(conf, "ws/aiohttp", "p50") == 0.3
+    assert threshold_for(conf, "sse/aiohttp", "p50") == 0.1

@@ -96,8 +96,20 @@ def _add_run(s: SampleSet, run_dir: Path) -> None:
     for row in summary(run).to_dict("records"):
         if row["status"] != "ok":
             continue
-        s.add(str(row["transport"]), str(row["scenario"]),
+        s.add(target_key(str(row["transport"]), row.get("stack")), str(row["scenario"]),
               {m: row.get(col) for col, m in RUN_COLUMNS.items()})
+
+
+def target_key(transport: str, stack: Any) -> str:
+    """How a run's target is named in a comparison: the transport on its default stack
+    (`ws`, as samples files name it), `transport/stack` on another (`ws/aiohttp`), so two
+    stacks' samples never pool into one."""
+    from bench.harness.plan import default_stack
+
+    if not stack or (isinstance(stack, float) and math.isnan(stack)) \
+            or str(stack) == default_stack(transport):
+        return transport
+    return f"{transport}/{stack}"
 
 
 def load_set(path: Path) -> SampleSet:
@@ -146,7 +158,11 @@ def load_thresholds(pyproject: Path | None) -> dict[str, Any]:
 
 
 def threshold_for(conf: dict[str, Any], transport: str, metric: str) -> float:
+    """`[tool.rtbench.regress.<transport>]`, then the table of the transport a
+    `transport/stack` key runs, then `[tool.rtbench.regress]`, then the default."""
     per = conf.get(transport)
+    if per is None and "/" in transport:
+        per = conf.get(transport.split("/", 1)[0])
     if isinstance(per, dict) and metric in per:
         return float(per[metric])
     return float(conf.get(metric, METRICS[metric].threshold))
