@@ -181,8 +181,10 @@ def test_teardown_when_the_owner_is_killed() -> None:
 
 def test_a_profile_name_reaches_the_element() -> None:
     assert get_profile("lossy").loss_pct == 1.0
-    with Network("lossy", mechanism="delayd") as net:
+    cpu = min(os.sched_getaffinity(0))
+    with Network("lossy", mechanism="delayd", element_cpus=[cpu]) as net:
         assert net.element is not None
+        assert os.sched_getaffinity(net.element.pid) == {cpu}
         with open(f"/proc/{net.element.pid}/cmdline") as f:
             argv = f.read().split("\0")
         assert argv[argv.index("--loss-ppm") + 1] == "10000"

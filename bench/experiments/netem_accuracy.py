@@ -19,7 +19,8 @@ Both ends of every probe run in this process, each socket opened in its side's n
   receiver goodput after the first second against the rate's TCP payload share (1448 of
   1500 bytes per packet).
 - `loss`: `lossy`'s 1 % per direction, UDP echo at `--loss-rate` datagrams/s: the element's
-  one-way drop share and the round trips that survived against 0.99^2.
+  one-way drop share (with its binomial 95 % interval; the element's generator is seeded,
+  so a run draws the same sequence) and the round trips that survived against 0.99^2.
 - `cpu`: the element's CPU seconds (its process CPU clock) per packet it forwarded, at a
   few UDP echo rates (each echo is two packets), and under the wan bulk transfer.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import sys
@@ -136,9 +138,13 @@ def measure_loss(mechanism: str, seconds: float, rate: float) -> dict[str, Any]:
                            "round_trip_survival": udp["received"] / udp["sent"],
                            "expected_round_trip_survival": (1 - p.loss_pct / 100) ** 2}
     if before and after:
-        out["element_drop_pct"] = {
-            d: 100 * (after[d]["drop_loss"] - before[d]["drop_loss"])
-            / max(1, after[d]["rx"] - before[d]["rx"]) for d in after}
+        out["element_drop_pct"], out["element_drop_pct_95ci"] = {}, {}
+        for d in after:
+            n = max(1, after[d]["rx"] - before[d]["rx"])
+            share = (after[d]["drop_loss"] - before[d]["drop_loss"]) / n
+            half = 1.96 * math.sqrt(share * (1 - share) / n)  # binomial, normal approximation
+            out["element_drop_pct"][d] = 100 * share
+            out["element_drop_pct_95ci"][d] = [100 * (share - half), 100 * (share + half)]
     return out
 
 
@@ -178,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=50.0, help="UDP echo datagrams/s (RTT)")
     p.add_argument("--pings", type=int, default=100, help="TCP round trips per RTT case")
     p.add_argument("--bulk-seconds", type=float, default=8.0)
-    p.add_argument("--loss-seconds", type=float, default=10.0)
+    p.add_argument("--loss-seconds", type=float, default=20.0)
     p.add_argument("--loss-rate", type=float, default=2000.0)
     p.add_argument("--cpu-rates", default="500,2000,5000", help="UDP echo rates for the cost")
     p.add_argument("--cpu-seconds", type=float, default=5.0)
@@ -213,9 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               flush=True)
     loss = measure_loss(args.mechanism, args.loss_seconds, args.loss_rate)
     results["loss"] = loss
-    print(f"loss lossy requested {loss['requested_pct_each_way']}% each way: element "
-          f"{loss.get('element_drop_pct')}, round trips survived {loss['round_trip_survival']:.4f}"
-          f" (expected {loss['expected_round_trip_survival']:.4f}) of {loss['sent']}", flush=True)
+    drops = ", ".join(f"{d} {v:.3f} % (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" for (d, v), ci in zip(
+        loss.get("element_drop_pct", {}).items(),
+        loss.get("element_drop_pct_95ci", {}).values(), strict=True))
+    print(f"loss lossy requested {loss['requested_pct_each_way']} % each way: element {drops}; "
+          f"round trips survived {loss['round_trip_survival']:.4f} (expected "
+          f"{loss['expected_round_trip_survival']:.4f}) of {loss['sent']}", flush=True)
     results["cpu"] = measure_cpu(args.mechanism, args.cpu_seconds, rates)
     for c in results["cpu"]:
         print(f"cpu at {c['achieved_packets_per_s']:7.0f} packets/s: "

@@ -102,7 +102,8 @@ class Network:
     """A context manager: the namespaces and link of one profile (see the module docstring)."""
 
     def __init__(self, profile: Profile | str, *, mechanism: str = "auto", seed: int = 1,
-                 ready_timeout: float = 10.0) -> None:
+                 ready_timeout: float = 10.0, element_cpus: Sequence[int] | None = None,
+                 ) -> None:
         if mechanism not in MECHANISMS:
             raise NetworkError(f"mechanism must be one of {', '.join(MECHANISMS)}, "
                                f"got {mechanism!r}")
@@ -111,6 +112,7 @@ class Network:
         self.mechanism = "loopback" if self.profile.loopback else ""
         self.seed = seed
         self.ready_timeout = ready_timeout
+        self.element_cpus = element_cpus  # where delayd runs (None: wherever it is put)
         self.element: Element | None = None
         self.inodes: tuple[int, int] = (0, 0)
         self.swept: list[int] = []  # processes close() had to end
@@ -156,6 +158,8 @@ class Network:
         self.element = Element(Path(self._binary), args)
         self.element.start(self.ready_timeout)
         try:
+            if self.element_cpus is not None:
+                os.sched_setaffinity(self.element.pid, set(self.element_cpus))
             self.inodes = (namespaces.ns_inode(self.element.nsfile(0)),
                            namespaces.ns_inode(self.element.nsfile(1)))
             if mechanism == "netem":
@@ -256,7 +260,9 @@ class Network:
     def describe(self, rtt_samples: int = 10) -> dict[str, Any]:
         """What meta.json records: the profile, the mechanism and an achieved RTT sample."""
         out: dict[str, Any] = {"profile": self.profile.to_dict(), "mechanism": self.mechanism,
-                               "client_addr": self.client_addr, "server_addr": self.server_addr}
+                               "client_addr": self.client_addr, "server_addr": self.server_addr,
+                               "element_cpus": (None if self.element_cpus is None
+                                                else sorted(self.element_cpus))}
         if not self.profile.loopback and self.element is not None:
             out["requested_rtt_ms"] = self.profile.rtt_ms
             out["achieved_rtt_ms"] = self.rtt(rtt_samples)
