@@ -61,7 +61,7 @@ def test_tcp_echo_across_lan_and_a_100ms_link() -> None:
     with Network("lan", mechanism="delayd") as lan:
         rtts = sorted(tcp_rtts(lan, 20))
         assert 0.0009 <= rtts[len(rtts) // 2] <= 0.02, rtts  # 1 ms requested
-        assert lan.mechanism == "delayd" and lan.server_addr == "198.18.0.2"
+        assert lan.mechanism == "delayd" and lan.server_addr == "127.18.0.2"
     with Network(HUNDRED_MS, mechanism="delayd") as far:
         rtts = sorted(tcp_rtts(far, 5))
         assert rtts[0] >= 0.099 and rtts[len(rtts) // 2] <= 0.15, rtts
@@ -101,6 +101,11 @@ def test_processes_inside_see_the_other_side_and_callables_run_there() -> None:
         assert "lo:" in inside and "rtb0:" in inside
         # the root namespace's interfaces are not visible inside
         assert net.call_in_server(socket.if_nameindex) != socket.if_nameindex()
+        # from the wrong side (here: this thread), the server's address is this namespace's
+        # own loopback: refused, never the server, never off the machine
+        there = net.call_in_server(socket.create_server, ("0.0.0.0", 0))
+        with there, pytest.raises(ConnectionRefusedError):
+            socket.create_connection((net.server_addr, there.getsockname()[1]), 2).close()
 
 
 def test_loopback_makes_no_namespace() -> None:

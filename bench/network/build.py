@@ -1,4 +1,4 @@
-"""Compile the delay element (delayd.c) on first use, into a cache keyed by its source.
+"""Compile the C helpers (delayd.c, nsexec.c) on first use, into a cache keyed by their source.
 
 `cc -O2` (or `$CC`) into `$XDG_CACHE_HOME/rtbench/` (default `~/.cache/rtbench/`), falling
 back to a directory under the system's temp dir when that is not writable. The binary's
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.network.errors import BuildError
 
-SOURCE = Path(__file__).with_name("delayd.c")
+HERE = Path(__file__).parent
 FLAGS = ("-O2", "-Wall", "-std=gnu11")
 
 
@@ -34,40 +34,51 @@ def compiler() -> str:
         if found:
             return found
     raise BuildError(
-        f"no C compiler found (tried {', '.join(names)}): the delay element "
-        f"{SOURCE.name} is compiled on first use; install one (Debian: apt-get install gcc) "
-        "or set CC")
+        f"no C compiler found (tried {', '.join(names)}): the network helpers "
+        "(bench/network/delayd.c, nsexec.c) are compiled on first use; install one "
+        "(Debian: apt-get install gcc) or set CC")
 
 
 def delayd_path() -> Path:
-    """The compiled delay element, building it if this source has not been built yet."""
+    """The compiled delay element (delayd.c)."""
+    return binary("delayd")
+
+
+def nsexec_path() -> Path:
+    """The compiled namespace launcher (nsexec.c)."""
+    return binary("nsexec")
+
+
+def binary(name: str) -> Path:
+    """bench/network/NAME.c compiled, building it if this source has not been built yet."""
+    path = HERE / f"{name}.c"
     try:
-        source = SOURCE.read_bytes()
+        source = path.read_bytes()
     except OSError as exc:
-        raise BuildError(f"cannot read {SOURCE}: {exc.strerror}") from exc
+        raise BuildError(f"cannot read {path}: {exc.strerror}") from exc
     digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
     errors = []
     for directory in _cache_dirs():
-        binary = directory / f"delayd-{digest}"
-        if os.access(binary, os.X_OK):
-            return binary
+        target = directory / f"{name}-{digest}"
+        if os.access(target, os.X_OK):
+            return target
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".delayd-", dir=directory)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=directory)
             os.close(fd)
         except OSError as exc:
             errors.append(f"{directory}: {exc.strerror}")
             continue
         try:
             cc = compiler()
-            proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True,
+            proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(path)], capture_output=True,
                                   text=True, timeout=120, check=False)
             if proc.returncode != 0:
-                raise BuildError(f"compiling {SOURCE} with {cc} failed:\n{proc.stderr[-3000:]}")
+                raise BuildError(f"compiling {path} with {cc} failed:\n{proc.stderr[-3000:]}")
             os.chmod(tmp, 0o755)
-            os.replace(tmp, binary)
-            return binary
+            os.replace(tmp, target)
+            return target
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise BuildError(f"no writable directory for the delay element: {'; '.join(errors)}")
+    raise BuildError(f"no writable directory for the compiled {name}: {'; '.join(errors)}")

@@ -1,11 +1,8 @@
 /* delayd: a delay element between two network namespaces, for kernels without netem.
  *
- *   delayd serve [options]          create two namespaces joined through this process
- *   delayd exec NSFILE [--die-with-parent] -- ARGV...
- *                                   run ARGV in the network namespace NSFILE, with
- *                                   RTBENCH_NET_ELEMENT=PID (of /proc/PID/fd/N) in its environment
+ *   delayd serve [options]
  *
- * `serve` unshares a network namespace (the client side), opens a TUN device in it,
+ * (nsexec.c runs a command inside one of the namespaces.) `serve` unshares a network namespace (the client side), opens a TUN device in it,
  * unshares a second one (the server side) and opens a TUN device there; the TUN fds and
  * a descriptor of each namespace stay open in this process, so the namespaces live
  * exactly as long as this process and what runs inside them. It then moves IP packets
@@ -17,6 +14,11 @@
  *   order:   due = max(due, previous due): jitter never reorders packets;
  *   loss:    each packet is dropped with probability --loss-ppm / 1e6 (xorshift64*, --seed);
  *   bounded: at most --limit packets per direction are held; past that a packet is dropped.
+ *
+ * The link's addresses are in 127.0.0.0/8 (default 127.18.0.1 and .2): inside the namespaces
+ * lo is narrowed to 127.0.0.1/32 and route_localnet lets them cross the TUN link, while in
+ * any other namespace they are local addresses, so a connection made from the wrong side
+ * stays on that machine's loopback instead of leaving it.
  *
  * One thread, one epoll loop; a CLOCK_MONOTONIC timerfd armed at the next due packet
  * (timer slack 1 ns). On stdin: "stats" prints the counters as one JSON line, "quit" or
@@ -67,7 +69,7 @@ static struct {
     uint32_t limit, mtu, slot;
     const char *addr[2];
     int no_tun;
-} opt = {0, 0, 0, 0, 0, 1, 16384, 1500, 0, {"198.18.0.1", "198.18.0.2"}, 0};
+} opt = {0, 0, 0, 0, 0, 1, 16384, 1500, 0, {"127.18.0.1", "127.18.0.2"}, 0};
 
 static uint64_t rng_state;
 
@@ -114,6 +116,14 @@ static void set_addr(int sock, const char *name, unsigned long req, const char *
     if (ioctl(sock, req, &ifr) < 0) die("address ioctl");
 }
 
+/* Write "1" to a sysctl of this namespace; `must`: fail if it cannot be written. */
+static void sysctl_on(const char *path, int must) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    int ok = fd >= 0 && write(fd, "1", 1) == 1;
+    if (fd >= 0) close(fd);
+    if (!ok && must) die(path);
+}
+
 /* A new network namespace with lo up and (unless --no-tun) a configured TUN device. */
 static void make_side(int side, int *ns_fd, int *tun_fd) {
     if (unshare(CLONE_NEWNET) < 0) die("unshare(CLONE_NEWNET)");
@@ -122,6 +132,10 @@ static void make_side(int side, int *ns_fd, int *tun_fd) {
     int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (sock < 0) die("socket");
     set_flags(sock, "lo", IFF_UP);
+    /* lo keeps 127.0.0.1 but no longer claims all of 127.0.0.0/8 as local, and loopback-range
+     * addresses may cross the link (see the top of this file) */
+    set_addr(sock, "lo", SIOCSIFNETMASK, "255.255.255.255");
+    sysctl_on("/proc/sys/net/ipv4/conf/all/route_localnet", 1);
     *tun_fd = -1;
     if (!opt.no_tun) {
         const char *name = "rtb0";
@@ -131,11 +145,7 @@ static void make_side(int side, int *ns_fd, int *tun_fd) {
         ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
         if (ioctl(*tun_fd, TUNSETIFF, &ifr) < 0) die("TUNSETIFF");
         /* no IPv6 on the link: its router solicitations would only blur the counters */
-        int v6 = open("/proc/sys/net/ipv6/conf/rtb0/disable_ipv6", O_WRONLY | O_CLOEXEC);
-        if (v6 >= 0) {
-            if (write(v6, "1", 1) < 0) { /* IPv6 already off or absent: fine */ }
-            close(v6);
-        }
+        sysctl_on("/proc/sys/net/ipv6/conf/rtb0/disable_ipv6", 0);
         set_addr(sock, name, SIOCSIFADDR, opt.addr[side]);
         set_addr(sock, name, SIOCSIFDSTADDR, opt.addr[1 - side]);
         set_addr(sock, name, SIOCSIFNETMASK, "255.255.255.255");
@@ -358,44 +368,8 @@ static int serve(int argc, char **argv) {
     }
 }
 
-static int exec_in(int argc, char **argv) {
-    int die_with_parent = 0, i = 1;
-    if (argc < 1) goto usage;
-    for (; i < argc && strcmp(argv[i], "--"); i++) {
-        if (!strcmp(argv[i], "--die-with-parent")) die_with_parent = 1;
-        else goto usage;
-    }
-    if (i + 1 >= argc) goto usage;
-    if (die_with_parent) {
-        pid_t parent = getppid();
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("PR_SET_PDEATHSIG");
-        if (getppid() != parent) return 1;
-    }
-    int fd = open(argv[0], O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        fprintf(stderr, "delayd: %s: %s (has the network ended?)\n", argv[0], strerror(errno));
-        return 126;
-    }
-    if (setns(fd, CLONE_NEWNET) < 0) die("setns");
-    close(fd);
-    /* marks the command and its children: a later start ends them once the element is gone */
-    int element;
-    char mark[32];
-    if (sscanf(argv[0], "/proc/%d/", &element) == 1) {
-        snprintf(mark, sizeof mark, "%d", element);
-        setenv("RTBENCH_NET_ELEMENT", mark, 1);
-    }
-    execvp(argv[i + 1], argv + i + 1);
-    fprintf(stderr, "delayd: exec %s: %s\n", argv[i + 1], strerror(errno));
-    return 127;
-usage:
-    fprintf(stderr, "usage: delayd exec NSFILE [--die-with-parent] -- ARGV...\n");
-    return 2;
-}
-
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "serve")) return serve(argc - 2, argv + 2);
-    if (argc >= 2 && !strcmp(argv[1], "exec")) return exec_in(argc - 2, argv + 2);
-    fprintf(stderr, "usage: delayd serve [options] | delayd exec NSFILE [--die-with-parent] -- ARGV...\n");
+    fprintf(stderr, "usage: delayd serve [options]\n");
     return 2;
 }

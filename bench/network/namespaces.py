@@ -117,11 +117,11 @@ def _is_element(pid: int) -> bool:
 
 
 def orphans() -> list[int]:
-    """Processes started inside a network (`delayd exec`) whose delay element has ended.
+    """Processes started inside a network (by nsexec) whose delay element has ended.
 
     Their namespace outlived its owner (a command started with die_with_parent=False, or a
-    child it forked, when the owner was killed); `delayd exec` marks each command's
-    environment with RTBENCH_NET_ELEMENT=<element pid>, inherited by its children.
+    child it forked, when the owner was killed); nsexec marks each command's
+    environment with RTBENCH_NET_ELEMENT=<element pid>, inherited by its children (nsexec.c).
     """
     found = []
     for entry in os.listdir("/proc"):

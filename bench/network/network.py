@@ -15,7 +15,7 @@ them, never quietly running on loopback.
 
 Lifetime: the namespaces exist while delayd (which holds a descriptor of each) or any
 process inside them lives. delayd ends with this process however it ends; commands started
-through `client_cmd`/`server_cmd` get SIGKILL when the thread that started them ends
+through `client_cmd`/`server_cmd` (nsexec.c) get SIGKILL when the thread that started them ends
 (PR_SET_PDEATHSIG: start them from the main thread or another long-lived one, or pass
 `die_with_parent=False` and stop them yourself). `close()` also ends (SIGTERM, then SIGKILL)
 whatever still runs inside, so nothing outlives the `with` block; and `start()` ends
@@ -35,14 +35,16 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from bench.network import namespaces, netem
-from bench.network.build import delayd_path
+from bench.network.build import delayd_path, nsexec_path
 from bench.network.element import Element
 from bench.network.errors import ElementFailed, NetworkError, NetworkUnavailable
 from bench.network.profiles import Profile, get_profile
 
 T = TypeVar("T")
-# RFC 2544's benchmarking range: reachable only inside the two namespaces
-CLIENT_ADDR, SERVER_ADDR = "198.18.0.1", "198.18.0.2"
+# in 127.0.0.0/8: across the link inside the two namespaces (delayd.c narrows their lo and
+# sets route_localnet), local everywhere else, so a socket opened on the wrong side by
+# mistake reaches that namespace's own loopback and never leaves the machine
+CLIENT_ADDR, SERVER_ADDR = "127.18.0.1", "127.18.0.2"
 MECHANISMS = ("auto", "netem", "delayd")
 
 
@@ -118,6 +120,7 @@ class Network:
         self.swept: list[int] = []  # processes close() had to end
         self.reaped: list[int] = []  # earlier networks' leftovers start() ended
         self._binary = ""
+        self._nsexec = ""
         self._rtt: dict[str, Any] | None = None
 
     @property
@@ -153,6 +156,7 @@ class Network:
                                      "no netem qdisc")
         self.mechanism = mechanism
         self._binary = str(delayd_path())
+        self._nsexec = str(nsexec_path())
         args = (delayd_args(self.profile, self.seed) if mechanism == "delayd"
                 else ["--no-tun", "--client-addr", CLIENT_ADDR, "--server-addr", SERVER_ADDR])
         self.element = Element(Path(self._binary), args)
@@ -214,7 +218,7 @@ class Network:
         if self.profile.loopback:
             return list(argv)
         flags = ["--die-with-parent"] if die_with_parent else []
-        return [self._binary, "exec", self._nsfile(side), *flags, "--", *argv]
+        return [self._nsexec, self._nsfile(side), *flags, "--", *argv]
 
     def client_cmd(self, argv: Sequence[str], *, die_with_parent: bool = True) -> list[str]:
         """`argv` prefixed to run in the client side (argv itself on loopback)."""
