@@ -56,6 +56,7 @@ RTT_CASES = [
 ]
 BANDWIDTH_CASES = [BUILTIN["wan"], Profile("10mbit", delay_ms=50.0, bandwidth_mbit=10.0,
                                            description="lossy's rate and RTT, no loss")]
+DIRECTIONS = ("client_to_server", "server_to_client")
 TCP_PAYLOAD_SHARE = 1448 / 1500  # MSS with timestamps over a 1500-byte IP packet
 
 
@@ -63,7 +64,7 @@ def _late(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """The element's lateness over a window, both directions: mean, max, share over 100 us."""
     sent = late = over = 0
     worst = 0
-    for d in ("client_to_server", "server_to_client"):
+    for d in DIRECTIONS:
         sent += after[d]["tx"] - before[d]["tx"]
         late += after[d]["late_ns_sum"] - before[d]["late_ns_sum"]
         over += after[d]["late_over_100us"] - before[d]["late_over_100us"]
@@ -117,10 +118,11 @@ def measure_bandwidth(p: Profile, mechanism: str, seconds: float) -> dict[str, A
         "goodput_ratio": goodput / expected if goodput else None,
         "window_s": r.get("window_s")}
     if before and after:
-        packets = sum(after[d]["tx"] - before[d]["tx"] for d in after)
+        packets = sum(after[d]["tx"] - before[d]["tx"] for d in DIRECTIONS)
         out["element"] = {
             "packets": packets,
-            "drop_queue": sum(after[d]["drop_queue"] - before[d]["drop_queue"] for d in after),
+            "drop_queue": sum(after[d]["drop_queue"] - before[d]["drop_queue"]
+                              for d in DIRECTIONS),
             "cpu_s": cpu1 - cpu0,
             "cpu_us_per_packet": (cpu1 - cpu0) / packets * 1e6 if packets else None}
     return out
@@ -139,7 +141,7 @@ def measure_loss(mechanism: str, seconds: float, rate: float) -> dict[str, Any]:
                            "expected_round_trip_survival": (1 - p.loss_pct / 100) ** 2}
     if before and after:
         out["element_drop_pct"], out["element_drop_pct_95ci"] = {}, {}
-        for d in after:
+        for d in DIRECTIONS:
             n = max(1, after[d]["rx"] - before[d]["rx"])
             share = (after[d]["drop_loss"] - before[d]["drop_loss"]) / n
             half = 1.96 * math.sqrt(share * (1 - share) / n)  # binomial, normal approximation
@@ -159,7 +161,7 @@ def measure_cpu(mechanism: str, seconds: float, rates: Sequence[float]) -> list[
             udp = udp_echo(net, rate, seconds, size=64, linger=0.2)
             after, cpu1, t1 = net.stats(), clock(), time.monotonic()
             assert before is not None and after is not None
-            packets = sum(after[d]["tx"] - before[d]["tx"] for d in after)
+            packets = sum(after[d]["tx"] - before[d]["tx"] for d in DIRECTIONS)
             out.append({"udp_rate_per_s": rate, "achieved_packets_per_s": packets / (t1 - t0),
                         "echo_send_seconds": udp["send_seconds"], "packets": packets,
                         "cpu_s": cpu1 - cpu0,

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from bench.harness.cpu import cpu_seconds
 from bench.network import namespaces, netem
 from bench.network.build import delayd_path, nsexec_path
 from bench.network.element import Element
@@ -246,10 +247,13 @@ class Network:
         return self._call(0, fn, args, kwargs)
 
     def stats(self) -> dict[str, Any] | None:
-        """delayd's counters per direction (packets, drops, lateness); None on other mechanisms."""
+        """delayd's counters per direction (packets, drops, lateness) and its CPU seconds so
+        far (`cpu_s`: count it beside the load generator); None on other mechanisms."""
         if self.mechanism != "delayd" or self.element is None:
             return None
-        return self.element.stats()
+        out = self.element.stats()
+        out["cpu_s"] = cpu_seconds(self.element.pid)
+        return out
 
     def rtt(self, count: int = 10) -> dict[str, Any]:
         """The achieved RTT of a TCP ping-pong across the link (ms), sampled once and kept."""
