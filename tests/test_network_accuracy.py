@@ -26,12 +26,14 @@ def test_requested_rtt_with_jitter_and_serialisation() -> None:
     assert wan["rtt_ms"] == pytest.approx(100.48)
 
 
-def stats(tx: int, late_sum: int, over: int, late_max: int) -> dict[str, Any]:
-    d = {"tx": tx, "late_ns_sum": late_sum, "late_over_100us": over, "late_ns_max": late_max}
-    return {"client_to_server": d, "server_to_client": dict(d)}
+def stats(tx: int, late_sum: int, early_sum: int, over: int, late_max: int) -> dict[str, Any]:
+    d = {"tx": tx, "late_ns_sum": late_sum, "early_ns_sum": early_sum,
+         "late_over_100us": over, "late_ns_max": late_max}
+    return {"client_to_server": d, "server_to_client": dict(d), "cpu_s": 0.1}
 
 
-def test_element_lateness_over_a_window() -> None:
-    late = na._late(stats(10, 1_000_000, 1, 200_000), stats(110, 3_000_000, 3, 300_000))
-    assert late == {"packets": 200, "mean_us": 20.0, "max_us_since_start": 300.0,
-                    "share_over_100us": 0.02}
+def test_element_timing_error_over_a_window() -> None:
+    late = na._late(stats(10, 1_000_000, 0, 1, 200_000),
+                    stats(110, 3_000_000, 500_000, 3, 300_000))
+    assert late == {"packets": 200, "mean_error_us": 15.0, "mean_us": 20.0,
+                    "max_us_since_start": 300.0, "share_over_100us": 0.02}

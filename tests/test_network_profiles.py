@@ -106,7 +106,9 @@ def test_the_elements_arguments() -> None:
     assert args[args.index("--rate-bps") + 1] == "50000000"
     assert args[args.index("--queue-us") + 1] == "100000"
     assert args[args.index("--loss-ppm") + 1] == "0"
-    assert delayd_args(BUILTIN["lossy"])[5] == "10000"  # 1 % = 10,000 ppm
+    lossy = delayd_args(BUILTIN["lossy"])
+    assert lossy[lossy.index("--loss-ppm") + 1] == "10000"  # 1 % = 10,000 ppm
+    assert args[args.index("--early-us") + 1] == "30"
     assert "--rate-bps" not in delayd_args(BUILTIN["lan"])
 
 

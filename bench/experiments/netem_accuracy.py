@@ -11,8 +11,8 @@ Both ends of every probe run in this process, each socket opened in its side's n
 
 - `rtt`: per case (ns0; lan and wan, each without and with jitter), an open-loop UDP echo
   (`--rate` datagrams/s, 64 bytes) and a TCP ping-pong (1 byte): p50/p90/p99/max of the
-  achieved RTT against the requested one, and the element's own lateness (how long after
-  its due time delayd wrote each packet; its counters). With jitter the requested RTT is a
+  achieved RTT against the requested one, and the element's own timing error (when
+  delayd wrote each packet against its due time; its counters). With jitter the requested RTT is a
   range: each direction adds uniform(-jitter, +jitter), never reordering.
 - `bandwidth`: bulk TCP for `--bulk-seconds` through `wan` (50 Mbit/s) and a 10 Mbit/s
   link without loss (`lossy`'s rate; under 1 % loss TCP itself cannot fill the link);
@@ -61,15 +61,18 @@ TCP_PAYLOAD_SHARE = 1448 / 1500  # MSS with timestamps over a 1500-byte IP packe
 
 
 def _late(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The element's lateness over a window, both directions: mean, max, share over 100 us."""
-    sent = late = over = 0
+    """The element's timing error over a window, both directions: when it wrote each packet
+    against its due time (mean signed error, mean lateness, max, share over 100 us late)."""
+    sent = late = early = over = 0
     worst = 0
     for d in DIRECTIONS:
         sent += after[d]["tx"] - before[d]["tx"]
         late += after[d]["late_ns_sum"] - before[d]["late_ns_sum"]
+        early += after[d]["early_ns_sum"] - before[d]["early_ns_sum"]
         over += after[d]["late_over_100us"] - before[d]["late_over_100us"]
         worst = max(worst, after[d]["late_ns_max"])  # since the element started
-    return {"packets": sent, "mean_us": late / sent / 1e3 if sent else None,
+    return {"packets": sent, "mean_error_us": (late - early) / sent / 1e3 if sent else None,
+            "mean_us": late / sent / 1e3 if sent else None,
             "max_us_since_start": worst / 1e3,
             "share_over_100us": over / sent if sent else None}
 
@@ -175,8 +178,8 @@ def _print_rtt(r: dict[str, Any]) -> None:
     late = r["element_late"] or {}
     print(f"rtt {r['case']:<11} requested {req['rtt_ms']:8.3f} ms [{req['min_ms']:.2f}, "
           f"{req['max_ms']:.2f}]  udp p50 {u['p50']:8.3f} p99 {u['p99']:8.3f} "
-          f"max {u['max']:8.3f}  tcp p50 {t['p50']:8.3f} p99 {t['p99']:8.3f}  element late "
-          f"mean {late.get('mean_us') or 0:.1f} us", flush=True)
+          f"max {u['max']:8.3f}  tcp p50 {t['p50']:8.3f} p99 {t['p99']:8.3f}  element error "
+          f"mean {late.get('mean_error_us') or 0:+.1f} us", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,8 @@
  *            a packet that would wait more than --queue-us for the link is dropped;
  *   delay:   due = leaves + delay + uniform(-jitter, +jitter), never before `leaves`;
  *   order:   due = max(due, previous due): jitter never reorders packets;
+ *   early:   a packet is written once now >= due - --early-us: a timer wake-up comes some tens
+ *            of us late, so waking that much early centres the error on the due time;
  *   loss:    each packet is dropped with probability --loss-ppm / 1e6 (xorshift64*, --seed);
  *   bounded: at most --limit packets per direction are held; past that a packet is dropped.
  *
@@ -51,7 +53,8 @@
 #define MAX_BATCH 64
 
 #define COUNTERS(X) X(rx) X(tx) X(bytes) X(drop_loss) X(drop_queue) X(drop_full) X(tx_err) \
-    X(held) X(max_held) X(late_ns_sum) X(late_ns_max) X(late_over_100us) X(late_over_1ms)
+    X(held) X(max_held) X(late_ns_sum) X(late_ns_max) X(late_over_100us) X(late_over_1ms) \
+    X(early_ns_sum)
 #define FIELD(name) uint64_t name;
 
 struct dir {
@@ -65,11 +68,11 @@ struct dir {
 };
 
 static struct {
-    uint64_t delay, jitter, queue, rate_bps, loss_ppm, seed;
+    uint64_t delay, jitter, queue, rate_bps, loss_ppm, seed, early;
     uint32_t limit, mtu, slot;
     const char *addr[2];
     int no_tun;
-} opt = {0, 0, 0, 0, 0, 1, 16384, 1500, 0, {"127.18.0.1", "127.18.0.2"}, 0};
+} opt = {0, 0, 0, 0, 0, 1, 0, 16384, 1500, 0, {"127.18.0.1", "127.18.0.2"}, 0};
 
 static uint64_t rng_state;
 
@@ -208,11 +211,12 @@ static uint64_t send_due(struct dir *d) {
     uint64_t now = now_ns();
     while (d->held) {
         uint64_t due = d->due[d->head];
-        if (due > now) {
+        if (due > now + opt.early) {
             now = now_ns();
-            if (due > now) return due;
+            if (due > now + opt.early) return due - opt.early; /* when to wake up */
         }
-        uint64_t late = now - due;
+        uint64_t late = now > due ? now - due : 0;
+        if (now < due) d->early_ns_sum += due - now;
         d->late_ns_sum += late;
         if (late > d->late_ns_max) d->late_ns_max = late;
         if (late > 100000) d->late_over_100us++;
@@ -265,6 +269,7 @@ static int serve(int argc, char **argv) {
         else if (!strcmp(a, "--rate-bps")) opt.rate_bps = num(v, a);
         else if (!strcmp(a, "--loss-ppm")) opt.loss_ppm = num(v, a);
         else if (!strcmp(a, "--seed")) opt.seed = num(v, a);
+        else if (!strcmp(a, "--early-us")) opt.early = num(v, a) * 1000u;
         else if (!strcmp(a, "--limit")) opt.limit = (uint32_t)num(v, a);
         else if (!strcmp(a, "--mtu")) opt.mtu = (uint32_t)num(v, a);
         else if (!strcmp(a, "--client-addr")) opt.addr[0] = v;
