@@ -12,9 +12,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 REDIS_HINT = (
     "redis-server not found on PATH. Install it (Debian/Ubuntu: `sudo apt-get install "
@@ -25,6 +28,27 @@ REDIS_HINT = (
 
 class MissingRedis(RuntimeError):
     """No redis-server binary to start a private Redis."""
+
+
+class ServerSide(Protocol):
+    """Where server processes run when not on this machine's loopback: the server side of
+    a bench.network.Network (its own network namespace)."""
+
+    @property
+    def server_addr(self) -> str: ...
+
+    def server_cmd(self, argv: Sequence[str]) -> list[str]: ...
+
+    def call_in_server(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+
+def _wait(side: ServerSide | None, port: int, timeout: float,
+          proc: subprocess.Popen[bytes]) -> None:
+    """wait_port on 127.0.0.1 where the process listens (`side`'s namespace or this one's)."""
+    if side is None:
+        wait_port("127.0.0.1", port, timeout, proc)
+    else:
+        side.call_in_server(wait_port, "127.0.0.1", port, timeout, proc)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -66,6 +90,7 @@ class RedisServer:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     workdir: str = ""
+    side: ServerSide | None = None  # another network namespace (the URL is that side's)
 
     @property
     def url(self) -> str:
@@ -77,13 +102,13 @@ class RedisServer:
             raise MissingRedis(REDIS_HINT)
         self.port = self.port or free_port()
         self.workdir = self.workdir or tempfile.mkdtemp(prefix="rtbench-redis-")
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.workdir, "--maxclients", "10000",
-             "--protected-mode", "yes", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_port("127.0.0.1", self.port, 10, self.proc)
+        cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", self.workdir, "--maxclients", "10000",
+               "--protected-mode", "yes", "--loglevel", "warning"]
+        if self.side is not None:
+            cmd = self.side.server_cmd(cmd)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(self.side, self.port, 10, self.proc)
         return self
 
     def stop(self) -> None:
@@ -106,17 +131,21 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     stack: str | None = "starlette"
+    side: ServerSide | None = None  # another network namespace: listens on all its addresses
 
     @property
     def url(self) -> str:
         scheme = "grpc" if self.transport == "grpc" else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        host = "127.0.0.1" if self.side is None else self.side.server_addr
+        return f"{scheme}://{host}:{self.port}"
 
     def start(self, timeout: float = 20.0, cpu: int | None = None) -> ServerProcess:
         cmd = [sys.executable, "-m", "servers.serve", "--transport", self.transport,
                "--port", str(self.port), *self.stack_args(), *self.args]
         if cpu is not None and shutil.which("taskset"):
             cmd = ["taskset", "-c", str(cpu), *cmd]
+        if self.side is not None:
+            cmd = self.side.server_cmd([*cmd, "--host", "0.0.0.0"])  # its own namespace
         env = {**os.environ, **self.env}
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
@@ -124,7 +153,7 @@ class ServerProcess:
         finally:
             if not isinstance(log, int):
                 log.close()  # the child has its own copy of the descriptor
-        wait_port("127.0.0.1", self.port, timeout, self.proc)
+        _wait(self.side, self.port, timeout, self.proc)
         return self
 
     def stack_args(self) -> list[str]:

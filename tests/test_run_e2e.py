@@ -245,3 +245,48 @@ def test_missing_redis_server_says_how_to_install_it(tmp_path: Path,
     assert "redis-server not found" in err and "apt-get install redis-server" in err
     assert "--broker memory" in err
     assert set(os.listdir(tmp_path)) == before
+
+
+NET_OK = os.geteuid() == 0 and os.path.exists("/dev/net/tun")
+NET_SKIP = "network profiles need root and /dev/net/tun"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not NET_OK, reason=NET_SKIP)
+def test_a_run_over_two_network_profiles_compares_them(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "run", "--smoke", "--net", "loopback,wan", "--tls",
+                "--transports", "ws", "--scenarios", "chat")
+    rc, out, err = h.finish(170)
+    assert rc == 0, out + err
+    run = tmp_path / "run"
+    meta = orjson.loads((run / "meta.json").read_bytes())
+    assert meta["kind"] == "profiles" and meta["sub_runs"] == ["net-loopback", "net-wan"]
+    wan = orjson.loads((run / "net-wan" / "meta.json").read_bytes())
+    assert wan["network"]["mechanism"] in ("netem", "delayd") and wan["tls"] is True
+    assert 99.0 <= wan["network"]["achieved_rtt_ms"]["p50"] <= 150.0
+    rows = {r["profile"]: r for r in _csv(run / "profiles.csv")}
+    assert set(rows) == {"loopback", "wan"} and all(r["valid"] == "True" for r in rows.values())
+    # publish to delivery crosses the 100 ms RTT link twice (50 ms each way)
+    assert float(rows["loopback"]["p50_ms"]) < 50 <= 100 <= float(rows["wan"]["p50_ms"]) < 200
+    assert "Across network profiles" in out
+    assert (run / "report.html").read_text().count("net-wan/report.html") >= 1
+    assert (run / "net-wan" / "report.html").is_file()
+    assert not h.survivors()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not NET_OK, reason=NET_SKIP)
+def test_a_killed_run_leaves_no_network_behind(tmp_path: Path) -> None:
+    from bench.network.namespaces import pids_in
+
+    h = Harness(tmp_path / "run", "--smoke", "--net", "wan", "--transports", "ws",
+                "--scenarios", "chat", "--duration", "30")
+    locust = h.wait_for(_is_locust, 60)
+    inode = os.stat(f"/proc/{locust.pid}/ns/net").st_ino
+    assert inode != os.stat("/proc/self/ns/net").st_ino  # it runs in a namespace of its own
+    h.proc.send_signal(signal.SIGKILL)  # no cleanup code runs
+    h.finish(5)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (h.survivors() or pids_in({inode})):
+        time.sleep(0.1)
+    assert not h.survivors() and not pids_in({inode})

@@ -32,7 +32,14 @@ import psutil
 
 from bench.harness.cpu import cpu_seconds
 from bench.harness.tls import CertPaths
-from servers.testing import RedisServer, ServerProcess, free_port, stop_process, wait_port
+from servers.testing import (
+    RedisServer,
+    ServerProcess,
+    ServerSide,
+    free_port,
+    stop_process,
+    wait_port,
+)
 
 SERVER_CPU = 0  # servers on core 0, load generator on the others (2-core machine: core 1)
 # what each HTTP stack's server says it is in the `Server` response header
@@ -59,10 +66,17 @@ class Replica:
     proc: subprocess.Popen[bytes]
     metrics_url: str | None = None
     server: str | None = None  # its `Server` response header (HTTP transports)
+    side: ServerSide | None = None  # the network namespace it runs in (None: this one's)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def get(self, url: str, timeout: float) -> tuple[int, str, str]:
+        """`http_get` from where the replica's own endpoints are reachable."""
+        if self.side is None:
+            return http_get(url, timeout)
+        return self.side.call_in_server(http_get, url, timeout)
 
     def cpu_seconds(self) -> float:
         """CPU seconds the replica has used so far, ns-precise (bench.harness.cpu: not 10 ms
@@ -76,7 +90,7 @@ class Replica:
         """The replica's Prometheus samples as {name{labels}: value} (empty if none)."""
         if not self.metrics_url:
             return {}
-        text = http_get(self.metrics_url, timeout=5)[2]
+        text = self.get(self.metrics_url, timeout=5)[2]
         out: dict[str, float] = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
@@ -99,6 +113,7 @@ class Cluster:
     cpu: int | None = SERVER_CPU
     stack: str | None = None
     tls: CertPaths | None = None
+    side: ServerSide | None = None  # run in this network namespace (bench.network)
     nodes: list[Replica] = field(default_factory=list)
     _redis: RedisServer | None = None
 
@@ -106,7 +121,7 @@ class Cluster:
         if self.tls is not None:
             trust_ca(str(self.tls.ca))
         if self.broker == "redis" and self.redis_url is None and self.transport != "reference":
-            self._redis = RedisServer().start()
+            self._redis = RedisServer(side=self.side).start()
             self.redis_url = self._redis.url
         try:
             for _ in range(self.replicas):
@@ -137,7 +152,8 @@ class Cluster:
         # no --stack flag (see the module doc): the environment carries the stack
         env = {"RTBENCH_STACK": self.stack} \
             if self.stack is not None and self.transport != "grpc" else {}
-        server = ServerProcess(self.transport, port, args=args, env=env, stack=None)
+        server = ServerProcess(self.transport, port, args=args, env=env, stack=None,
+                               side=self.side)
         server.start(cpu=self.cpu)
         assert server.proc is not None
         try:  # a replica that never became ready is not in `nodes`: stop it here
@@ -148,15 +164,21 @@ class Cluster:
 
     def _ready(self, proc: subprocess.Popen[bytes], port: int, metrics_port: int | None,
                ) -> Replica:
-        base = f"127.0.0.1:{port}"
+        host = "127.0.0.1" if self.side is None else self.side.server_addr
+        base = f"{host}:{port}"
         s = "s" if self.tls is not None else ""
         if metrics_port is not None:
-            wait_port("127.0.0.1", metrics_port, 10, proc)
+            if self.side is None:
+                wait_port("127.0.0.1", metrics_port, 10, proc)
+            else:
+                self.side.call_in_server(wait_port, "127.0.0.1", metrics_port, 10, proc)
             return Replica("grpc", f"grpc{s}://{base}", proc,
-                           f"http://127.0.0.1:{metrics_port}/metrics")
+                           f"http://{host}:{metrics_port}/metrics", side=self.side)
         replica = Replica(self.transport, f"http{s}://{base}", proc,
-                          f"http{s}://{base}/metrics")
-        replica.server = _wait_healthy(f"http{s}://{base}/healthz", proc)
+                          f"http{s}://{base}/metrics", side=self.side)
+        url = f"http{s}://{base}/healthz"
+        replica.server = _wait_healthy(url, proc) if self.side is None \
+            else self.side.call_in_server(_wait_healthy, url, proc)
         self._check_stack(replica)
         return replica
 

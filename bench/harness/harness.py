@@ -34,8 +34,11 @@ from servers.testing import RedisServer
 
 class Harness:
     def __init__(self, args: argparse.Namespace, run_dir: Path, steps: list[Step],
-                 progress: Progress) -> None:
+                 progress: Progress, net: Any = None) -> None:
         self.args = args
+        # bench.network.Network (None: loopback): servers and Redis in its server side,
+        # Locust in its client side
+        self.net = net if net is not None and not net.profile.loopback else None
         self.run_dir = run_dir
         self.steps = steps
         self.progress = progress
@@ -52,8 +55,10 @@ class Harness:
         """`--tls`: a throwaway CA and server certificate (removed by `cleanup`); the
         replicas serve with it and Locust verifies them against the CA (LOCUST_TLS_CA in
         its environment: loadgen's --tls-ca)."""
+        from bench.network import SERVER_ADDR
+
         self._tls_dir = tempfile.mkdtemp(prefix="rtbench-tls-")
-        self.tls = make_certs(self._tls_dir)
+        self.tls = make_certs(self._tls_dir, extra=[SERVER_ADDR])  # a profile's server side
         os.environ["LOCUST_TLS_CA"] = str(self.tls.ca)
         return self.tls
 
@@ -62,7 +67,7 @@ class Harness:
     def start_redis(self) -> None:
         if self.args.broker != "redis" or self.args.redis_url:
             return
-        self.redis = RedisServer().start()
+        self.redis = RedisServer(side=self.net).start()
         assert self.redis.proc is not None
         with contextlib.suppress(OSError):
             os.sched_setaffinity(self.redis.proc.pid, {SERVER_CPU})
@@ -77,7 +82,9 @@ class Harness:
 
         client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
         try:
-            info["version"] = client.info("server").get("redis_version")
+            server = client.info("server") if self.net is None \
+                else self.net.call_in_server(client.info, "server")
+            info["version"] = server.get("redis_version")
         except redis.RedisError as exc:
             info["error"] = str(exc)
         finally:
@@ -89,7 +96,7 @@ class Harness:
         self.progress.update("starting servers")
         cluster = Cluster(target.transport, replicas=self.args.replicas, broker=self.args.broker,
                           redis_url=self.redis_url, server_args=self.args.server_args,
-                          cpu=SERVER_CPU, stack=target.stack, tls=self.tls)
+                          cpu=SERVER_CPU, stack=target.stack, tls=self.tls, side=self.net)
         self.cluster = cluster  # set before start: a failed start still gets stopped
         cluster.start()
         return cluster
@@ -120,7 +127,7 @@ class Harness:
     def run_step(self, step: Step, attempt: int = 1) -> dict[str, Any]:
         assert self.cluster is not None
         self.current = StepRun(self.run_dir, step, self.cluster, self._redis_proc(),
-                               self.load_cpus, self.progress, attempt)
+                               self.load_cpus, self.progress, attempt, client=self.net)
         try:
             return self.current.run()
         finally:

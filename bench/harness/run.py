@@ -21,11 +21,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.cli import HelpFormatter
 from bench.harness import plan as plan_mod
 from bench.harness import runs
-from bench.harness.cluster import SERVER_CPU, pin_self
+from bench.harness.cluster import SERVER_CPU, load_cpus, pin_self
 from bench.harness.harness import Harness
 from bench.harness.procs import Interrupted, signals_raise
 from bench.harness.progress import Progress
@@ -79,6 +80,13 @@ def parser() -> argparse.ArgumentParser:
                    help="serve every transport over TLS (wss, https, gRPC over TLS) with a "
                         "throwaway CA and certificate made for the run; every client "
                         "verifies it (docs/tls.md)")
+    p.add_argument("--net", default=None, metavar="LIST",
+                   help="network profiles, comma-separated (loopback, lan, wan, lossy, a "
+                        "[tool.rtbench.net.NAME] of pyproject.toml, or a TOML file): the whole "
+                        "plan runs once per profile with the servers and the load generator "
+                        "on the two ends of that link, each in DIR/net-NAME/, and DIR's "
+                        "report compares them (docs/network.md; every profile but loopback "
+                        "needs root) (default: loopback, no sub-runs)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="run directory (default: a new results/<run-id>/)")
     p.add_argument("--no-report", action="store_true",
@@ -120,10 +128,81 @@ def main(argv: Sequence[str] | None = None) -> int:
               "duration": args.duration, "server_args": args.server_args,
               "redis_url_given": bool(args.redis_url), "tls": args.tls,
               "scenario_parameters": {s.scenario.name: s.scenario.to_dict() for s in steps}}
+    if args.net is None:
+        code, records = _one_run(args, argv, steps, run_dir, params, None)
+        return _finish(args, run_dir, fresh, code, records)
+    return _profiles(args, argv, steps, run_dir, params, fresh)
+
+
+def _profiles(args: argparse.Namespace, argv: list[str], steps: list[plan_mod.Step],
+              run_dir: Path, params: dict[str, Any], fresh: bool) -> int:
+    """`--net`: the plan once per network profile, each a run of its own in net-NAME/, then
+    the comparison across them in run_dir."""
+    from bench import ROOT
+    from bench.network import Network, NetworkError, get_profiles
+    from bench.network.network import check_capable
+
+    try:
+        profiles = get_profiles(args.net, ROOT / "pyproject.toml")
+        for prof in profiles:
+            if not prof.loopback:
+                check_capable(prof, "auto")
+                if args.redis_url:
+                    raise NetworkError(f"--redis-url cannot be used with the network profile "
+                                       f"{prof.name!r}: the servers run in a network namespace "
+                                       "of their own with a private Redis beside them")
+    except NetworkError as exc:
+        print(f"rtbench run: {exc}", file=sys.stderr)
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return 2
+    meta = runs.base_meta(run_dir.name, argv, {**params, "net": [p.name for p in profiles]})
+    meta.update(kind="profiles", status="running",
+                sub_runs=[f"net-{p.name}" for p in profiles], tls=args.tls)
+    runs.write_json(run_dir / "meta.json", meta)
+    code, all_records = 0, []
+    for prof in profiles:
+        sub = run_dir / f"net-{prof.name}"
+        print(f"rtbench run: network profile {prof.name} -> {sub}", flush=True)
+        try:
+            with Network(prof, element_cpus=load_cpus()) as net:
+                one, records = _one_run(args, argv, steps, sub, {**params, "net": prof.name},
+                                        net)
+        except NetworkError as exc:
+            print(f"rtbench run: network profile {prof.name}: {exc}", file=sys.stderr)
+            one, records = 1, []
+        all_records += records
+        if not args.no_report and records:
+            from bench.report import render
+
+            print(render.render(sub))
+        code = max(code, one)
+        if one == EXIT_INTERRUPTED:
+            break
+    meta["status"] = "complete" if code == 0 else "failed" if code != EXIT_INTERRUPTED \
+        else "interrupted"
+    runs.write_json(run_dir / "meta.json", meta)
+    if not args.no_report and all_records:
+        from bench.report import profiles as profiles_report
+
+        print(profiles_report.render(run_dir))
+        print(f"\nreport: {run_dir / 'report.html'}")
+    if code == 0 and any(r["status"] != "ok" for r in all_records):
+        code = 1
+    return code
+
+
+def _one_run(args: argparse.Namespace, argv: list[str], steps: list[plan_mod.Step],
+             run_dir: Path, params: dict[str, Any], net: Any) -> tuple[int, list[dict[str, Any]]]:
+    """The plan against servers started here (in `net`'s server side, Locust in its client
+    side, when a network profile is given): run_dir's meta.json and steps; (exit code,
+    step records)."""
+    runs.make_run_dir(run_dir, str(params["profile"]))
+    targets = list(dict.fromkeys(s.target for s in steps))
     meta = runs.base_meta(run_dir.name, argv, params)
     meta["tls"] = args.tls
     progress = Progress([plan_mod.planned_seconds(s) for s in steps])
-    harness = Harness(args, run_dir, steps, progress)
+    harness = Harness(args, run_dir, steps, progress, net=net)
     t0 = time.monotonic()
     code = 0
     print(f"rtbench run: {len(steps)} steps on {len(targets)} targets "
@@ -140,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "servers": [SERVER_CPU], "redis": [SERVER_CPU] if harness.redis else None,
                     "load_generator": harness.load_cpus, "harness": harness.load_cpus,
                     "shared_core": SERVER_CPU in harness.load_cpus}
+                if net is not None:
+                    meta["network"] = net.describe()
+                    meta["placement"]["network_element"] = harness.load_cpus
                 runs.write_json(run_dir / "meta.json", meta)
                 pin_self(harness.load_cpus)
                 harness.run_all()
@@ -161,18 +243,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress.close()
     meta["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     meta["wall_seconds"] = round(time.monotonic() - t0, 1)
+    if net is not None and net.stats() is not None:
+        meta.setdefault("network", {})["element_after"] = net.stats()
     runs.write_json(run_dir / "meta.json", meta)
-    if code == 2 and not harness.records:
+    return code, harness.records
+
+
+def _finish(args: argparse.Namespace, run_dir: Path, fresh: bool, code: int,
+            records: list[dict[str, Any]]) -> int:
+    """A single run's end: no empty run left behind, the report, the exit code."""
+    if code == 2 and not records:
         if fresh:  # nothing ran: leave no empty run behind
             shutil.rmtree(run_dir, ignore_errors=True)
         return code
-    if not args.no_report and harness.records:
+    if not args.no_report and records:
         from bench.report import render
 
         summary = render.render(run_dir)
         print(summary)
-        print(f"\nreport: {run_dir / 'report.html'}  (wall time {meta['wall_seconds']:.0f}s)")
-    if code == 0 and any(r["status"] != "ok" for r in harness.records):
+        wall = runs.load_meta(run_dir).get("wall_seconds") or 0
+        print(f"\nreport: {run_dir / 'report.html'}  (wall time {wall:.0f}s)")
+    if code == 0 and any(r["status"] != "ok" for r in records):
         code = 1
     return code
 

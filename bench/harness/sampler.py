@@ -40,10 +40,12 @@ class Sample:
     rss: int
 
 
-def tcp_passive_opens() -> int | None:
-    """Machine-wide count of accepted TCP connections (Linux /proc/net/snmp), or None."""
+def tcp_passive_opens(pid: int | None = None) -> int | None:
+    """Count of accepted TCP connections in this network namespace, or in process `pid`'s
+    (Linux /proc/[pid/]net/snmp), or None."""
     try:
-        lines = Path("/proc/net/snmp").read_text().splitlines()
+        path = Path(f"/proc/{pid}/net/snmp" if pid is not None else "/proc/net/snmp")
+        lines = path.read_text().splitlines()
     except OSError:
         return None
     tcp = [line.split() for line in lines if line.startswith("Tcp:")]

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from bench import ROOT
-from bench.harness.cluster import SERVER_CPU, Cluster, http_get
+from bench.harness.cluster import SERVER_CPU, Cluster
 from bench.harness.cpu import core_speed
 from bench.harness.plan import Step, label
 from bench.harness.procs import affinity, stop_group
@@ -47,7 +47,7 @@ class StepRun:
 
     def __init__(self, run_dir: Path, step: Step, cluster: Cluster,
                  redis: subprocess.Popen[bytes] | None, load_cpus: list[int],
-                 progress: Progress, attempt: int = 1) -> None:
+                 progress: Progress, attempt: int = 1, client: Any = None) -> None:
         self.run_dir = run_dir
         self.step = step
         self.cluster = cluster
@@ -55,6 +55,7 @@ class StepRun:
         self.load_cpus = load_cpus
         self.progress = progress
         self.attempt = attempt
+        self.client = client  # bench.network.Network: Locust runs on its client side
         self.locust: subprocess.Popen[bytes] | None = None
 
     def stop(self) -> None:
@@ -75,7 +76,8 @@ class StepRun:
         if step.scenario.ramp and SERVER_CPU not in self.load_cpus:
             # the knee's CPU signal: the servers' core, Redis and kernel work included
             cmd += ["--server-cpus", str(SERVER_CPU), "--server-cores", "1"]
-        return ["taskset", "-c", ",".join(map(str, self.load_cpus)), *cmd]
+        cmd = ["taskset", "-c", ",".join(map(str, self.load_cpus)), *cmd]
+        return cmd if self.client is None else self.client.client_cmd(cmd)
 
     def _scrape(self, when: str) -> list[dict[str, float]]:
         out: list[dict[str, float]] = []
@@ -84,7 +86,7 @@ class StepRun:
                 out.append({})
                 continue
             try:
-                text = http_get(node.metrics_url, timeout=5)[2]
+                text = node.get(node.metrics_url, timeout=5)[2]
             except OSError:
                 out.append({})
                 continue
@@ -117,7 +119,8 @@ class StepRun:
         if self.redis is not None:
             watched.append(Watched("redis", self.redis.pid))
         speed = {"before": self._core_speed()}
-        opens0 = tcp_passive_opens()
+        netns_pid = cluster.nodes[0].pid if cluster.side is not None and cluster.nodes else None
+        opens0 = tcp_passive_opens(netns_pid)
         sampler = Sampler(watched).start()
         started = time.time()
         cmd = self.locust_cmd(result)
@@ -136,7 +139,7 @@ class StepRun:
             self.stop()
             sampler.stop()
         ended = time.time()
-        opens1 = tcp_passive_opens()
+        opens1 = tcp_passive_opens(netns_pid)
         self.progress.update("collecting")
         speed["after"] = self._core_speed()
         if sampler.dead is not None and status == "ok":

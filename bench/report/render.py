@@ -22,7 +22,7 @@ import pandas as pd
 
 from bench.cli import HelpFormatter
 from bench.harness.plan import label
-from bench.harness.runs import RunData, load_run
+from bench.harness.runs import RunData, load_meta, load_run
 from bench.report import headline, plots, stacks, tables, textbook
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -175,7 +175,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     try:
-        text = render(args.run_dir)
+        if (args.run_dir / "meta.json").is_file() \
+                and load_meta(args.run_dir).get("kind") == "profiles":
+            from bench.report import profiles  # rtbench run --net A,B: each sub-run, then all
+
+            for _, sub in profiles.sub_runs(args.run_dir):
+                render(sub)
+            text = profiles.render(args.run_dir)
+        else:
+            text = render(args.run_dir)
     except (FileNotFoundError, ValueError) as exc:
         print(f"rtbench report: {exc}", file=sys.stderr)
         return 2
