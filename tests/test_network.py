@@ -99,8 +99,9 @@ def test_processes_inside_see_the_other_side_and_callables_run_there() -> None:
         inside = subprocess.run(net.server_cmd(["cat", "/proc/net/dev"]), capture_output=True,
                                 text=True, timeout=20, check=True).stdout
         assert "lo:" in inside and "rtb0:" in inside
-        # the root namespace's interfaces are not visible inside
+        # the root namespace's interfaces are not visible inside; keywords reach fn
         assert net.call_in_server(socket.if_nameindex) != socket.if_nameindex()
+        assert net.call_in_server(int, "ff", base=16) == 255
         # from the wrong side (here: this thread), the server's address is this namespace's
         # own loopback: refused, never the server, never off the machine
         there = net.call_in_server(socket.create_server, ("0.0.0.0", 0))
@@ -113,6 +114,7 @@ def test_loopback_makes_no_namespace() -> None:
         assert net.client_cmd(["true"]) == ["true"] == net.server_cmd(["true"])
         assert net.server_addr == "127.0.0.1" and net.element is None
         assert net.call_in_server(os.getpid) == os.getpid()
+        assert net.call_in_server(int, "ff", base=16) == 255
         assert net.describe()["mechanism"] == "loopback"
 
 

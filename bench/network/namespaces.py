@@ -33,8 +33,8 @@ def setns_current_thread(nsfile: str) -> None:
         os.close(fd)
 
 
-def call_in(nsfile: str, fn: Callable[..., T], *args: Any, timeout: float | None = 30.0,
-            **kwargs: Any) -> T:
+def call_in(nsfile: str, fn: Callable[..., T], args: tuple[Any, ...] = (),
+            kwargs: dict[str, Any] | None = None, timeout: float | None = 60.0) -> T:
     """`fn(*args, **kwargs)` in a thread inside namespace `nsfile`; its result or its exception.
 
     Sockets `fn` creates (a listening socket, a connection, an HTTP request's) belong to the
@@ -46,7 +46,7 @@ def call_in(nsfile: str, fn: Callable[..., T], *args: Any, timeout: float | None
     def run() -> None:
         try:
             setns_current_thread(nsfile)
-            box["result"] = fn(*args, **kwargs)
+            box["result"] = fn(*args, **(kwargs or {}))
         except BaseException as exc:  # handed to the caller's thread
             box["error"] = exc
 

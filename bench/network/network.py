@@ -121,6 +121,7 @@ class Network:
         self.seed = seed
         self.ready_timeout = ready_timeout
         self.element_cpus = element_cpus  # where delayd runs (None: wherever it is put)
+        self.call_timeout = 60.0  # call_in_*: TimeoutError if fn has not returned by then
         self.element: Element | None = None
         self.inodes: tuple[int, int] = (0, 0)
         self.swept: list[int] = []  # processes close() had to end
@@ -237,7 +238,7 @@ class Network:
     def _call(self, side: int, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         if self.profile.loopback:
             return fn(*args, **kwargs)
-        return namespaces.call_in(self._nsfile(side), fn, *args, **kwargs)
+        return namespaces.call_in(self._nsfile(side), fn, args, kwargs, self.call_timeout)
 
     def call_in_server(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` with the server side's network (sockets it opens stay there).
