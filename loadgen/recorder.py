@@ -19,7 +19,9 @@ from loadgen.measure import Histogram, Stamp, now_us
 
 # Histogram names: delivery latency per event kind, plus the timings every run records.
 LATENCY_KINDS = ("message", "direct")
-TIMINGS = ("connect", "rejoin", "publish_blocked")
+# server_leg: from the server's `ts` on a message (when its hub took it) to its receipt,
+# the fan-out half of the delivery latency (one crossing of a network profile's link)
+TIMINGS = ("connect", "rejoin", "publish_blocked", "server_leg")
 # the saturation signals (loadgen.saturation), each kept apart inside and outside the judged window
 LAGS = ("schedule_lag", "canary_lag", "gc_pause")
 OUTSIDE = "_outside"
@@ -89,11 +91,12 @@ class Recorder:
         return True
 
     def deliver(self, w: Window | None, kind: str, data: Any, recv_us: int,
-                wire_bytes: int) -> int | None:
+                wire_bytes: int, server_ts: Any = None) -> int | None:
         """`delivered(w, kind, parse_stamp(data), recv_us, wire_bytes)` in one call, for the
         hot path of a load generator (one Python call per delivery instead of about six):
         the latency in µs of a stamped first delivery (also during warm-up, when it is
-        not timed), None for an unstamped delivery or a duplicate."""
+        not timed), None for an unstamped delivery or a duplicate. `server_ts`, the event's
+        `ts` (µs, the server's clock: this host's on one machine), times the server leg."""
         c = self.counters
         self.received += 1
         self.wire_bytes += wire_bytes
@@ -121,6 +124,8 @@ class Recorder:
         latency: int = recv_us - t
         if t >= self.warmup_until_us:
             self.hists[kind].record(latency)
+            if type(server_ts) is int and t <= server_ts <= recv_us:
+                self.hists["server_leg"].record(recv_us - server_ts)
         else:
             c["warmup_deliveries"] += 1
         return latency

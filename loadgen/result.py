@@ -111,7 +111,8 @@ def build(*, scenario: str, params: dict[str, Any], collector: Collector, verdic
             for host, hists in sorted(collector.by_host.items())
         },
         "timings_us": {k: collector.hist(k).to_dict() for k in ("connect", "rejoin",
-                                                                 "publish_blocked")},
+                                                                 "publish_blocked",
+                                                                 "server_leg")},
         "counters": counters,
         "wire_bytes_per_delivery": round(counters.get("wire_bytes", 0) / received, 1)
         if verdict.delivered else None,

@@ -186,7 +186,8 @@ class RtbenchUser(User):
                     rt.fire(transport, "error", 0.0, nbytes, ClientError(str(ev.get("code")),
                                                                          str(ev.get("message"))))
                 return
-            latency = deliver(windows.get(channel), kind, ev.get("data"), recv_us, nbytes)
+            latency = deliver(windows.get(channel), kind, ev.get("data"), recv_us, nbytes,
+                              ev.get("ts"))
             if latency is not None:
                 batch = rt.batch  # set in batched mode (loadgen/locuststats.py)
                 if batch is not None:

@@ -203,6 +203,20 @@ def test_recorder_deliver_is_delivered_of_parse_stamp() -> None:
     assert wf.to_dict() == ws.to_dict()
 
 
+def test_the_server_leg_is_timed_from_the_servers_ts_after_warm_up() -> None:
+    r = Recorder("h")
+    r.warmup_until_us = 1000
+    w = r.open_window("x", "room:r", 0)
+    r.deliver(w, "message", {"p": "a", "s": 0, "t": 2000}, 2600, 10, 2150)  # leg 450 us
+    r.deliver(w, "message", {"p": "a", "s": 1, "t": 500}, 900, 10, 600)  # warm-up: not timed
+    r.deliver(w, "message", {"p": "a", "s": 1, "t": 500}, 950, 10, 600)  # duplicate
+    r.deliver(w, "message", {"p": "a", "s": 2, "t": 3000}, 3500, 10, None)  # no ts
+    r.deliver(w, "message", {"p": "a", "s": 3, "t": 4000}, 4500, 10, 9000)  # ts after receipt
+    leg = r.hists["server_leg"]
+    assert leg.count == 1 and 440 <= leg.percentile(50) <= 450
+    assert r.hists["message"].count == 3
+
+
 def test_record_keys_by_bucket_yet_equals_exact_recording() -> None:
     """Histogram.record keeps the lowest value of each HdrHistogram bucket; the histogram
     must equal one fed value by value through hdrh itself."""

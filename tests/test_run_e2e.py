@@ -268,6 +268,9 @@ def test_a_run_over_two_network_profiles_compares_them(tmp_path: Path) -> None:
     assert set(rows) == {"loopback", "wan"} and all(r["valid"] == "True" for r in rows.values())
     # publish to delivery crosses the 100 ms RTT link twice (50 ms each way)
     assert float(rows["loopback"]["p50_ms"]) < 50 <= 100 <= float(rows["wan"]["p50_ms"]) < 200
+    # the server leg (the hub's ts to receipt) crosses it once
+    assert float(rows["loopback"]["server_leg_p50_ms"]) < 25
+    assert 50 <= float(rows["wan"]["server_leg_p50_ms"]) < 70
     assert "Across network profiles" in out
     assert (run / "report.html").read_text().count("net-wan/report.html") >= 1
     assert (run / "net-wan" / "report.html").is_file()

@@ -3,7 +3,8 @@
 Each profile ran the whole plan as a run of its own in `net-NAME/` (its full
 report there); this page puts the transports side by side per profile:
 delivery latency (p50/p99, publish to delivery: a message crosses the link
-twice, publisher to server and server to subscriber), connect time (TCP, TLS
+twice, publisher to server and server to subscriber; and the server leg alone,
+from the hub's `ts` on the message to its receipt: one crossing), connect time (TCP, TLS
 when on, and the protocol's own handshake up to the first server frame), server
 CPU per delivery, bytes per message and new TCP connections per 1,000
 deliveries (what long-polling's round trips cost), and each profile's capacity
@@ -26,16 +27,19 @@ import pandas as pd
 from bench.harness.runs import load_meta, load_run
 from bench.report import headline, tables
 
-COLUMNS = ("profile", "transport", "stack", "scenario", "p50_ms", "p99_ms", "connect_p50_ms",
+COLUMNS = ("profile", "transport", "stack", "scenario", "p50_ms", "p99_ms", "server_leg_p50_ms",
+           "server_leg_p99_ms", "connect_p50_ms",
            "connect_p99_ms", "cpu_ms_per_1k", "wire_bytes_per_msg", "tcp_accepts_per_1k",
            "deliveries_per_s", "missing", "valid")
 # what each scenario tells across profiles, in the order the page shows them
-SHOWN = {"chat": ("p50_ms", "p99_ms", "cpu_ms_per_1k"),
+SHOWN = {"chat": ("p50_ms", "p99_ms", "server_leg_p50_ms", "server_leg_p99_ms", "cpu_ms_per_1k"),
          "direct": ("p50_ms", "p99_ms"),
          "churn": ("p50_ms", "p99_ms", "connect_p50_ms"),
          "connections": ("connect_p50_ms", "connect_p99_ms"),
-         "broadcast": ("p50_ms", "p99_ms", "tcp_accepts_per_1k", "wire_bytes_per_msg")}
-LABELS = {"p50_ms": "p50 ms", "p99_ms": "p99 ms", "connect_p50_ms": "connect p50 ms",
+         "broadcast": ("p50_ms", "p99_ms", "server_leg_p50_ms", "tcp_accepts_per_1k",
+                       "wire_bytes_per_msg")}
+LABELS = {"p50_ms": "p50 ms", "p99_ms": "p99 ms", "server_leg_p50_ms": "server leg p50 ms",
+          "server_leg_p99_ms": "server leg p99 ms", "connect_p50_ms": "connect p50 ms",
           "connect_p99_ms": "connect p99 ms", "cpu_ms_per_1k": "CPU-us/delivery",
           "tcp_accepts_per_1k": "TCP accepts/1k", "wire_bytes_per_msg": "B/msg"}
 

@@ -71,6 +71,7 @@ def summary(run: RunData) -> pd.DataFrame:
         c = res.get("counters", {})
         v = res.get("validity", {})
         conn = res.get("timings_us", {}).get("connect", {})
+        leg = res.get("timings_us", {}).get("server_leg", {}).get("percentiles", {})
         received = int(c.get("received", 0))
         cpu = _sum(_server_roles(step.get("cpu_s", {})))
         redis_cpu = (step.get("cpu_s") or {}).get("redis")
@@ -116,6 +117,7 @@ def summary(run: RunData) -> pd.DataFrame:
             "tcp_accepts_per_1k": round(opens * 1000 / received, 2) if opens is not None
             and received else None,
             "connects": c.get("connects"), "connect_failures": c.get("connect_failures", 0),
+            "server_leg_p50_ms": _ms(leg.get("p50")), "server_leg_p99_ms": _ms(leg.get("p99")),
             "connect_p50_ms": _ms(conn.get("percentiles", {}).get("p50"))
             if conn.get("count") else None,
             "connect_p99_ms": _ms(conn.get("percentiles", {}).get("p99"))
