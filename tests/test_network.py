@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,8 +21,19 @@ from collections.abc import Callable
 import pytest
 
 from bench import ROOT
-from bench.network import Network, NetworkUnavailable, Profile, get_profile
-from bench.network.namespaces import holders_of, pids_in
+from bench.network import (
+    BUILTIN,
+    CLIENT_ADDR,
+    SERVER_ADDR,
+    Network,
+    NetworkUnavailable,
+    Profile,
+    get_profile,
+)
+from bench.network.build import delayd_path, nsexec_path
+from bench.network.element import Element
+from bench.network.namespaces import call_in, holders_of, pids_in
+from bench.network.netem import setup_commands
 from bench.network.probe import tcp_rtts, udp_echo
 
 pytestmark = [
@@ -213,3 +225,26 @@ def test_a_start_ends_what_a_dead_owners_network_left_running() -> None:
             assert len(other.reaped) == 2 and left.pid in other.reaped
         assert left.wait(5) == -signal.SIGTERM
         assert wait_for(lambda: not pids_in(set(inodes)))
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="the netem mechanism needs iproute2's ip")
+def test_the_netem_mechanisms_veth_link_without_its_qdisc() -> None:
+    """This kernel has no netem: check the rest of that path (anchor, veth pair, addresses)."""
+    element = Element(delayd_path(), ["--no-tun", "--client-addr", CLIENT_ADDR,
+                                      "--server-addr", SERVER_ADDR])
+    element.start()
+    try:
+        for side, argv in setup_commands(BUILTIN["lan"], element.pid, (CLIENT_ADDR, SERVER_ADDR)):
+            if argv[0] != "tc":
+                subprocess.run([str(nsexec_path()), element.nsfile(side), "--", *argv],
+                               check=True, capture_output=True, timeout=20)
+        listener = call_in(element.nsfile(1), socket.create_server, ((SERVER_ADDR, 0),))
+        with listener:
+            client = call_in(element.nsfile(0), socket.create_connection,
+                             ((SERVER_ADDR, listener.getsockname()[1]), 5))
+            conn, peer = listener.accept()
+            with client, conn:
+                client.sendall(b"ping")
+                assert conn.recv(4) == b"ping" and peer[0] == CLIENT_ADDR
+    finally:
+        element.stop()

@@ -122,6 +122,6 @@ def test_the_netem_arguments() -> None:
                                         "uniform"]
     assert "rate" in netem_args(jittered)
     cmds = setup_commands(BUILTIN["wan"], 4242, ("127.18.0.1", "127.18.0.2"))
-    assert cmds[0] == (0, ["ip", "link", "add", "rtb0", "type", "veth", "peer", "name", "rtb1",
-                           "netns", "4242"])
+    assert cmds[0] == (0, ["ip", "link", "add", "name", "rtb0", "type", "veth", "peer", "name",
+                           "rtb1", "netns", "4242"])
     assert [side for side, argv in cmds if argv[0] == "tc"] == [0, 1]

@@ -66,7 +66,7 @@ def setup_commands(profile: Profile, anchor_pid: int, addrs: tuple[str, str],
     client, server = DEVICES
     cmds: list[tuple[int, list[str]]] = [
         # made in the client namespace; its peer goes to the anchor's own (the server side)
-        (0, ["ip", "link", "add", client, "type", "veth", "peer", "name", server,
+        (0, ["ip", "link", "add", "name", client, "type", "veth", "peer", "name", server,
              "netns", str(anchor_pid)]),
     ]
     for side, dev in enumerate(DEVICES):
