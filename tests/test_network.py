@@ -137,6 +137,14 @@ def test_refuses_clearly_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
     Network("loopback").start()  # loopback needs nothing
 
 
+def test_refuses_clearly_without_tun(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: p != "/dev/net/tun" and real(p))
+    with pytest.raises(NetworkUnavailable, match=r"'lan' cannot run here: there is no "
+                                                 r"/dev/net/tun \(load the tun module"):
+        Network("lan", mechanism="delayd").start()
+
+
 def test_teardown_after_a_normal_exit() -> None:
     with Network("lan", mechanism="delayd") as net:
         assert net.element is not None
