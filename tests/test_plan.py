@@ -86,3 +86,22 @@ def test_eta_grows_with_the_targets_not_the_profile() -> None:
     assert plan.eta_seconds(two) / plan.eta_seconds(one) == pytest.approx(1.75)
     assert plan.eta_seconds(one) == pytest.approx(
         sum(plan.planned_seconds(s) for s in one) + 4 * plan.CLUSTER_START_S)
+
+
+def test_the_plan_adapts_to_tls_and_a_links_bandwidth() -> None:
+    from bench.harness.plan import LINK_BYTES_PER_DELIVERY, LINK_SHARE, TLS_SPAWN, adapt, build
+
+    steps = build("quick", ["ws"], ["connections", "broadcast", "chat"])
+    assert adapt(steps) == steps  # no TLS, no bandwidth: the plan as built
+    conn, ramp, chat = adapt(steps, tls=True, bandwidth_mbit=50)
+    assert conn.scenario.spawn_rate == TLS_SPAWN
+    assert conn.scenario.run_time >= conn.scenario.users / TLS_SPAWN
+    assert conn.scenario.users == steps[0].scenario.users  # as many connections, slower
+    offered = float(ramp.scenario.options["max_publish_rate"]) * ramp.scenario.users
+    assert offered * LINK_BYTES_PER_DELIVERY * 8 <= LINK_SHARE * 50e6
+    assert offered * LINK_BYTES_PER_DELIVERY * 8 > 0.9 * LINK_SHARE * 50e6  # not lower
+    assert chat == steps[2]
+    # a fast link leaves the ramp's own cap in place
+    fast = adapt(steps, bandwidth_mbit=100_000)[1]
+    assert fast.scenario.options["max_publish_rate"] == steps[1].scenario.options[
+        "max_publish_rate"]

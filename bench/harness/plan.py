@@ -208,6 +208,38 @@ def build(profile: str, transports: Sequence[str], scenarios: Sequence[str],
     return steps
 
 
+# Under TLS each connect costs the one-process (gevent) load generator a handshake: at the
+# quick profile's 500 connects/s its canary lagged 40-92 ms in every connections step
+# (`rtbench run --quick --net loopback,wan --tls`, results/published/net-tls-quick-20261202.json)
+TLS_SPAWN = 100.0
+# what one delivery takes on a shaped link, TCP/IP headers included (app bytes per message
+# measured up to 464), and the share of a profile's bandwidth a rate ramp may offer: past
+# it the link, not the server, is the limit, and queues behind it grow into lost messages
+LINK_BYTES_PER_DELIVERY = 500
+LINK_SHARE = 0.5
+
+
+def adapt(steps: Sequence[Step], *, tls: bool = False,
+          bandwidth_mbit: float | None = None) -> list[Step]:
+    """The plan for a run's conditions: connects at TLS_SPAWN per second under TLS (the run
+    time stretched to match), and a rate ramp capped at LINK_SHARE of a link's bandwidth."""
+    out = []
+    for step in steps:
+        sc = step.scenario
+        if tls and sc.name == "connections" and sc.spawn_rate > TLS_SPAWN:
+            sc = replace(sc, spawn_rate=TLS_SPAWN,
+                         run_time=max(sc.run_time, math.ceil(sc.users / TLS_SPAWN) + 3))
+        if bandwidth_mbit and sc.ramp:
+            members = sc.users  # every publisher is a room member too (loadgen/steps.py)
+            pubs = max(1, int(sc.options.get("publishers", 1)))
+            per_s = LINK_SHARE * bandwidth_mbit * 1e6 / 8 / LINK_BYTES_PER_DELIVERY
+            cap = math.floor(10 * per_s / (pubs * members)) / 10  # never over the share
+            if cap < float(sc.options.get("max_publish_rate", math.inf)):
+                sc = replace(sc, options={**sc.options, "max_publish_rate": cap})
+        out.append(replace(step, scenario=sc))
+    return out
+
+
 def planned_seconds(step: Step) -> float:
     """Expected wall time of a step: its run time (or a ramp's expected length) plus
     Locust's start and stop."""

@@ -104,7 +104,8 @@ def _check(args: argparse.Namespace) -> list[plan_mod.Step]:
     transports = plan_mod.parse_list(args.transports, plan_mod.TRANSPORTS)
     scenarios = plan_mod.parse_list(args.scenarios, plan_mod.SCENARIOS)
     args.stacks = plan_mod.parse_list(args.stacks, plan_mod.STACKS)
-    return plan_mod.build(args.profile, transports, scenarios, args.duration, args.stacks)
+    steps = plan_mod.build(args.profile, transports, scenarios, args.duration, args.stacks)
+    return plan_mod.adapt(steps, tls=args.tls)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,9 +166,12 @@ def _profiles(args: argparse.Namespace, argv: list[str], steps: list[plan_mod.St
         sub = run_dir / f"net-{prof.name}"
         print(f"rtbench run: network profile {prof.name} -> {sub}", flush=True)
         try:
+            planned = plan_mod.adapt(steps, bandwidth_mbit=prof.bandwidth_mbit)
             with Network(prof, element_cpus=load_cpus()) as net:
-                one, records = _one_run(args, argv, steps, sub, {**params, "net": prof.name},
-                                        net)
+                one, records = _one_run(args, argv, planned, sub, {
+                    **params, "net": prof.name,
+                    "scenario_parameters": {s.scenario.name: s.scenario.to_dict()
+                                            for s in planned}}, net)
         except NetworkError as exc:
             print(f"rtbench run: network profile {prof.name}: {exc}", file=sys.stderr)
             one, records = 1, []
