@@ -25,7 +25,7 @@ import jinja2
 import pandas as pd
 
 from bench.harness.runs import load_meta, load_run
-from bench.report import headline, tables
+from bench.report import headline, netverdicts, tables
 
 COLUMNS = ("profile", "transport", "stack", "scenario", "p50_ms", "p99_ms", "server_leg_p50_ms",
            "server_leg_p99_ms", "connect_p50_ms",
@@ -91,6 +91,15 @@ def pivot(df: pd.DataFrame, scenario: str, metric: str) -> list[list[str]]:
     return out
 
 
+def verdict_lines(verdicts: list[Any]) -> list[str]:
+    if not verdicts:
+        return []
+    out = ["", "The textbook's network claims, measured (bench/report/netverdicts.py):"]
+    for v in verdicts:
+        out.append(f"  [{v.verdict}] {v.claim} ({v.source}): {v.figure}")
+    return out
+
+
 def text(df: pd.DataFrame, links: list[dict[str, Any]]) -> str:
     """The comparison for the terminal."""
     if df.empty:
@@ -120,17 +129,20 @@ def render(run_dir: Path) -> str:
     """Write profiles.csv and report.html in `run_dir`; the terminal text."""
     df, links = comparison(run_dir)
     df.to_csv(run_dir / "profiles.csv", index=False)
+    meta = load_meta(run_dir)
+    verdicts = netverdicts.check(df, links, tls=bool(meta.get("tls")))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              autoescape=True)
     tables_html = [{"title": f"{scenario}: {LABELS[m]}", "rows": pivot(df, scenario, m)}
                    for scenario, metrics in SHOWN.items() for m in metrics
                    if not df.empty and pivot(df, scenario, m)]
     html = env.get_template("profiles.html.j2").render(
-        run_id=run_dir.name, meta=load_meta(run_dir), links=links,
+        run_id=run_dir.name, meta=meta, links=links,
+        verdicts=[v.to_dict() for v in verdicts],
         profiles=list(dict.fromkeys(df["profile"])) if not df.empty else [],
         tables=tables_html, cell=_cell)
     (run_dir / "report.html").write_text(html, encoding="utf-8")
-    return text(df, links)
+    return "\n".join([text(df, links), *verdict_lines(verdicts)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
