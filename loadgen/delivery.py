@@ -81,6 +81,12 @@ class StreamTracker:
         """Seqs between the first and the highest received that have not arrived (yet)."""
         return self.high - self.next + 1 - len(self.ahead) if self.high >= self.next else 0
 
+    def missing_upto(self, bound: int) -> int:
+        """Seqs from the first received up to `bound` that have not arrived (yet)."""
+        if self.next < 0 or bound < self.next:
+            return 0
+        return bound - self.next + 1 - sum(1 for a in self.ahead if a <= bound)
+
     def received_in(self, lo: int, hi: int) -> int:
         """How many distinct seqs in [lo, hi) were received."""
         if hi <= lo or self.next < 0:

@@ -95,6 +95,25 @@ def test_tracker_holes_are_the_live_loss_signal() -> None:
     assert t.holes == 1
 
 
+def test_a_hole_is_a_loss_signal_once_it_outlived_a_report_interval() -> None:
+    r = Recorder("h")
+    w = r.open_window("x", "room:r", 0)
+
+    def got(*seqs: int) -> None:
+        for s in seqs:
+            r.deliver(w, "message", {"p": "a", "s": s, "t": 10}, 20, 1)
+
+    got(0, 1, 3)  # 2 overtaken by 3
+    assert r.holes() == 0  # no earlier call: nothing has outlived an interval yet
+    got(2, 5)  # 2 arrived late (reordered): not a loss; 4 overtaken now
+    assert r.holes() == 0
+    got(6)  # 4 never comes
+    assert r.holes() == 1
+    assert w.streams["a"].missing_upto(6) == 1 and w.streams["a"].missing_upto(3) == 0
+    got(4)
+    assert r.holes() == 0
+
+
 def _log(pub: str, channel: str, times: list[int], host: str = "h") -> PublisherLog:
     return PublisherLog(pub, channel, host, array("q", times))
 
