@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 
 from bench.experiments.output import run_each, write_json
-from bench.harness.cluster import Cluster, load_cpus, pin_self
+from bench.harness.cluster import Cluster, Replica, load_cpus, pin_self
 from loadgen.aio import Client, Received, connect
 from loadgen.measure import Histogram, now_us, parse_stamp
 from servers.core.auth import DEV_SECRET, make_token
@@ -103,46 +103,58 @@ def http_opts(transport: str) -> dict[str, Any]:
     return {"http": Pool()}
 
 
+async def room_window(transport: str, url: str, node: Replica, subscribers: int, rate: float,
+                      seconds: float, opts: dict[str, Any], warmup: float,
+                      room: str = "fan") -> tuple[Sink, dict[str, Any]]:
+    """`subscribers` and a publisher in `room` of `node`, a warm-up of `warmup` s, then one
+    measured window of `rate` msg/s for `seconds`: (the sink, {expected, delivered,
+    complete, server CPU s, wall s, this process's CPU %}). Closes every client."""
+    sink = Sink()
+    subs = await connect_many(transport, url, subscribers, opts, room=room)
+    pub = await connect(transport, url, make_token("publisher", DEV_SECRET), **opts)
+    await pub.join(room)
+    for c in (*subs, pub):
+        c.on_event = sink
+    members = subscribers + 1  # the publisher is a member and receives its own messages
+    try:
+        sent = await publish_for(pub, rate, warmup, 0, room=room)
+        await drain(sink, sent * members, 10)
+        me = psutil.Process()
+        me.cpu_percent(None)
+        cpu0, count0, t0 = node.cpu_seconds(), sink.count, time.perf_counter()
+        sink.recording = True
+        n = await publish_for(pub, rate, seconds, sent, room=room)
+        complete = await drain(sink, (sent + n) * members, 10)
+        wall = time.perf_counter() - t0
+        cpu = node.cpu_seconds() - cpu0
+        load_cpu = me.cpu_percent(None)
+        delivered = sink.count - count0
+    finally:
+        await asyncio.gather(*(c.close() for c in (*subs, pub)), return_exceptions=True)
+        if "http" in opts:
+            await opts["http"].aclose()
+    return sink, {"expected": n * members, "delivered": delivered, "complete": complete,
+                  "cpu": cpu, "wall": wall, "load_cpu": load_cpu}
+
+
 async def measure(target: str, subscribers: int, rate: float, seconds: float, broker: str,
                   warmup: float = 2.0) -> dict[str, Any]:
     transport = "ws" if target == "reference" else target
     with Cluster(target, broker=broker) as cluster:
         node = cluster.nodes[0]
         pin_self(load_cpus())
-        opts = http_opts(transport)
-        sink = Sink()
-        subs = await connect_many(transport, node.url, subscribers, opts)
-        pub = await connect(transport, node.url, make_token("publisher", DEV_SECRET), **opts)
-        await pub.join("fan")
-        for c in (*subs, pub):
-            c.on_event = sink
-        members = subscribers + 1  # the publisher is a member and receives its own messages
-        try:
-            sent = await publish_for(pub, rate, warmup, 0)
-            await drain(sink, sent * members, 10)
-            me = psutil.Process()
-            me.cpu_percent(None)
-            cpu0, count0, t0 = node.cpu_seconds(), sink.count, time.perf_counter()
-            sink.recording = True
-            n = await publish_for(pub, rate, seconds, sent)
-            complete = await drain(sink, (sent + n) * members, 10)
-            wall = time.perf_counter() - t0
-            cpu = node.cpu_seconds() - cpu0
-            load_cpu = me.cpu_percent(None)
-            delivered = sink.count - count0
-        finally:
-            await asyncio.gather(*(c.close() for c in (*subs, pub)), return_exceptions=True)
-            if "http" in opts:
-                await opts["http"].aclose()
+        sink, w = await room_window(transport, node.url, node, subscribers, rate, seconds,
+                                    http_opts(transport), warmup)
     h = sink.hist
+    cpu, delivered, load_cpu = w["cpu"], w["delivered"], w["load_cpu"]
     return {
         "target": target, "broker": "none" if target == "reference" else broker,
         "subscribers": subscribers, "rate": rate, "seconds": seconds,
-        "expected": n * members, "delivered": delivered, "complete": complete,
+        "expected": w["expected"], "delivered": delivered, "complete": w["complete"],
         "server_cpu_s": round(cpu, 4),
         "cpu_us_per_delivery": round(cpu / delivered * 1e6, 3) if delivered else None,
         "capacity_per_cpu_s": round(delivered / cpu) if cpu > 0 else None,
-        "observed_per_s": round(delivered / wall),
+        "observed_per_s": round(delivered / w["wall"]),
         "p50_us": h.percentile(50), "p99_us": h.percentile(99), "max_us": h.percentile(100),
         "load_cpu_percent": round(load_cpu, 1), "load_saturated": load_cpu > 90.0,
     }

@@ -29,9 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import psutil
-
-from bench.experiments.fanout import Sink, connect_many, drain, http_opts, publish_for
+from bench.experiments.fanout import http_opts, room_window
 from bench.experiments.output import write_json
 from bench.harness.cluster import Cluster, Replica, load_cpus, pin_self
 from bench.harness.tls import CertPaths, make_certs
@@ -73,31 +71,11 @@ async def measure_fanout(transport: str, node: Replica, subscribers: int, rate: 
                          ) -> dict[str, Any]:
     """Server CPU per delivery broadcasting to one room (bench.experiments.fanout)."""
     opts = {**http_opts(transport), "tls_ca": tls_ca}
-    sink = Sink()
-    subs = await connect_many(transport, _url(node), subscribers, opts, room="tls")
-    pub = await connect(transport, _url(node), make_token("publisher", DEV_SECRET), **opts)
-    await pub.join("tls")
-    for c in (*subs, pub):
-        c.on_event = sink
-    members = subscribers + 1  # the publisher receives its own messages too
-    try:
-        sent = await publish_for(pub, rate, warmup, 0, room="tls")
-        await drain(sink, sent * members, 10)
-        me = psutil.Process()
-        me.cpu_percent(None)
-        cpu0, count0 = node.cpu_seconds(), sink.count
-        sink.recording = True
-        n = await publish_for(pub, rate, seconds, sent, room="tls")
-        complete = await drain(sink, (sent + n) * members, 10)
-        cpu = node.cpu_seconds() - cpu0
-        load_cpu = me.cpu_percent(None)
-        delivered = sink.count - count0
-    finally:
-        await asyncio.gather(*(c.close() for c in (*subs, pub)), return_exceptions=True)
-        if "http" in opts:
-            await opts["http"].aclose()
+    sink, w = await room_window(transport, _url(node), node, subscribers, rate, seconds, opts,
+                                warmup, room="tls")
+    cpu, delivered, load_cpu = w["cpu"], w["delivered"], w["load_cpu"]
     return {"subscribers": subscribers, "rate": rate, "seconds": seconds,
-            "expected": n * members, "delivered": delivered, "complete": complete,
+            "expected": w["expected"], "delivered": delivered, "complete": w["complete"],
             "cpu_us_per_delivery": round(cpu / delivered * 1e6, 3) if delivered else None,
             "p50_us": sink.hist.percentile(50), "p99_us": sink.hist.percentile(99),
             "load_cpu_percent": round(load_cpu, 1), "load_saturated": load_cpu > 90.0}
