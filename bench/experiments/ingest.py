@@ -56,6 +56,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from bench.experiments.output import write_json
 from bench.harness.plan import TRANSPORTS
 
 # the frozen subscriber must not be dropped: huge outbox, long-poll session kept 10 min
@@ -376,10 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "gevent_grpcio_rate" in r:
             print(f"{'  grpcio (gevent mode)':<25} {r['gevent_grpcio_rate']:>13,.0f} "
                   f"{r['grpcio_ratio']:>6.2f}  (--grpc-client grpcio)")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return 0 if worst_ok else 1
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import os
 import platform
@@ -41,6 +40,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from bench.experiments.output import write_json
 from bench.harness.cpu import cpu_clock
 from bench.harness.runs import cpu_model, git_state
 from bench.network import BUILTIN, Network, Profile
@@ -239,10 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["wall_seconds"] = round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1)
     print(f"load average {results['loadavg'][0]:.2f} -> {results['loadavg'][3]:.2f}, "
           f"{results['wall_seconds']} s")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return 0
 
 

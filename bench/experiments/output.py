@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -21,7 +22,10 @@ def run_each(targets: str, measure: Callable[[str], Coroutine[Any, Any, Result]]
     return results
 
 
-def write_json(path: str | None, results: list[Result]) -> None:
+def write_json(path: str | None, results: Any) -> None:
+    """`results` (any JSON value) to `path`, indented, its directory made if need be; nothing
+    without a path."""
     if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "wb") as f:
             f.write(orjson.dumps(results, option=orjson.OPT_INDENT_2))
